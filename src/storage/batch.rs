@@ -1,0 +1,55 @@
+//! A run of consecutive records read with a single copy.
+
+/// Consecutive records read from a log. The frames were copied once, from the
+/// store into `buf`; records are slices of it, so handing a batch to a
+/// stream costs no further copy per record.
+#[derive(Debug, Default, Clone)]
+pub struct RecordBatch {
+    pub(crate) buf: Vec<u8>,
+    /// (offset, start in `buf`, length) of each record.
+    records: Vec<(u64, usize, usize)>,
+}
+
+impl RecordBatch {
+    pub(crate) fn push(&mut self, offset: u64, start: usize, len: usize) {
+        self.records.push((offset, start, len));
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Offset of the first record, if any.
+    pub fn first_offset(&self) -> Option<u64> {
+        self.records.first().map(|r| r.0)
+    }
+
+    /// Offset after the last record, if any: where the next read continues.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.records.last().map(|r| r.0 + 1)
+    }
+
+    /// Sum of the records' lengths.
+    pub fn payload_bytes(&self) -> usize {
+        self.records.iter().map(|r| r.2).sum()
+    }
+
+    /// Record `i` as (offset, bytes).
+    pub fn get(&self, i: usize) -> Option<(u64, &[u8])> {
+        self.records
+            .get(i)
+            .map(|&(o, s, l)| (o, &self.buf[s..s + l]))
+    }
+
+    /// The records in offset order, as (offset, bytes).
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (u64, &[u8])> + '_ {
+        self.records
+            .iter()
+            .map(|&(o, s, l)| (o, &self.buf[s..s + l]))
+    }
+}

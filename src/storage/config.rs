@@ -1,0 +1,151 @@
+//! Settings of one log (one partition directory).
+
+use std::time::Duration;
+
+use super::error::{Result, StorageError};
+use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, INDEX_ENTRY_LEN};
+
+/// When appended bytes are forced from the page cache to the disk.
+///
+/// Whatever the policy, [`crate::storage::Log::flush`] (and every batch append)
+/// hands the bytes to the kernel before it returns, so a flushed record
+/// survives the crash or SIGKILL of the process. The policy only decides what
+/// survives a power loss or kernel crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// `fdatasync` before every append / flush returns: a flushed record
+    /// survives a power loss. Costs one disk sync per call.
+    Always,
+    /// `fdatasync` when the last one is older than this interval (checked on
+    /// every flush and by [`crate::storage::Log::sync_if_due`]): a power loss
+    /// loses at most about one interval of flushed records.
+    Interval(Duration),
+    /// Never sync explicitly (segments are still synced when they are rolled
+    /// and closed): the OS writes back dirty pages (typically within 30 s),
+    /// and a power loss can lose that much.
+    Never,
+}
+
+impl Default for SyncPolicy {
+    /// `Interval(1s)`, like Redis' `appendfsync everysec`.
+    fn default() -> Self {
+        SyncPolicy::Interval(Duration::from_secs(1))
+    }
+}
+
+impl std::str::FromStr for SyncPolicy {
+    type Err = String;
+
+    /// Parses `always`, `never`, `interval` (1000 ms) or `interval:<ms>`.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(SyncPolicy::Always),
+            "never" => Ok(SyncPolicy::Never),
+            "interval" => Ok(SyncPolicy::default()),
+            other => match other.strip_prefix("interval:") {
+                Some(ms) => ms
+                    .trim_end_matches("ms")
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .map(|ms| SyncPolicy::Interval(Duration::from_millis(ms)))
+                    .ok_or_else(|| format!("bad sync interval {ms:?}: expected milliseconds > 0")),
+                None => Err(format!(
+                    "unknown sync policy {other:?}: expected always, never, interval or interval:<ms>"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncPolicy::Always => f.write_str("always"),
+            SyncPolicy::Never => f.write_str("never"),
+            SyncPolicy::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// Which old segments may be deleted. The active segment is never deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Delete the oldest segments while the log is larger than this many bytes.
+    /// Default: `None` (no size limit).
+    pub max_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this. Default: `None`.
+    pub max_age: Option<Duration>,
+}
+
+/// Settings of a [`crate::storage::Log`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment's store file is rolled before it would exceed this many bytes
+    /// (frames plus the file header). Default: 128 MiB.
+    pub max_store_bytes: u64,
+    /// A segment's index file is rolled when it holds this many bytes of
+    /// 12-byte entries (plus its header). Default: 10 MiB (about 870,000 records).
+    pub max_index_bytes: u64,
+    /// Offset of the first record of a new, empty log. Default: 0.
+    pub initial_offset: u64,
+    /// Largest record accepted, in bytes. Default: 1 MiB.
+    pub max_record_bytes: u32,
+    /// Durability of appends. Default: [`SyncPolicy::Interval`] of 1 s.
+    pub sync: SyncPolicy,
+    /// Deletion of old segments. Default: keep everything.
+    pub retention: Retention,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            max_store_bytes: 128 << 20,
+            max_index_bytes: 10 << 20,
+            initial_offset: 0,
+            max_record_bytes: 1 << 20,
+            sync: SyncPolicy::default(),
+            retention: Retention::default(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks that the settings can work together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(StorageError::InvalidConfig(msg));
+        if self.max_record_bytes == 0 {
+            return bad("max_record_bytes must be at least 1".into());
+        }
+        let min_store = (FILE_HEADER_LEN + FRAME_HEADER_LEN) as u64 + self.max_record_bytes as u64;
+        if self.max_store_bytes < min_store {
+            return bad(format!(
+                "max_store_bytes ({}) must hold at least one record of max_record_bytes ({}) plus headers: {} bytes",
+                self.max_store_bytes, self.max_record_bytes, min_store
+            ));
+        }
+        let min_index = (FILE_HEADER_LEN + INDEX_ENTRY_LEN) as u64;
+        if self.max_index_bytes < min_index {
+            return bad(format!(
+                "max_index_bytes ({}) must hold at least one entry: {} bytes",
+                self.max_index_bytes, min_index
+            ));
+        }
+        // Relative offsets are u32.
+        let entries = (self.max_index_bytes - FILE_HEADER_LEN as u64) / INDEX_ENTRY_LEN as u64;
+        if entries > u32::MAX as u64 {
+            return bad("max_index_bytes is too large: more than 2^32 entries".into());
+        }
+        if let SyncPolicy::Interval(d) = self.sync
+            && d.is_zero()
+        {
+            return bad("sync interval must be greater than zero".into());
+        }
+        Ok(())
+    }
+
+    /// How many index entries one segment holds.
+    pub(crate) fn index_capacity(&self) -> u64 {
+        (self.max_index_bytes - FILE_HEADER_LEN as u64) / INDEX_ENTRY_LEN as u64
+    }
+}

@@ -1,0 +1,456 @@
+//! A segment: one store file and its index, covering offsets `[base, next)`.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::batch::RecordBatch;
+use super::config::LogConfig;
+use super::error::{Result, StorageError};
+use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, FrameHeader};
+use super::index::{Index, IndexState};
+use super::store::Store;
+
+/// Bytes read at a time while rebuilding an index from its store.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// File name of a segment file: the base offset, zero-padded to 20 digits so
+/// names sort like offsets.
+pub(crate) fn file_name(base: u64, ext: &str) -> String {
+    format!("{base:020}.{ext}")
+}
+
+/// How a segment came to be open, for logging and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// Its index was clean and agreed with the store: nothing was scanned.
+    Clean,
+    /// Its index was rebuilt from the store; `truncated_bytes` of torn or
+    /// invalid tail were cut from the store.
+    Recovered { truncated_bytes: u64 },
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    base: u64,
+    next: u64,
+    store: Store,
+    index: Index,
+    max_store_bytes: u64,
+    max_record_bytes: u32,
+    /// Only the active (last) segment takes appends.
+    writable: bool,
+}
+
+impl Segment {
+    /// Creates a new, empty, writable segment starting at `base`.
+    pub(crate) fn create(dir: &Path, base: u64, config: &LogConfig) -> Result<Segment> {
+        let store_path = dir.join(file_name(base, "store"));
+        let store = Store::create(&store_path)?;
+        let index =
+            match Index::create(&dir.join(file_name(base, "index")), config.index_capacity()) {
+                Ok(index) => index,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&store_path);
+                    return Err(e);
+                }
+            };
+        Ok(Segment {
+            base,
+            next: base,
+            store,
+            index,
+            max_store_bytes: config.max_store_bytes,
+            max_record_bytes: config.max_record_bytes,
+            writable: true,
+        })
+    }
+
+    /// Opens an existing segment. A clean index whose last entry matches the
+    /// end of the store is trusted as is (no scan); otherwise the index is
+    /// rebuilt from the store and any torn or invalid tail of the store is cut.
+    /// `writable` opens it as the active segment.
+    pub(crate) fn open(
+        dir: &Path,
+        base: u64,
+        config: &LogConfig,
+        writable: bool,
+    ) -> Result<(Segment, Opened)> {
+        let store_path = dir.join(file_name(base, "store"));
+        let index_path = dir.join(file_name(base, "index"));
+        let store = Store::open(&store_path, writable)?;
+        let clean = match Index::inspect(&index_path)? {
+            IndexState::Clean { entries } => {
+                let index = Index::open(&index_path, entries, entries)?;
+                let mut segment = Segment {
+                    base,
+                    next: base + entries,
+                    store,
+                    index,
+                    max_store_bytes: config.max_store_bytes,
+                    max_record_bytes: config.max_record_bytes,
+                    writable: false,
+                };
+                if segment.tail_is_consistent() {
+                    if writable {
+                        segment.index = Index::open(&index_path, entries, config.index_capacity())?;
+                        segment.writable = true;
+                    }
+                    return Ok((segment, Opened::Clean));
+                }
+                tracing::warn!(index = %index_path.display(), "index marked clean disagrees with its store: rebuilding it");
+                segment.store
+            }
+            IndexState::NeedsRebuild => store,
+        };
+        Self::rebuild(clean, &index_path, base, config, writable)
+    }
+
+    /// Rebuilds the index by scanning every frame of the store; cuts the store
+    /// at the first frame that is torn, fails its checksum or is out of sequence.
+    fn rebuild(
+        mut store: Store,
+        index_path: &Path,
+        base: u64,
+        config: &LogConfig,
+        writable: bool,
+    ) -> Result<(Segment, Opened)> {
+        let size = store.size();
+        let mut positions: Vec<u64> = Vec::new();
+        let mut pos = FILE_HEADER_LEN as u64;
+        let mut window: Vec<u8> = Vec::new();
+        let mut window_start = pos;
+        loop {
+            if pos + FRAME_HEADER_LEN as u64 > size {
+                break;
+            }
+            let in_window = |start: u64, len: u64, wstart: u64, wlen: usize| {
+                start >= wstart && start + len <= wstart + wlen as u64
+            };
+            if !in_window(pos, FRAME_HEADER_LEN as u64, window_start, window.len()) {
+                let n = (size - pos).min(SCAN_CHUNK_BYTES as u64) as usize;
+                window.resize(n, 0);
+                store.read_at(pos, &mut window)?;
+                window_start = pos;
+            }
+            let at = (pos - window_start) as usize;
+            let Some(head) = window[at..].first_chunk::<FRAME_HEADER_LEN>() else {
+                break;
+            };
+            let header = FrameHeader::decode(head);
+            let expected = base + positions.len() as u64;
+            if header.len > config.max_record_bytes
+                || header.offset != expected
+                || pos + header.frame_len() > size
+            {
+                break;
+            }
+            if !in_window(pos, header.frame_len(), window_start, window.len()) {
+                let n = (size - pos).min(SCAN_CHUNK_BYTES.max(header.frame_len() as usize) as u64)
+                    as usize;
+                window.resize(n, 0);
+                store.read_at(pos, &mut window)?;
+                window_start = pos;
+            }
+            let at = (pos - window_start) as usize;
+            let record = &window[at + FRAME_HEADER_LEN..at + header.frame_len() as usize];
+            if !header.matches(record) {
+                break;
+            }
+            positions.push(pos);
+            pos += header.frame_len();
+        }
+        let truncated_bytes = size - pos;
+        if truncated_bytes > 0 {
+            tracing::warn!(
+                store = %store.path().display(),
+                valid_records = positions.len(),
+                truncated_bytes,
+                "cutting torn or invalid tail from store"
+            );
+            store.truncate(pos)?;
+        }
+        let capacity = config.index_capacity().max(positions.len() as u64);
+        let mut index = Index::create(index_path, capacity)?;
+        for (i, p) in positions.iter().enumerate() {
+            index.append(i as u32, *p);
+        }
+        let mut segment = Segment {
+            base,
+            next: base + positions.len() as u64,
+            store,
+            index,
+            max_store_bytes: config.max_store_bytes,
+            max_record_bytes: config.max_record_bytes,
+            writable: true,
+        };
+        if !writable {
+            segment.seal()?;
+        }
+        Ok((segment, Opened::Recovered { truncated_bytes }))
+    }
+
+    /// The O(1) check that lets a clean open skip the scan: the first entry
+    /// starts after the header and the last entry is an intact frame of the
+    /// right offset that ends exactly where the store ends.
+    fn tail_is_consistent(&self) -> bool {
+        let n = self.index.entries();
+        let size = self.store.size();
+        if n == 0 {
+            return size == FILE_HEADER_LEN as u64;
+        }
+        let (Some((_, first)), Some((rel, pos))) = (self.index.entry(0), self.index.entry(n - 1))
+        else {
+            return false;
+        };
+        if first != FILE_HEADER_LEN as u64 || rel as u64 != n - 1 || pos >= size {
+            return false;
+        }
+        let frame_len = size - pos;
+        if frame_len < FRAME_HEADER_LEN as u64
+            || frame_len > FRAME_HEADER_LEN as u64 + self.max_record_bytes as u64
+        {
+            return false;
+        }
+        let mut bytes = vec![0u8; frame_len as usize];
+        self.store.read_at(pos, &mut bytes).is_ok()
+            && self.store.check_frame(pos, &bytes, self.next - 1).is_ok()
+    }
+
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub(crate) fn next(&self) -> u64 {
+        self.next
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.next - self.base
+    }
+
+    /// Bytes of the store (header included; an index is a small fraction more).
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.store.size()
+    }
+
+    pub(crate) fn store_path(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Whether a record of `len` bytes still fits (store and index limits).
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.writable
+            && !self.index.is_full()
+            && self.store.size() + (FRAME_HEADER_LEN + len) as u64 <= self.max_store_bytes
+    }
+
+    /// Appends a record the caller has checked [`Segment::fits`]; returns its offset.
+    pub(crate) fn append(&mut self, record: &[u8]) -> Result<u64> {
+        debug_assert!(self.fits(record.len()));
+        let offset = self.next;
+        let position = self
+            .store
+            .append(&FrameHeader::new(offset, record), record)?;
+        self.index.append((offset - self.base) as u32, position);
+        self.next += 1;
+        Ok(offset)
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        self.store.flush()
+    }
+
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.store.sync()
+    }
+
+    /// Position and frame length of record `offset`, from the index.
+    fn locate(&self, offset: u64) -> Result<(u64, u64)> {
+        let i = offset - self.base;
+        let corrupt =
+            |reason: String| StorageError::corruption(self.index.path(), i * 12 + 8, reason);
+        let (rel, pos) = self
+            .index
+            .entry(i)
+            .ok_or_else(|| corrupt(format!("no index entry for offset {offset}")))?;
+        if rel as u64 != i {
+            return Err(corrupt(format!(
+                "index entry {i} holds relative offset {rel}"
+            )));
+        }
+        let end = match self.index.entry(i + 1) {
+            Some((_, next_pos)) => next_pos,
+            None => self.store.size(),
+        };
+        let frame_len = end.checked_sub(pos).unwrap_or(0);
+        if frame_len < FRAME_HEADER_LEN as u64
+            || frame_len > FRAME_HEADER_LEN as u64 + self.max_record_bytes as u64
+        {
+            return Err(corrupt(format!(
+                "index gives record {offset} an impossible frame length {frame_len}"
+            )));
+        }
+        Ok((pos, frame_len))
+    }
+
+    /// Reads record `offset` (which the caller checked is in this segment).
+    pub(crate) fn read(&self, offset: u64) -> Result<Vec<u8>> {
+        let (pos, frame_len) = self.locate(offset)?;
+        self.store.read_record(pos, frame_len, offset)
+    }
+
+    /// Appends to `batch` consecutive records from `from` (in this segment)
+    /// whose frames fit in `max_bytes`; with `take_first`, at least one record
+    /// whatever its size. Records are read with one copy: the frames land in
+    /// the batch buffer and are checked there. A corrupt record ends the batch
+    /// before it, or is the error if it is the first.
+    pub(crate) fn read_batch_into(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        batch: &mut RecordBatch,
+        take_first: bool,
+    ) -> Result<()> {
+        let (pos, first_len) = self.locate(from)?;
+        let available = self.store.size() - pos;
+        let budget = if take_first {
+            (max_bytes as u64).max(first_len)
+        } else {
+            max_bytes as u64
+        };
+        if budget < first_len {
+            return Ok(());
+        }
+        let want = budget.min(available) as usize;
+        let start = batch.buf.len();
+        batch.buf.resize(start + want, 0);
+        if let Err(e) = self.store.read_at(pos, &mut batch.buf[start..]) {
+            batch.buf.truncate(start);
+            return Err(e);
+        }
+        let mut cursor = start;
+        let mut expected = from;
+        while expected < self.next {
+            let Some(head) = batch.buf[cursor..].first_chunk::<FRAME_HEADER_LEN>() else {
+                break;
+            };
+            let header = FrameHeader::decode(head);
+            let end = cursor + header.frame_len() as usize;
+            let intact = end <= batch.buf.len()
+                && header.offset == expected
+                && header.matches(&batch.buf[cursor + FRAME_HEADER_LEN..end]);
+            if !intact {
+                if expected == from {
+                    let reason = if end > batch.buf.len() {
+                        "frame length disagrees with the index"
+                    } else {
+                        "checksum or offset mismatch"
+                    };
+                    batch.buf.truncate(start);
+                    return Err(StorageError::corruption(
+                        self.store.path(),
+                        pos + (cursor - start) as u64,
+                        format!("record {expected}: {reason}"),
+                    ));
+                }
+                break;
+            }
+            batch.push(expected, cursor + FRAME_HEADER_LEN, header.len as usize);
+            expected += 1;
+            cursor = end;
+        }
+        batch.buf.truncate(cursor);
+        Ok(())
+    }
+
+    /// Copies raw frame bytes `[position, position + out.len())` (for the raw reader).
+    pub(crate) fn read_raw(&self, position: u64, out: &mut [u8]) -> Result<()> {
+        self.store.read_at(position, out)
+    }
+
+    /// Makes the segment read-only and durable: store synced, index cut to
+    /// its entries and marked clean, so the next open trusts it without a scan.
+    pub(crate) fn seal(&mut self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.store.sync()?;
+        self.index.seal()?;
+        self.writable = false;
+        Ok(())
+    }
+
+    /// Last modification of the store: the age of its newest record.
+    pub(crate) fn modified(&self) -> Result<SystemTime> {
+        std::fs::metadata(self.store.path())
+            .and_then(|m| m.modified())
+            .map_err(StorageError::io("stat", self.store.path()))
+    }
+
+    /// Deletes both files.
+    pub(crate) fn remove(self) -> Result<()> {
+        let store_path: PathBuf = self.store.path().to_path_buf();
+        let index_path: PathBuf = self.index.path().to_path_buf();
+        drop(self);
+        std::fs::remove_file(&store_path).map_err(StorageError::io("remove", &store_path))?;
+        std::fs::remove_file(&index_path).map_err(StorageError::io("remove", &index_path))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::frame::INDEX_ENTRY_LEN;
+
+    fn config(max_store_bytes: u64, max_entries: u64) -> LogConfig {
+        LogConfig {
+            max_store_bytes,
+            max_index_bytes: (FILE_HEADER_LEN + INDEX_ENTRY_LEN * max_entries as usize) as u64,
+            max_record_bytes: 64,
+            ..LogConfig::default()
+        }
+    }
+
+    #[test]
+    fn segment_is_full_at_max_index_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::create(dir.path(), 16, &config(1 << 20, 3)).unwrap();
+        for expected in 16..19 {
+            assert!(s.fits(10));
+            assert_eq!(s.append(b"0123456789").unwrap(), expected);
+        }
+        assert!(!s.fits(10), "three entries fill the index");
+        assert_eq!(s.read(17).unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn segment_is_full_at_max_store_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let frame = (FRAME_HEADER_LEN + 10) as u64;
+        let max = FILE_HEADER_LEN as u64 + 2 * frame + 5;
+        let mut s = Segment::create(dir.path(), 0, &config(max, 100)).unwrap();
+        s.append(b"0123456789").unwrap();
+        s.append(b"0123456789").unwrap();
+        assert!(!s.fits(10), "a third frame would pass max_store_bytes");
+        assert!(s.fits(0) == (s.size_bytes() + FRAME_HEADER_LEN as u64 <= max));
+    }
+
+    #[test]
+    fn sealed_segment_reopens_clean_and_remove_deletes_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(1 << 20, 100);
+        let mut s = Segment::create(dir.path(), 5, &cfg).unwrap();
+        s.append(b"a").unwrap();
+        s.append(b"bb").unwrap();
+        s.seal().unwrap();
+        assert!(!s.fits(1));
+        drop(s);
+        let (s, how) = Segment::open(dir.path(), 5, &cfg, true).unwrap();
+        assert_eq!(how, Opened::Clean);
+        assert_eq!((s.base(), s.next()), (5, 7));
+        assert_eq!(s.read(6).unwrap(), b"bb");
+        s.remove().unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

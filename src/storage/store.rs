@@ -1,0 +1,346 @@
+//! The store file: a header followed by frames, appended through a write buffer.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::error::{Result, StorageError};
+use super::frame::{self, FILE_HEADER_LEN, FRAME_HEADER_LEN, FrameHeader, STORE_MAGIC};
+
+/// Frames are gathered here and handed to the kernel in one `pwrite`, so a
+/// batch of small records costs one system call, not one each.
+const WRITE_BUFFER_BYTES: usize = 256 << 10;
+
+/// One segment's store file. Frames are appended to a user-space buffer and
+/// become visible to other processes (and survive a crash of this one) on
+/// [`Store::flush`]; reads see buffered frames too.
+#[derive(Debug)]
+pub(crate) struct Store {
+    path: PathBuf,
+    file: File,
+    /// Whole frames not yet written to the file. A frame is never split
+    /// between the file and this buffer, so a frame is read from one place.
+    buf: Vec<u8>,
+    /// Length of the file as the kernel has it.
+    flushed: u64,
+    /// Bytes were written since the last `fdatasync`.
+    unsynced: bool,
+}
+
+impl Store {
+    /// Creates a new store file with its header. Fails if the file exists.
+    pub(crate) fn create(path: &Path) -> Result<Store> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(StorageError::io("create", path))?;
+        let header = frame::file_header(STORE_MAGIC, 0);
+        file.write_all_at(&header, 0)
+            .map_err(StorageError::io("write header of", path))?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            file,
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            flushed: FILE_HEADER_LEN as u64,
+            unsynced: true,
+        })
+    }
+
+    /// Opens an existing store file and checks its header.
+    ///
+    /// A file shorter than its header can only be a segment whose creation was
+    /// cut short by a crash; with `repair_short` it is rewritten as empty.
+    pub(crate) fn open(path: &Path, repair_short: bool) -> Result<Store> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(StorageError::io("open", path))?;
+        let len = file
+            .metadata()
+            .map_err(StorageError::io("stat", path))?
+            .len();
+        let mut store = Store {
+            path: path.to_path_buf(),
+            file,
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            flushed: len,
+            unsynced: false,
+        };
+        if len < FILE_HEADER_LEN as u64 && repair_short {
+            tracing::warn!(path = %path.display(), len, "store file shorter than its header: rewriting it empty");
+            store.truncate(0)?;
+            store
+                .file
+                .write_all_at(&frame::file_header(STORE_MAGIC, 0), 0)
+                .map_err(StorageError::io("write header of", path))?;
+            store.flushed = FILE_HEADER_LEN as u64;
+            store.unsynced = true;
+            return Ok(store);
+        }
+        let mut header = [0u8; FILE_HEADER_LEN];
+        let n = (len as usize).min(FILE_HEADER_LEN);
+        store
+            .file
+            .read_exact_at(&mut header[..n], 0)
+            .map_err(StorageError::io("read header of", path))?;
+        frame::parse_file_header(&header[..n], STORE_MAGIC).map_err(|reason| {
+            StorageError::UnsupportedFormat {
+                path: path.to_path_buf(),
+                reason,
+            }
+        })?;
+        Ok(store)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes in the store, buffered ones included (the position of the next frame).
+    pub(crate) fn size(&self) -> u64 {
+        self.flushed + self.buf.len() as u64
+    }
+
+    /// Appends one frame; returns its position.
+    pub(crate) fn append(&mut self, header: &FrameHeader, record: &[u8]) -> Result<u64> {
+        let frame_len = FRAME_HEADER_LEN + record.len();
+        if !self.buf.is_empty() && self.buf.len() + frame_len > WRITE_BUFFER_BYTES {
+            self.flush()?;
+        }
+        let position = self.size();
+        self.buf.extend_from_slice(&header.encode());
+        self.buf.extend_from_slice(record);
+        if self.buf.len() >= WRITE_BUFFER_BYTES {
+            self.flush()?;
+        }
+        Ok(position)
+    }
+
+    /// Hands buffered frames to the kernel. On failure nothing is dropped:
+    /// the buffer is kept and a retry rewrites it at the same position.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&self.buf, self.flushed)
+            .map_err(StorageError::io("write", &self.path))?;
+        self.flushed += self.buf.len() as u64;
+        self.buf.clear();
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Flushes, then `fdatasync`s if anything was written since the last sync.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        if self.unsynced {
+            self.file
+                .sync_data()
+                .map_err(StorageError::io("fdatasync", &self.path))?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Cuts the file to `len` bytes (recovery of a torn tail).
+    pub(crate) fn truncate(&mut self, len: u64) -> Result<()> {
+        self.buf.clear();
+        self.file
+            .set_len(len)
+            .map_err(StorageError::io("truncate", &self.path))?;
+        self.flushed = len;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Copies the bytes `[position, position + out.len())` into `out`, from
+    /// the file and/or the write buffer.
+    pub(crate) fn read_at(&self, position: u64, out: &mut [u8]) -> Result<()> {
+        let end = position + out.len() as u64;
+        if end > self.size() {
+            return Err(StorageError::corruption(
+                &self.path,
+                position,
+                format!(
+                    "read of {} bytes runs past the end of the store ({} bytes)",
+                    out.len(),
+                    self.size()
+                ),
+            ));
+        }
+        let from_file = end.min(self.flushed).saturating_sub(position) as usize;
+        if from_file > 0 {
+            self.file
+                .read_exact_at(&mut out[..from_file], position)
+                .map_err(StorageError::io("read", &self.path))?;
+        }
+        if from_file < out.len() {
+            let start = (position + from_file as u64 - self.flushed) as usize;
+            let n = out.len() - from_file;
+            out[from_file..].copy_from_slice(&self.buf[start..start + n]);
+        }
+        Ok(())
+    }
+
+    /// Reads the frame at `position`, which the index says is `frame_len`
+    /// bytes long, checks it is the record `offset`, and returns the record.
+    pub(crate) fn read_record(
+        &self,
+        position: u64,
+        frame_len: u64,
+        offset: u64,
+    ) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; frame_len as usize];
+        self.read_at(position, &mut bytes)?;
+        let header = self.check_frame(position, &bytes, offset)?;
+        debug_assert_eq!(header.frame_len(), frame_len);
+        bytes.copy_within(FRAME_HEADER_LEN.., 0);
+        bytes.truncate(header.len as usize);
+        Ok(bytes)
+    }
+
+    /// Checks that `bytes` (read at `position`) is exactly one intact frame of
+    /// the record `offset`.
+    pub(crate) fn check_frame(
+        &self,
+        position: u64,
+        bytes: &[u8],
+        offset: u64,
+    ) -> Result<FrameHeader> {
+        let Some(head) = bytes.first_chunk::<FRAME_HEADER_LEN>() else {
+            return Err(StorageError::corruption(
+                &self.path,
+                position,
+                "frame shorter than its header",
+            ));
+        };
+        let header = FrameHeader::decode(head);
+        if header.frame_len() != bytes.len() as u64 {
+            return Err(StorageError::corruption(
+                &self.path,
+                position,
+                format!(
+                    "frame says {} record bytes, the index leaves room for {}",
+                    header.len,
+                    bytes.len() - FRAME_HEADER_LEN
+                ),
+            ));
+        }
+        if header.offset != offset {
+            return Err(StorageError::corruption(
+                &self.path,
+                position,
+                format!("frame holds offset {}, expected {offset}", header.offset),
+            ));
+        }
+        if !header.matches(&bytes[FRAME_HEADER_LEN..]) {
+            return Err(StorageError::corruption(
+                &self.path,
+                position,
+                format!("checksum mismatch in record {offset}"),
+            ));
+        }
+        Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append_record(store: &mut Store, offset: u64, record: &[u8]) -> u64 {
+        store
+            .append(&FrameHeader::new(offset, record), record)
+            .unwrap()
+    }
+
+    #[test]
+    fn appended_records_read_back_before_and_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::create(&dir.path().join("s.store")).unwrap();
+        let records: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 10 + i as usize]).collect();
+        let mut positions = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            positions.push(append_record(&mut store, i as u64, r));
+        }
+        assert_eq!(
+            positions[0], FILE_HEADER_LEN as u64,
+            "first frame follows the header"
+        );
+        let len = |i: usize| (FRAME_HEADER_LEN + records[i].len()) as u64;
+        // Served from the write buffer.
+        assert_eq!(
+            store.read_record(positions[1], len(1), 1).unwrap(),
+            records[1]
+        );
+        store.flush().unwrap();
+        for i in 0..3 {
+            assert_eq!(
+                store.read_record(positions[i], len(i), i as u64).unwrap(),
+                records[i]
+            );
+        }
+    }
+
+    #[test]
+    fn store_reopens_with_its_size_and_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.store");
+        let mut store = Store::create(&path).unwrap();
+        let pos = append_record(&mut store, 7, b"persisted");
+        store.sync().unwrap();
+        let size = store.size();
+        drop(store);
+        let store = Store::open(&path, false).unwrap();
+        assert_eq!(store.size(), size);
+        assert_eq!(store.read_record(pos, size - pos, 7).unwrap(), b"persisted");
+    }
+
+    #[test]
+    fn unflushed_frames_are_not_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.store");
+        let mut store = Store::create(&path).unwrap();
+        append_record(&mut store, 0, b"buffered");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            FILE_HEADER_LEN as u64
+        );
+        store.flush().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), store.size());
+    }
+
+    #[test]
+    fn foreign_file_is_an_unsupported_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.store");
+        std::fs::write(&path, b"GIF89a-not-a-store").unwrap();
+        assert!(matches!(
+            Store::open(&path, false),
+            Err(StorageError::UnsupportedFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_offset_or_flipped_byte_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::create(&dir.path().join("s.store")).unwrap();
+        let pos = append_record(&mut store, 3, b"abc");
+        store.flush().unwrap();
+        let len = (FRAME_HEADER_LEN + 3) as u64;
+        assert!(store.read_record(pos, len, 4).unwrap_err().is_corruption());
+        let mut bytes = vec![0u8; len as usize];
+        store.read_at(pos, &mut bytes).unwrap();
+        bytes[FRAME_HEADER_LEN] ^= 1;
+        assert!(
+            store
+                .check_frame(pos, &bytes, 3)
+                .unwrap_err()
+                .is_corruption()
+        );
+    }
+}
