@@ -60,7 +60,7 @@ impl Index {
             }
         })?;
         let body = len - FILE_HEADER_LEN as u64;
-        if flags & INDEX_FLAG_CLEAN != 0 && body % INDEX_ENTRY_LEN as u64 == 0 {
+        if flags & INDEX_FLAG_CLEAN != 0 && body.is_multiple_of(INDEX_ENTRY_LEN as u64) {
             Ok(IndexState::Clean {
                 entries: body / INDEX_ENTRY_LEN as u64,
             })

@@ -282,7 +282,7 @@ impl Segment {
             Some((_, next_pos)) => next_pos,
             None => self.store.size(),
         };
-        let frame_len = end.checked_sub(pos).unwrap_or(0);
+        let frame_len = end.saturating_sub(pos);
         if frame_len < FRAME_HEADER_LEN as u64
             || frame_len > FRAME_HEADER_LEN as u64 + self.max_record_bytes as u64
         {

@@ -1,0 +1,3 @@
+//! Subcommands of the `proglog` binary.
+
+pub mod storage_bench;

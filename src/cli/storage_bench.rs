@@ -1,0 +1,182 @@
+//! `proglog storage-bench`: the storage core end to end on a real disk.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use proglog::storage::{Log, LogConfig, SyncPolicy};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory to write the test log in (a fresh sub-directory is used and removed).
+    #[arg(long, default_value = "./proglog-bench")]
+    dir: PathBuf,
+    /// Size of the log to write, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 256)]
+    record_bytes: usize,
+    /// Keep the log directory afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// Resident and peak resident memory of this process, in KiB.
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn mb_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+fn step(name: &str) {
+    eprint!("{name}... ");
+    let _ = std::io::stderr().flush();
+}
+
+pub fn run(args: Args) -> Result<(), BoxError> {
+    if args.record_bytes == 0 {
+        return Err("--record-bytes must be at least 1".into());
+    }
+    let root = args.dir.join(format!("run-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let total = args.size_mib << 20;
+
+    step("reference: buffered 1 MiB writes + fdatasync");
+    let block = vec![0xa5u8; 1 << 20];
+    let start = Instant::now();
+    {
+        let mut f = std::fs::File::create(root.join("reference"))?;
+        for _ in 0..args.size_mib {
+            f.write_all(&block)?;
+        }
+        f.sync_data()?;
+    }
+    let reference = mb_per_s(total, start.elapsed());
+    std::fs::remove_file(root.join("reference"))?;
+    eprintln!("{reference:.0} MB/s");
+
+    let config = LogConfig {
+        sync: SyncPolicy::Never,
+        ..LogConfig::default()
+    };
+    let log_dir = root.join("log");
+    step("batched appends (sync=never), then close");
+    let record = vec![0x5au8; args.record_bytes];
+    let per_batch = ((256 << 10) / args.record_bytes).max(1);
+    let batch: Vec<&[u8]> = (0..per_batch).map(|_| &record[..]).collect();
+    let mut log = Log::open(&log_dir, config.clone())?;
+    let start = Instant::now();
+    let mut written = 0u64;
+    while written < total {
+        log.append_batch(&batch)?;
+        written += (per_batch * args.record_bytes) as u64;
+    }
+    log.sync()?;
+    let append_time = start.elapsed();
+    let records = log.next_offset();
+    let segments = log.segment_count();
+    log.close()?;
+    let append = mb_per_s(written, append_time);
+    eprintln!("{append:.0} MB/s, {records} records in {segments} segments");
+
+    step("reopen after clean close");
+    let start = Instant::now();
+    let log = Log::open(&log_dir, config.clone())?;
+    let reopen_clean = start.elapsed();
+    let scanned = log.open_report().recovered_segments;
+    eprintln!(
+        "{:.2} ms (segments scanned: {scanned})",
+        reopen_clean.as_secs_f64() * 1e3
+    );
+
+    step("sequential read of the whole log");
+    let (rss_before, _) = memory_kib();
+    let start = Instant::now();
+    let mut from = log.lowest_offset();
+    let mut read = 0u64;
+    let mut rss_max = rss_before;
+    while from < log.next_offset() {
+        let batch = log.read_batch(from, 1 << 20)?;
+        read += batch.len() as u64;
+        from = batch.next_offset().unwrap_or(from);
+        if read % (1 << 16) < batch.len() as u64 {
+            rss_max = rss_max.max(memory_kib().0);
+        }
+    }
+    let read_time = start.elapsed();
+    let (rss_after, hwm) = memory_kib();
+    let read_rate = read as f64 / read_time.as_secs_f64();
+    eprintln!(
+        "{:.2} M records/s; RSS {} KiB before, {} KiB max during, {} KiB peak of process",
+        read_rate / 1e6,
+        rss_before,
+        rss_max.max(rss_after),
+        hwm
+    );
+
+    step("crash (unflushed active segment) and reopen");
+    let mut log = log;
+    drop_and_crash(&mut log, &batch)?;
+    let start = Instant::now();
+    let log = Log::open(&log_dir, config)?;
+    let reopen_crash = start.elapsed();
+    let report = log.open_report().clone();
+    eprintln!(
+        "{:.2} ms (segments scanned: {}, truncated bytes: {})",
+        reopen_crash.as_secs_f64() * 1e3,
+        report.recovered_segments,
+        report.truncated_bytes
+    );
+    drop(log);
+
+    println!(
+        "{{\"size_mib\":{},\"record_bytes\":{},\"reference_write_mb_s\":{reference:.1},\"append_batched_mb_s\":{append:.1},\"append_vs_reference\":{:.2},\"segments\":{segments},\"reopen_clean_ms\":{:.3},\"sequential_read_records_s\":{read_rate:.0},\"rss_kib_before_read\":{rss_before},\"rss_kib_max_during_read\":{},\"reopen_after_crash_ms\":{:.3},\"crash_segments_scanned\":{}}}",
+        args.size_mib,
+        args.record_bytes,
+        append / reference,
+        reopen_clean.as_secs_f64() * 1e3,
+        rss_max.max(rss_after),
+        reopen_crash.as_secs_f64() * 1e3,
+        report.recovered_segments
+    );
+    if !args.keep {
+        std::fs::remove_dir_all(&root)?;
+    }
+    Ok(())
+}
+
+/// Rolls to a new segment, fills it half way, flushes (the bytes reach the
+/// kernel) and drops the log without closing it, as a killed process would:
+/// the next open must rebuild the active segment's index from 64 MiB of store.
+fn drop_and_crash(log: &mut Log, batch: &[&[u8]]) -> Result<(), BoxError> {
+    let start_segments = log.segment_count();
+    while log.segment_count() == start_segments {
+        log.append_batch(batch)?;
+    }
+    let target = log.config().max_store_bytes / 2;
+    let mut added = 0u64;
+    while added < target {
+        log.append_batch(batch)?;
+        added += batch.iter().map(|r| r.len() as u64 + 16).sum::<u64>();
+    }
+    let dir = log.dir().to_path_buf();
+    let config = log.config().clone();
+    // Swap in a placeholder log so the real one can be consumed by simulate_crash.
+    let placeholder = Log::open(dir.join("..").join("placeholder"), config)?;
+    std::mem::replace(log, placeholder).simulate_crash();
+    Ok(())
+}
