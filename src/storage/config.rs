@@ -78,6 +78,34 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
+impl Retention {
+    /// How many of the oldest segments to delete, given each segment's size
+    /// in bytes and last modification, oldest first. The last one is the
+    /// active segment and is never counted. Size goes first (delete the oldest
+    /// while over the limit), then age (delete while the oldest is too old).
+    pub fn segments_to_delete(
+        &self,
+        segments: &[(u64, std::time::SystemTime)],
+        now: std::time::SystemTime,
+    ) -> usize {
+        let deletable = segments.len().saturating_sub(1);
+        let mut n = 0;
+        if let Some(max) = self.max_bytes {
+            let mut total: u64 = segments.iter().map(|s| s.0).sum();
+            while n < deletable && total > max {
+                total -= segments[n].0;
+                n += 1;
+            }
+        }
+        if let Some(age) = self.max_age {
+            while n < deletable && now.duration_since(segments[n].1).unwrap_or_default() > age {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
 /// Settings of a [`crate::storage::Log`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {

@@ -57,7 +57,7 @@ pub struct Log {
     /// Ordered by base offset; the last one is the active segment.
     segments: Vec<Segment>,
     /// Held for the log's lifetime: `flock` on the directory's lock file.
-    _lock: File,
+    _lock: DirLock,
     last_sync: Instant,
     failed: bool,
     closed: bool,
@@ -68,58 +68,17 @@ impl Log {
     /// Opens (creating if needed) the log in `dir`, recovering from a crash if
     /// the last run did not close it.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
-        config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(StorageError::io("create directory", &dir))?;
-        let lock = lock_dir(&dir)?;
-        let bases = scan_dir(&dir)?;
-
-        let mut opened = OpenReport::default();
-        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
-        let count = bases.len();
-        for (i, base) in bases.into_iter().enumerate() {
-            let (segment, how) = Segment::open(&dir, base, &config, i + 1 == count)?;
-            if let Opened::Recovered { truncated_bytes } = how {
-                opened.recovered_segments += 1;
-                opened.truncated_bytes += truncated_bytes;
-            }
-            segments.push(segment);
-        }
-        // Offsets must be contiguous: a segment that lost its tail makes every
-        // later segment unreachable, so they go (Kafka does the same).
-        if let Some(gap) = segments.windows(2).position(|w| w[0].next() != w[1].base()) {
-            let dropped = segments.split_off(gap + 1);
-            tracing::warn!(
-                dir = %dir.display(),
-                after_offset = segments[gap].next(),
-                dropped = dropped.len(),
-                "gap in offsets after recovery: deleting later segments"
-            );
-            opened.dropped_segments = dropped.len();
-            for s in dropped {
-                s.remove()?;
-            }
-            let base = segments[gap].base();
-            drop(segments.pop());
-            let (segment, _) = Segment::open(&dir, base, &config, true)?;
-            segments.push(segment);
-        }
-        if segments.is_empty() {
-            segments.push(Segment::create(&dir, config.initial_offset, &config)?);
-        }
-        opened.segments = segments.len();
-        if opened.recovered_segments > 0 {
-            tracing::info!(dir = %dir.display(), ?opened, "log recovered after an unclean shutdown");
-        }
+        let opened = open_dir(&dir, &config)?;
         Ok(Log {
             dir,
             config,
-            segments,
-            _lock: lock,
+            segments: opened.segments,
+            _lock: opened.lock,
             last_sync: Instant::now(),
             failed: false,
             closed: false,
-            opened,
+            opened: opened.report,
         })
     }
 
@@ -318,10 +277,11 @@ impl Log {
         loop {
             let segment = &self.segments[i];
             if batch.is_empty() {
-                segment.read_batch_into(offset, max_bytes, &mut batch, true)?;
+                segment.read_batch_into(offset, u64::MAX, max_bytes, &mut batch, true)?;
             } else {
                 match segment.read_batch_into(
                     offset,
+                    u64::MAX,
                     max_bytes - batch.buf.len(),
                     &mut batch,
                     false,
@@ -351,7 +311,7 @@ impl Log {
     pub fn truncate(&mut self, lowest: u64) -> Result<usize> {
         self.check_writable()?;
         let lowest = lowest.min(self.next_offset());
-        if self.active().len() > 0 && self.active().next() <= lowest {
+        if !self.active().is_empty() && self.active().next() <= lowest {
             let r = self.roll();
             self.guard(r)?;
         }
@@ -369,20 +329,13 @@ impl Log {
     pub fn apply_retention(&mut self, now: SystemTime) -> Result<RetentionReport> {
         self.check_writable()?;
         let mut report = RetentionReport::default();
-        let retention = self.config.retention;
-        if let Some(max) = retention.max_bytes {
-            while self.segments.len() > 1 && self.size_bytes() > max {
-                self.remove_oldest(&mut report)?;
-            }
+        let mut segments = Vec::with_capacity(self.segments.len());
+        for s in &self.segments {
+            segments.push((s.size_bytes(), s.modified()?));
         }
-        if let Some(age) = retention.max_age {
-            while self.segments.len() > 1 {
-                let modified = self.segments[0].modified()?;
-                if now.duration_since(modified).unwrap_or_default() <= age {
-                    break;
-                }
-                self.remove_oldest(&mut report)?;
-            }
+        let victims = self.config.retention.segments_to_delete(&segments, now);
+        for _ in 0..victims {
+            self.remove_oldest(&mut report)?;
         }
         Ok(report)
     }
@@ -531,4 +484,72 @@ fn scan_dir(dir: &Path) -> Result<Vec<u64>> {
         bases.push(base);
     }
     Ok(bases)
+}
+
+/// Holds a log directory's lock (`flock` on its lock file) while alive.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] File);
+
+/// A log directory opened and recovered: its segments in offset order, the
+/// last one writable, and the lock that keeps other processes out.
+#[derive(Debug)]
+pub struct OpenedDir {
+    pub segments: Vec<Segment>,
+    pub report: OpenReport,
+    pub lock: DirLock,
+}
+
+/// Opens (creating if needed) the log directory `dir`: takes its lock,
+/// refuses foreign files, opens every segment (rebuilding any index a crash
+/// left dirty), drops segments after a gap so offsets stay contiguous, and
+/// creates the first segment of an empty log. Shared by [`Log`] and the
+/// actor layer, so both recover the same way.
+pub fn open_dir(dir: &Path, config: &LogConfig) -> Result<OpenedDir> {
+    config.validate()?;
+    std::fs::create_dir_all(dir).map_err(StorageError::io("create directory", dir))?;
+    let lock = DirLock(lock_dir(dir)?);
+    let bases = scan_dir(dir)?;
+
+    let mut report = OpenReport::default();
+    let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
+    let count = bases.len();
+    for (i, base) in bases.into_iter().enumerate() {
+        let (segment, how) = Segment::open(dir, base, config, i + 1 == count)?;
+        if let Opened::Recovered { truncated_bytes } = how {
+            report.recovered_segments += 1;
+            report.truncated_bytes += truncated_bytes;
+        }
+        segments.push(segment);
+    }
+    // Offsets must be contiguous: a segment that lost its tail makes every
+    // later segment unreachable, so they go (Kafka does the same).
+    if let Some(gap) = segments.windows(2).position(|w| w[0].next() != w[1].base()) {
+        let dropped = segments.split_off(gap + 1);
+        tracing::warn!(
+            dir = %dir.display(),
+            after_offset = segments[gap].next(),
+            dropped = dropped.len(),
+            "gap in offsets after recovery: deleting later segments"
+        );
+        report.dropped_segments = dropped.len();
+        for s in dropped {
+            s.remove()?;
+        }
+        let base = segments[gap].base();
+        drop(segments.pop());
+        let (segment, _) = Segment::open(dir, base, config, true)?;
+        segments.push(segment);
+    }
+    if segments.is_empty() {
+        segments.push(Segment::create(dir, config.initial_offset, config)?);
+    }
+    report.segments = segments.len();
+    if report.recovered_segments > 0 {
+        tracing::info!(dir = %dir.display(), ?report, "log recovered after an unclean shutdown");
+    }
+    Ok(OpenedDir {
+        segments,
+        report,
+        lock,
+    })
 }

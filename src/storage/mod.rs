@@ -17,4 +17,5 @@ mod store;
 pub use batch::RecordBatch;
 pub use config::{LogConfig, Retention, SyncPolicy};
 pub use error::{Result, StorageError};
-pub use log::{Log, LogReader, OpenReport, RetentionReport};
+pub use log::{DirLock, Log, LogReader, OpenReport, OpenedDir, RetentionReport, open_dir};
+pub use segment::{Opened, Segment, file_name};

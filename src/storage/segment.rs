@@ -15,13 +15,13 @@ const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
 /// File name of a segment file: the base offset, zero-padded to 20 digits so
 /// names sort like offsets.
-pub(crate) fn file_name(base: u64, ext: &str) -> String {
+pub fn file_name(base: u64, ext: &str) -> String {
     format!("{base:020}.{ext}")
 }
 
 /// How a segment came to be open, for logging and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Opened {
+pub enum Opened {
     /// Its index was clean and agreed with the store: nothing was scanned.
     Clean,
     /// Its index was rebuilt from the store; `truncated_bytes` of torn or
@@ -29,8 +29,9 @@ pub(crate) enum Opened {
     Recovered { truncated_bytes: u64 },
 }
 
+/// One segment, usable on its own: the LogActor gives each to a SegmentActor.
 #[derive(Debug)]
-pub(crate) struct Segment {
+pub struct Segment {
     base: u64,
     next: u64,
     store: Store,
@@ -43,7 +44,7 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Creates a new, empty, writable segment starting at `base`.
-    pub(crate) fn create(dir: &Path, base: u64, config: &LogConfig) -> Result<Segment> {
+    pub fn create(dir: &Path, base: u64, config: &LogConfig) -> Result<Segment> {
         let store_path = dir.join(file_name(base, "store"));
         let store = Store::create(&store_path)?;
         let index =
@@ -69,7 +70,7 @@ impl Segment {
     /// end of the store is trusted as is (no scan); otherwise the index is
     /// rebuilt from the store and any torn or invalid tail of the store is cut.
     /// `writable` opens it as the active segment.
-    pub(crate) fn open(
+    pub fn open(
         dir: &Path,
         base: u64,
         config: &LogConfig,
@@ -216,36 +217,41 @@ impl Segment {
             && self.store.check_frame(pos, &bytes, self.next - 1).is_ok()
     }
 
-    pub(crate) fn base(&self) -> u64 {
+    pub fn base(&self) -> u64 {
         self.base
     }
 
-    pub(crate) fn next(&self) -> u64 {
+    pub fn next(&self) -> u64 {
         self.next
     }
 
-    pub(crate) fn len(&self) -> u64 {
+    pub fn is_empty(&self) -> bool {
+        self.next == self.base
+    }
+
+    /// Records in the segment.
+    pub fn len(&self) -> u64 {
         self.next - self.base
     }
 
     /// Bytes of the store (header included; an index is a small fraction more).
-    pub(crate) fn size_bytes(&self) -> u64 {
+    pub fn size_bytes(&self) -> u64 {
         self.store.size()
     }
 
-    pub(crate) fn store_path(&self) -> &Path {
+    pub fn store_path(&self) -> &Path {
         self.store.path()
     }
 
     /// Whether a record of `len` bytes still fits (store and index limits).
-    pub(crate) fn fits(&self, len: usize) -> bool {
+    pub fn fits(&self, len: usize) -> bool {
         self.writable
             && !self.index.is_full()
             && self.store.size() + (FRAME_HEADER_LEN + len) as u64 <= self.max_store_bytes
     }
 
     /// Appends a record the caller has checked [`Segment::fits`]; returns its offset.
-    pub(crate) fn append(&mut self, record: &[u8]) -> Result<u64> {
+    pub fn append(&mut self, record: &[u8]) -> Result<u64> {
         debug_assert!(self.fits(record.len()));
         let offset = self.next;
         let position = self
@@ -256,11 +262,23 @@ impl Segment {
         Ok(offset)
     }
 
-    pub(crate) fn flush(&mut self) -> Result<()> {
+    /// Hands buffered frames to the kernel.
+    pub fn flush(&mut self) -> Result<()> {
         self.store.flush()
     }
 
-    pub(crate) fn sync(&mut self) -> Result<()> {
+    /// The store file, for an `fdatasync` run off the caller's thread (the
+    /// SegmentActor syncs on a blocking pool so the RPC thread never waits).
+    pub fn sync_handle(&self) -> std::sync::Arc<std::fs::File> {
+        self.store.sync_handle()
+    }
+
+    /// Whether the segment takes appends (it is the active one).
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    pub fn sync(&mut self) -> Result<()> {
         self.store.sync()
     }
 
@@ -294,7 +312,7 @@ impl Segment {
     }
 
     /// Reads record `offset` (which the caller checked is in this segment).
-    pub(crate) fn read(&self, offset: u64) -> Result<Vec<u8>> {
+    pub fn read(&self, offset: u64) -> Result<Vec<u8>> {
         let (pos, frame_len) = self.locate(offset)?;
         self.store.read_record(pos, frame_len, offset)
     }
@@ -304,9 +322,10 @@ impl Segment {
     /// whatever its size. Records are read with one copy: the frames land in
     /// the batch buffer and are checked there. A corrupt record ends the batch
     /// before it, or is the error if it is the first.
-    pub(crate) fn read_batch_into(
+    pub fn read_batch_into(
         &self,
         from: u64,
+        until: u64,
         max_bytes: usize,
         batch: &mut RecordBatch,
         take_first: bool,
@@ -330,7 +349,7 @@ impl Segment {
         }
         let mut cursor = start;
         let mut expected = from;
-        while expected < self.next {
+        while expected < self.next.min(until) {
             let Some(head) = batch.buf[cursor..].first_chunk::<FRAME_HEADER_LEN>() else {
                 break;
             };
@@ -370,7 +389,7 @@ impl Segment {
 
     /// Makes the segment read-only and durable: store synced, index cut to
     /// its entries and marked clean, so the next open trusts it without a scan.
-    pub(crate) fn seal(&mut self) -> Result<()> {
+    pub fn seal(&mut self) -> Result<()> {
         if !self.writable {
             return Ok(());
         }
@@ -381,14 +400,14 @@ impl Segment {
     }
 
     /// Last modification of the store: the age of its newest record.
-    pub(crate) fn modified(&self) -> Result<SystemTime> {
+    pub fn modified(&self) -> Result<SystemTime> {
         std::fs::metadata(self.store.path())
             .and_then(|m| m.modified())
             .map_err(StorageError::io("stat", self.store.path()))
     }
 
     /// Deletes both files.
-    pub(crate) fn remove(self) -> Result<()> {
+    pub fn remove(self) -> Result<()> {
         let store_path: PathBuf = self.store.path().to_path_buf();
         let index_path: PathBuf = self.index.path().to_path_buf();
         drop(self);

@@ -3,6 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::{Result, StorageError};
 use super::frame::{self, FILE_HEADER_LEN, FRAME_HEADER_LEN, FrameHeader, STORE_MAGIC};
@@ -17,7 +18,8 @@ const WRITE_BUFFER_BYTES: usize = 256 << 10;
 #[derive(Debug)]
 pub(crate) struct Store {
     path: PathBuf,
-    file: File,
+    /// Shared so an `fdatasync` can run on another thread.
+    file: Arc<File>,
     /// Whole frames not yet written to the file. A frame is never split
     /// between the file and this buffer, so a frame is read from one place.
     buf: Vec<u8>,
@@ -41,7 +43,7 @@ impl Store {
             .map_err(StorageError::io("write header of", path))?;
         Ok(Store {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             flushed: FILE_HEADER_LEN as u64,
             unsynced: true,
@@ -64,7 +66,7 @@ impl Store {
             .len();
         let mut store = Store {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             flushed: len,
             unsynced: false,
@@ -144,6 +146,10 @@ impl Store {
             self.unsynced = false;
         }
         Ok(())
+    }
+
+    pub(crate) fn sync_handle(&self) -> Arc<File> {
+        Arc::clone(&self.file)
     }
 
     /// Cuts the file to `len` bytes (recovery of a torn tail).

@@ -1,0 +1,99 @@
+//! The messages a [`super::LogActor`] answers, each with its own result type.
+
+use std::ops::Range;
+
+use actix::Message;
+
+use super::error::LogError;
+use crate::storage::RecordBatch;
+
+/// Appends records (one or a batch) in order. Answers their offsets once
+/// they have reached the kernel and the sync policy is met (under `always`,
+/// after `fdatasync`): an answered append survives a crash of the process.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Range<u64>, LogError>")]
+pub struct Append {
+    pub records: Vec<Vec<u8>>,
+}
+
+impl Append {
+    pub fn one(record: Vec<u8>) -> Append {
+        Append {
+            records: vec![record],
+        }
+    }
+}
+
+/// Reads one record.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<u8>, LogError>")]
+pub struct Read {
+    pub offset: u64,
+}
+
+/// Reads consecutive records from `from`, about `max_bytes` of frames and at
+/// least one record, from one segment (ask again from `next_offset()` for
+/// more). At the end of the log the batch is empty: send [`WaitFor`].
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RecordBatch, LogError>")]
+pub struct ReadBatch {
+    pub from: u64,
+    pub max_bytes: usize,
+}
+
+/// Answers (with the log's next offset) as soon as a record at `offset`
+/// exists: at once if it already does, else when an append reaches it. A
+/// waiting reader costs nothing: no timer, no polling.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, LogError>")]
+pub struct WaitFor {
+    pub offset: u64,
+}
+
+/// Deletes whole segments whose records are all below `lowest`; answers how many.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<usize, LogError>")]
+pub struct Truncate {
+    pub lowest: u64,
+}
+
+/// Applies the retention settings now (also run by a timer); answers how many
+/// segments were deleted.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<usize, LogError>")]
+pub struct ApplyRetention;
+
+/// A snapshot of the partition's state.
+#[derive(Debug, Message)]
+#[rtype(result = "LogStats")]
+pub struct Stats;
+
+/// What [`Stats`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogStats {
+    pub partition: String,
+    /// Oldest offset still held.
+    pub lowest_offset: u64,
+    /// Offset the next record will get; everything below is readable.
+    pub next_offset: u64,
+    pub segments: usize,
+    /// Bytes of the store files (approximate for the active segment).
+    pub size_bytes: u64,
+    /// SegmentActor restarts since the partition was opened.
+    pub restarts: u64,
+    /// Set when the partition failed for good.
+    pub failed: Option<String>,
+}
+
+/// Flushes, syncs and seals every segment, stops the actors and releases the
+/// directory: the next open needs no recovery.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), LogError>")]
+pub struct Close;
+
+/// Test hook: makes the active SegmentActor panic inside its next handler, as
+/// a bug or a fatal I/O error would. The supervisor must restart it.
+#[doc(hidden)]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct InjectSegmentFault;

@@ -1,0 +1,28 @@
+//! The log as actors (DESIGN §1): a [`LogActor`] per partition owns one
+//! SegmentActor per segment, both under actix supervisors.
+//!
+//! - Appends are group-committed: a SegmentActor appends every message of a
+//!   mailbox burst to its write buffer, then flushes once and answers them
+//!   all. Under `sync=always` the `fdatasync` runs on the blocking pool, so
+//!   the actor thread (shared with RPC and other partitions) never waits on
+//!   the disk; appends arriving meanwhile gather for the next sync.
+//! - Readers see only committed records. A reader at the end of the log sends
+//!   [`WaitFor`] and is answered when an append reaches its offset: no timer,
+//!   no polling.
+//! - A SegmentActor that panics or hits a write error answers the appends in
+//!   flight with an error (none of them was acknowledged), stops, and is
+//!   restarted by its supervisor, which reopens the segment through the same
+//!   recovery as after a crash. Three restarts within a minute mark the
+//!   partition failed instead of looping.
+
+mod error;
+mod log_actor;
+mod messages;
+mod partitions;
+mod restart;
+mod segment_actor;
+
+pub use error::LogError;
+pub use log_actor::{LogActor, RETENTION_CHECK_INTERVAL};
+pub use messages::*;
+pub use partitions::{NodeIdentity, Partitions};

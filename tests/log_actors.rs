@@ -1,0 +1,421 @@
+//! The log as actors: appends, reads, waiting readers, rolls, supervision.
+
+use std::time::Duration;
+
+use actix::Addr;
+use proglog::log::*;
+use proglog::storage::frame::{FILE_HEADER_LEN, INDEX_ENTRY_LEN};
+use proglog::storage::{LogConfig, Retention, StorageError, SyncPolicy};
+
+fn small_config(sync: SyncPolicy) -> LogConfig {
+    LogConfig {
+        max_store_bytes: 1024,
+        max_index_bytes: (FILE_HEADER_LEN + 16 * INDEX_ENTRY_LEN) as u64,
+        max_record_bytes: 200,
+        sync,
+        ..LogConfig::default()
+    }
+}
+
+fn record(i: u64) -> Vec<u8> {
+    format!("record-{i:06}").into_bytes()
+}
+
+fn start(dir: &std::path::Path, config: LogConfig) -> Addr<LogActor> {
+    LogActor::open("p0", dir, config).unwrap().start()
+}
+
+async fn append(
+    log: &Addr<LogActor>,
+    records: Vec<Vec<u8>>,
+) -> Result<std::ops::Range<u64>, LogError> {
+    log.send(Append { records }).await.unwrap()
+}
+
+async fn read(log: &Addr<LogActor>, offset: u64) -> Result<Vec<u8>, LogError> {
+    log.send(Read { offset }).await.unwrap()
+}
+
+#[actix_rt::test]
+async fn appended_records_read_back_across_segment_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    for i in 0..10 {
+        assert_eq!(append(&log, vec![record(i)]).await.unwrap(), i..i + 1);
+    }
+    let batch: Vec<Vec<u8>> = (10..100).map(record).collect();
+    assert_eq!(
+        append(&log, batch).await.unwrap(),
+        10..100,
+        "a batch spanning several rolls keeps consecutive offsets"
+    );
+    let stats = log.send(Stats).await.unwrap();
+    assert!(stats.segments > 5, "{stats:?}");
+    assert_eq!((stats.lowest_offset, stats.next_offset), (0, 100));
+    for i in 0..100 {
+        assert_eq!(read(&log, i).await.unwrap(), record(i));
+    }
+}
+
+#[actix_rt::test]
+async fn concurrent_single_appends_get_distinct_consecutive_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Always));
+    let sends: Vec<_> = (0..200).map(|i| log.send(Append::one(record(i)))).collect();
+    let mut offsets: Vec<u64> = Vec::new();
+    for (i, r) in futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let range = r.unwrap().unwrap();
+        assert_eq!(range.end - range.start, 1);
+        assert_eq!(
+            read(&log, range.start).await.unwrap(),
+            record(i as u64),
+            "mailbox order is offset order"
+        );
+        offsets.push(range.start);
+    }
+    offsets.sort();
+    assert_eq!(offsets, (0..200).collect::<Vec<_>>());
+}
+
+#[actix_rt::test]
+async fn read_batch_streams_in_order_and_is_empty_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    append(&log, (0..50).map(record).collect()).await.unwrap();
+    let mut from = 0;
+    let mut seen = Vec::new();
+    loop {
+        let batch = log
+            .send(ReadBatch {
+                from,
+                max_bytes: 300,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for (offset, bytes) in batch.iter() {
+            assert_eq!(bytes, &record(offset)[..]);
+            seen.push(offset);
+        }
+        from = batch.next_offset().unwrap();
+    }
+    assert_eq!(seen, (0..50).collect::<Vec<_>>());
+    let err = log
+        .send(ReadBatch {
+            from: 51,
+            max_bytes: 300,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::Storage(StorageError::OffsetOutOfRange { next: 50, .. })
+        ),
+        "{err}"
+    );
+}
+
+#[actix_rt::test]
+async fn errors_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    let err = append(&log, vec![vec![0u8; 201]]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::Storage(StorageError::RecordTooLarge {
+                size: 201,
+                max: 200
+            })
+        ),
+        "{err}"
+    );
+    let err = read(&log, 0).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::Storage(StorageError::OffsetOutOfRange {
+                offset: 0,
+                lowest: 0,
+                next: 0
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        append(&log, vec![record(0)]).await.unwrap(),
+        0..1,
+        "the partition keeps serving"
+    );
+}
+
+#[actix_rt::test]
+async fn a_waiting_reader_is_woken_by_the_append_that_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    append(&log, vec![record(0)]).await.unwrap();
+    assert_eq!(
+        log.send(WaitFor { offset: 0 }).await.unwrap().unwrap(),
+        1,
+        "already there: answered at once"
+    );
+    let waiting = log.send(WaitFor { offset: 1 });
+    let far = log.send(WaitFor { offset: 5 });
+    tokio::pin!(waiting, far);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+            .await
+            .is_err(),
+        "nothing to read yet"
+    );
+    append(&log, vec![record(1)]).await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), 2);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), &mut far)
+            .await
+            .is_err(),
+        "offset 5 is not there yet"
+    );
+    append(&log, (2..6).map(record).collect()).await.unwrap();
+    assert_eq!(far.await.unwrap().unwrap(), 6);
+}
+
+/// CPU time the current thread (the test's actix System) has used, from /proc.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ = 100
+}
+
+#[actix_rt::test]
+async fn idle_waiting_readers_cost_no_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    let waits: Vec<_> = (0..1000).map(|_| log.send(WaitFor { offset: 0 })).collect();
+    let all = futures::future::join_all(waits);
+    tokio::pin!(all);
+    let before = cpu_time();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut all)
+            .await
+            .is_err()
+    );
+    let used = cpu_time() - before;
+    assert!(
+        used <= Duration::from_millis(50),
+        "1000 idle readers used {used:?} of CPU in 500 ms"
+    );
+    append(&log, vec![record(0)]).await.unwrap();
+    for r in all.await {
+        assert_eq!(r.unwrap().unwrap(), 1);
+    }
+}
+
+#[actix_rt::test]
+async fn a_panicking_segment_actor_is_restarted_and_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    append(&log, (0..5).map(record).collect()).await.unwrap();
+    let waiting = log.send(WaitFor { offset: 1_000 });
+    tokio::pin!(waiting);
+
+    // Appends in flight on both sides of the fault.
+    let mut acked: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut failed = 0;
+    let before: Vec<_> = (100..120)
+        .map(|i| (i, log.send(Append::one(record(i)))))
+        .collect();
+    log.do_send(InjectSegmentFault);
+    let after: Vec<_> = (200..220)
+        .map(|i| (i, log.send(Append::one(record(i)))))
+        .collect();
+    for (i, fut) in before.into_iter().chain(after) {
+        match fut.await.unwrap() {
+            Ok(range) => acked.push((range.start, record(i))),
+            Err(LogError::Unavailable { .. }) => failed += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(failed > 0, "the fault hit appends in flight");
+    assert!(!acked.is_empty());
+    let stats = log.send(Stats).await.unwrap();
+    assert_eq!(stats.restarts, 1, "{stats:?}");
+    assert!(stats.failed.is_none());
+
+    // Every acknowledged record reads back byte for byte.
+    for (offset, bytes) in &acked {
+        assert_eq!(
+            &read(&log, *offset).await.unwrap(),
+            bytes,
+            "offset {offset}"
+        );
+    }
+    for i in 0..5 {
+        assert_eq!(read(&log, i).await.unwrap(), record(i));
+    }
+    // Appends continue right after the committed end.
+    let next = log.send(Stats).await.unwrap().next_offset;
+    assert_eq!(
+        append(&log, vec![record(999)]).await.unwrap(),
+        next..next + 1
+    );
+    // The waiting reader was kept and is woken when the log reaches it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), &mut waiting)
+            .await
+            .is_err()
+    );
+    let missing = 1_001 - (next + 1);
+    append(&log, (0..missing).map(record).collect())
+        .await
+        .unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), 1_001);
+}
+
+#[actix_rt::test]
+async fn repeated_failures_mark_the_partition_failed_instead_of_looping() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    append(&log, vec![record(0)]).await.unwrap();
+    for _ in 0..4 {
+        log.do_send(InjectSegmentFault);
+        // The fault fires inside the segment's next handler: an append.
+        let _ = append(&log, vec![record(1)]).await;
+    }
+    let stats = log.send(Stats).await.unwrap();
+    assert!(stats.failed.is_some(), "{stats:?}");
+    let err = append(&log, vec![record(2)]).await.unwrap_err();
+    assert!(matches!(err, LogError::PartitionFailed { .. }), "{err}");
+    assert_eq!(
+        read(&log, 0).await.unwrap(),
+        record(0),
+        "committed records stay readable"
+    );
+}
+
+#[actix_rt::test]
+async fn close_then_reopen_needs_no_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(
+        dir.path(),
+        small_config(SyncPolicy::Interval(Duration::from_millis(5))),
+    );
+    append(&log, (0..40).map(record).collect()).await.unwrap();
+    log.send(Close).await.unwrap().unwrap();
+    let err = append(&log, vec![record(40)]).await.unwrap_err();
+    assert!(matches!(err, LogError::Closed(_)), "{err}");
+
+    let reopened = LogActor::open("p0", dir.path(), small_config(SyncPolicy::Never)).unwrap();
+    assert_eq!(reopened.open_report().recovered_segments, 0);
+    let log = reopened.start();
+    assert_eq!(log.send(Stats).await.unwrap().next_offset, 40);
+    assert_eq!(read(&log, 39).await.unwrap(), record(39));
+}
+
+#[actix_rt::test]
+async fn truncate_and_retention_delete_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        retention: Retention {
+            max_bytes: Some(2048),
+            max_age: None,
+        },
+        ..small_config(SyncPolicy::Never)
+    };
+    let log = start(dir.path(), config);
+    append(&log, (0..200).map(record).collect()).await.unwrap();
+    let before = log.send(Stats).await.unwrap();
+    let removed = log.send(ApplyRetention).await.unwrap().unwrap();
+    assert!(removed > 0);
+    let after = log.send(Stats).await.unwrap();
+    assert!(after.size_bytes <= 2048, "{after:?}");
+    assert_eq!(after.segments, before.segments - removed);
+    assert!(after.lowest_offset > 0);
+    let err = read(&log, 0).await.unwrap_err();
+    assert!(matches!(
+        err,
+        LogError::Storage(StorageError::OffsetOutOfRange { .. })
+    ));
+    let removed = log.send(Truncate { lowest: 190 }).await.unwrap().unwrap();
+    assert!(removed > 0);
+    let lowest = log.send(Stats).await.unwrap().lowest_offset;
+    assert!(
+        lowest <= 190 && lowest > after.lowest_offset,
+        "lowest {lowest}"
+    );
+    assert_eq!(read(&log, 190).await.unwrap(), record(190));
+}
+
+#[actix_rt::test]
+async fn partitions_create_the_own_partition_once_and_reopen_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = Partitions::open(dir.path(), "node-a", LogConfig::default()).unwrap();
+    let id = parts.own_id().to_string();
+    assert!(id.starts_with("node-a-"));
+    let own = parts.own().unwrap().clone();
+    own.send(Append::one(b"hello".to_vec()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(parts.get("").is_ok(), "the empty id means the node's own");
+    assert!(matches!(
+        parts.get("nope"),
+        Err(LogError::UnknownPartition(_))
+    ));
+    parts.close_all().await.unwrap();
+    drop(parts);
+
+    let parts = Partitions::open(dir.path(), "node-a", LogConfig::default()).unwrap();
+    assert_eq!(parts.own_id(), id, "same data directory, same partition");
+    assert_eq!(
+        parts
+            .own()
+            .unwrap()
+            .send(Read { offset: 0 })
+            .await
+            .unwrap()
+            .unwrap(),
+        b"hello"
+    );
+    parts.close_all().await.unwrap();
+    drop(parts);
+
+    assert!(matches!(
+        Partitions::open(dir.path(), "node-b", LogConfig::default()),
+        Err(StorageError::InvalidConfig(_))
+    ));
+
+    // Losing the partition's data means a new incarnation: the id is never reused.
+    std::fs::remove_dir_all(dir.path().join("partitions").join(&id)).unwrap();
+    let parts = Partitions::open(dir.path(), "node-a", LogConfig::default()).unwrap();
+    assert_ne!(parts.own_id(), id);
+    parts.close_all().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn replicas_are_opened_beside_the_own_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut parts = Partitions::open(dir.path(), "node-a", LogConfig::default()).unwrap();
+    parts.open_replica("node-b-00000000000000ff").unwrap();
+    assert!(parts.open_replica("../escape").is_err());
+    let mut ids: Vec<&str> = parts.ids().collect();
+    ids.sort();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&"node-b-00000000000000ff"));
+    parts.close_all().await.unwrap();
+}
