@@ -438,10 +438,7 @@ impl Handler<WaitFor> for LogActor {
         let (tx, rx) = oneshot::channel();
         self.waiters.push((msg.offset, tx));
         let partition = self.partition.clone();
-        Box::pin(async move {
-            rx.await
-                .unwrap_or(Err(LogError::Closed(partition)))
-        })
+        Box::pin(async move { rx.await.unwrap_or(Err(LogError::Closed(partition))) })
     }
 }
 
