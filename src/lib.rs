@@ -3,8 +3,18 @@
 //! - [`storage`]: the synchronous storage core (segments, index, recovery).
 //! - [`log`]: the storage as actix actors: a LogActor per partition, a
 //!   SegmentActor per segment, under supervisors.
+//! - [`rpc`]: the Cap'n Proto RPC front (`schema/log.capnp`), one task per connection.
+//! - [`client`]: the Rust client library.
 //! - [`membership`]: SWIM gossip (foca) as a MembershipActor: who is in the cluster.
 
+pub mod client;
 pub mod log;
 pub mod membership;
+pub mod rpc;
 pub mod storage;
+
+/// Rust generated from `schema/log.capnp` (committed; a test keeps it in sync).
+#[path = "../schema/log_capnp.rs"]
+#[allow(clippy::all, clippy::pedantic, unused_qualifications, missing_docs)]
+#[rustfmt::skip]
+pub mod log_capnp;

@@ -1,0 +1,131 @@
+# proglog's wire contract. Any Cap'n Proto implementation can use the service
+# from this file alone (it imports only the standard /capnp/stream.capnp).
+#
+# Conventions:
+# - Domain errors (bad offset, unknown partition, too large, denied, corrupt,
+#   unavailable) come back as data in a result union, typed, so a client in
+#   any language can tell them apart without parsing strings. Transport faults
+#   (connection lost, malformed message) stay RPC exceptions.
+# - A partition id is text; the empty text means the serving node's own
+#   partition.
+
+@0xa42fdd441c49a2cb;
+
+using Stream = import "/capnp/stream.capnp";
+
+# The service a node exposes on its RPC port.
+interface Log {
+  # Appends one record to the node's own partition.
+  produce @0 (value :Data) -> (result :Produced);
+
+  # Appends records in order; they get consecutive offsets.
+  produceBatch @1 (values :List(Data)) -> (result :Produced);
+
+  # Opens a flow-controlled produce stream: call `sink.write` repeatedly
+  # (each write is one batch with consecutive offsets), then `sink.finish`
+  # for the outcome of every write.
+  produceStream @2 () -> (sink :ProduceSink);
+
+  # Reads the record at `offset` of `partition`.
+  consume @3 (partition :Text, offset :UInt64) -> (result :Consumed);
+
+  # Pushes records from `offset` on into `sink`, in order, in batches of at
+  # most about `maxBatchBytes` (0 = server default), with `-> stream` flow
+  # control. At the end of the log the server waits for new records; the
+  # call returns only on an error, or when the client cancels it or drops
+  # the sink.
+  consumeStream @4 (partition :Text, offset :UInt64, sink :RecordSink, maxBatchBytes :UInt32) -> (end :StreamEnd);
+
+  # The nodes of the cluster as this node sees them.
+  getServers @5 () -> (servers :List(Server));
+
+  # The partitions held by this node.
+  listPartitions @6 () -> (partitions :List(PartitionInfo));
+}
+
+interface ProduceSink {
+  write @0 (values :List(Data)) -> stream;
+  # One result per write, in the order written.
+  finish @1 () -> (results :List(Produced));
+}
+
+interface RecordSink {
+  write @0 (records :List(Record)) -> stream;
+}
+
+struct Record {
+  offset @0 :UInt64;
+  value @1 :Data;
+}
+
+struct Produced {
+  union {
+    ok :group {
+      partition @0 :Text;
+      firstOffset @1 :UInt64;
+      count @2 :UInt32;
+    }
+    error @3 :Error;
+  }
+}
+
+struct Consumed {
+  union {
+    record @0 :Record;
+    error @1 :Error;
+  }
+}
+
+struct StreamEnd {
+  union {
+    # The stream stopped because the sink went away.
+    sinkClosed @0 :Void;
+    error @1 :Error;
+  }
+}
+
+struct Server {
+  id @0 :Text;             # node name
+  rpcAddr @1 :Text;
+  alive @2 :Bool;
+  partition @3 :Text;      # the partition this node leads
+  isLocal @4 :Bool;        # the node that answered
+}
+
+struct PartitionInfo {
+  id @0 :Text;
+  owner @1 :Text;          # name of the node that leads it
+  lowestOffset @2 :UInt64;
+  nextOffset @3 :UInt64;
+  isLeader @4 :Bool;       # this node leads it (else it holds a replica)
+}
+
+struct Error {
+  message @0 :Text;        # human-readable, for logs
+  kind :union {
+    offsetOutOfRange @1 :OffsetOutOfRange;
+    unknownPartition @2 :Text;
+    recordTooLarge @3 :RecordTooLarge;
+    permissionDenied @4 :PermissionDenied;
+    corruption @5 :Void;
+    unavailable @6 :Void;
+    invalidArgument @7 :Void;
+  }
+}
+
+struct OffsetOutOfRange {
+  offset @0 :UInt64;
+  lowest @1 :UInt64;       # valid range is [lowest, next)
+  next @2 :UInt64;
+}
+
+struct RecordTooLarge {
+  size @0 :UInt64;
+  max @1 :UInt64;
+}
+
+struct PermissionDenied {
+  subject @0 :Text;
+  action @1 :Text;
+  object @2 :Text;
+}

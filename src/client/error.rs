@@ -1,0 +1,52 @@
+//! Client errors: the schema's typed domain errors, plus transport failures.
+
+use crate::log_capnp::error;
+use crate::rpc::errors::{WireError, read_error};
+
+/// What a call can fail with. Domain errors mirror the schema's `Error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("offset {offset} is out of range: the partition holds [{lowest}, {next})")]
+    OffsetOutOfRange { offset: u64, lowest: u64, next: u64 },
+    #[error("unknown partition {0:?}")]
+    UnknownPartition(String),
+    #[error("record of {size} bytes exceeds the maximum of {max} bytes")]
+    RecordTooLarge { size: u64, max: u64 },
+    #[error("permission denied: {subject} may not {action} {object}")]
+    PermissionDenied { subject: String, action: String, object: String },
+    #[error("corrupt record on the server: {0}")]
+    Corruption(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The RPC itself failed (connection lost, protocol error).
+    #[error("rpc: {0}")]
+    Rpc(#[from] capnp::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS set-up failed (bad certificate files, handshake refused).
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+impl From<capnp::NotInSchema> for ClientError {
+    fn from(e: capnp::NotInSchema) -> Self {
+        ClientError::Rpc(e.into())
+    }
+}
+
+impl ClientError {
+    pub(crate) fn from_wire(e: error::Reader<'_>) -> Result<ClientError, ClientError> {
+        let (kind, message) = read_error(e)?;
+        Ok(match kind {
+            WireError::OffsetOutOfRange { offset, lowest, next } => ClientError::OffsetOutOfRange { offset, lowest, next },
+            WireError::UnknownPartition(id) => ClientError::UnknownPartition(id),
+            WireError::RecordTooLarge { size, max } => ClientError::RecordTooLarge { size, max },
+            WireError::PermissionDenied { subject, action, object } => ClientError::PermissionDenied { subject, action, object },
+            WireError::Corruption => ClientError::Corruption(message),
+            WireError::Unavailable => ClientError::Unavailable(message),
+            WireError::InvalidArgument => ClientError::InvalidArgument(message),
+        })
+    }
+}

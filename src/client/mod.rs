@@ -1,0 +1,241 @@
+//! The Rust client library: connect to a node, produce, consume, follow a
+//! partition as an async `Stream`, list servers and partitions.
+//!
+//! Like capnp-rpc itself the client is `!Send`: use it from a
+//! `tokio::task::LocalSet` or an actix System (which is one).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), proglog::client::ClientError> {
+//! use futures::StreamExt;
+//! let client = proglog::client::Client::connect("127.0.0.1:8400").await?;
+//! let produced = client.produce(b"hello").await?;
+//! let value = client.consume("", produced.offset).await?;
+//! let mut stream = client.consume_stream("", 0);
+//! while let Some(record) = stream.next().await {
+//!     let record = record?;
+//!     println!("{} {:?}", record.offset, record.value);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod producer;
+mod stream;
+
+use std::ops::Range;
+
+use capnp_rpc::RpcSystem;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+pub use error::ClientError;
+pub use producer::{Producer, ProducerConfig};
+pub use stream::{Record, RecordStream};
+
+use crate::log_capnp::{log, produced};
+use crate::rpc::transport::{reader_options, vat_network};
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Largest message accepted from the server. Default: 64 MiB.
+    pub max_message_bytes: usize,
+    /// Flow-control window of streams the client pushes (produce streams).
+    /// Default: 4 MiB.
+    pub stream_window_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { max_message_bytes: 64 << 20, stream_window_bytes: 4 << 20 }
+    }
+}
+
+/// Where a produced record went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Produced {
+    pub partition: String,
+    pub offset: u64,
+}
+
+/// Where a produced batch went: consecutive offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducedBatch {
+    pub partition: String,
+    pub offsets: Range<u64>,
+}
+
+/// A node as `servers` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub id: String,
+    pub rpc_addr: String,
+    pub alive: bool,
+    pub partition: String,
+    pub is_local: bool,
+}
+
+/// A partition as `partitions` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub id: String,
+    pub owner: String,
+    pub lowest_offset: u64,
+    pub next_offset: u64,
+    pub is_leader: bool,
+}
+
+/// A connection to one node.
+pub struct Client {
+    log: log::Client,
+    rpc: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.rpc.abort();
+    }
+}
+
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, ClientError> {
+    Ok(t?.to_string().map_err(|e| capnp::Error::failed(format!("invalid UTF-8: {e}")))?)
+}
+
+fn read_produced(r: produced::Reader<'_>) -> Result<ProducedBatch, ClientError> {
+    match r.which()? {
+        produced::Which::Ok(ok) => {
+            let first = ok.get_first_offset();
+            Ok(ProducedBatch { partition: text(ok.get_partition())?, offsets: first..first + ok.get_count() as u64 })
+        }
+        produced::Which::Error(e) => Err(ClientError::from_wire(e?)?),
+    }
+}
+
+impl Client {
+    /// Connects over plain TCP.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Client::over(tcp, ClientOptions::default()))
+    }
+
+    /// Speaks the protocol over an established stream (e.g. a TLS one).
+    pub fn over<S>(stream: S, options: ClientOptions) -> Client
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let network = vat_network(stream, Side::Client, reader_options(options.max_message_bytes), options.stream_window_bytes);
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let log: log::Client = rpc.bootstrap(Side::Server);
+        let rpc = tokio::task::spawn_local(async move {
+            if let Err(e) = rpc.await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+        Client { log, rpc }
+    }
+
+    /// Appends one record to the node's own partition.
+    pub async fn produce(&self, value: &[u8]) -> Result<Produced, ClientError> {
+        let mut request = self.log.produce_request();
+        request.get().set_value(value);
+        let response = request.send().promise.await?;
+        let batch = read_produced(response.get()?.get_result()?)?;
+        Ok(Produced { partition: batch.partition, offset: batch.offsets.start })
+    }
+
+    /// Appends records in one call; they get consecutive offsets.
+    pub async fn produce_batch<V: AsRef<[u8]>>(&self, values: &[V]) -> Result<ProducedBatch, ClientError> {
+        let mut request = self.log.produce_batch_request();
+        {
+            let mut list = request.get().init_values(values.len() as u32);
+            for (i, v) in values.iter().enumerate() {
+                list.set(i as u32, v.as_ref());
+            }
+        }
+        let response = request.send().promise.await?;
+        read_produced(response.get()?.get_result()?)
+    }
+
+    /// Appends batches through a flow-controlled produce stream: at most the
+    /// stream window is in flight. Returns each batch's outcome, in order.
+    pub async fn produce_stream<B, V>(&self, batches: B) -> Result<Vec<Result<ProducedBatch, ClientError>>, ClientError>
+    where
+        B: IntoIterator,
+        B::Item: AsRef<[V]>,
+        V: AsRef<[u8]>,
+    {
+        let sink = self.log.produce_stream_request().send().promise.await?.get()?.get_sink()?;
+        for batch in batches {
+            let batch = batch.as_ref();
+            let mut request = sink.write_request();
+            {
+                let mut list = request.get().init_values(batch.len() as u32);
+                for (i, v) in batch.iter().enumerate() {
+                    list.set(i as u32, v.as_ref());
+                }
+            }
+            request.send().await?;
+        }
+        let response = sink.finish_request().send().promise.await?;
+        let list = response.get()?.get_results()?;
+        Ok(list.iter().map(read_produced).collect())
+    }
+
+    /// A producer that batches records automatically (see [`ProducerConfig`]).
+    pub fn producer(&self, config: ProducerConfig) -> Producer {
+        Producer::new(self.log.clone(), config)
+    }
+
+    /// Reads the record at `offset` of `partition` (`""`: the node's own).
+    pub async fn consume(&self, partition: &str, offset: u64) -> Result<Vec<u8>, ClientError> {
+        let mut request = self.log.consume_request();
+        request.get().set_partition(partition);
+        request.get().set_offset(offset);
+        let response = request.send().promise.await?;
+        use crate::log_capnp::consumed::Which;
+        match response.get()?.get_result()?.which()? {
+            Which::Record(r) => Ok(r?.get_value()?.to_vec()),
+            Which::Error(e) => Err(ClientError::from_wire(e?)?),
+        }
+    }
+
+    /// Follows `partition` from `offset` on: records as they are appended,
+    /// forever, until the stream is dropped or fails.
+    pub fn consume_stream(&self, partition: &str, offset: u64) -> RecordStream {
+        RecordStream::open(&self.log, partition, offset, 0)
+    }
+
+    /// The cluster's nodes as this node sees them.
+    pub async fn servers(&self) -> Result<Vec<Server>, ClientError> {
+        let response = self.log.get_servers_request().send().promise.await?;
+        let mut out = Vec::new();
+        for s in response.get()?.get_servers()?.iter() {
+            out.push(Server {
+                id: text(s.get_id())?,
+                rpc_addr: text(s.get_rpc_addr())?,
+                alive: s.get_alive(),
+                partition: text(s.get_partition())?,
+                is_local: s.get_is_local(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The partitions this node holds.
+    pub async fn partitions(&self) -> Result<Vec<PartitionInfo>, ClientError> {
+        let response = self.log.list_partitions_request().send().promise.await?;
+        let mut out = Vec::new();
+        for p in response.get()?.get_partitions()?.iter() {
+            out.push(PartitionInfo {
+                id: text(p.get_id())?,
+                owner: text(p.get_owner())?,
+                lowest_offset: p.get_lowest_offset(),
+                next_offset: p.get_next_offset(),
+                is_leader: p.get_is_leader(),
+            });
+        }
+        Ok(out)
+    }
+}

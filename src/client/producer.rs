@@ -1,0 +1,143 @@
+//! A producer that batches records by itself, as Kafka's does: records
+//! gather until a batch is full or `linger` has passed, and up to
+//! `max_in_flight` batches are sent without waiting for each other.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, oneshot};
+
+use super::{ClientError, read_produced};
+use crate::log_capnp::log;
+
+/// Batching settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// A batch is sent when it holds this many records. Default: 4096.
+    pub max_batch_records: usize,
+    /// ... or this many bytes. Default: 1 MiB.
+    pub max_batch_bytes: usize,
+    /// ... or when its first record has waited this long. Default: 1 ms.
+    pub linger: Duration,
+    /// Batches sent and not yet answered, at most. Default: 8.
+    pub max_in_flight: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig { max_batch_records: 4096, max_batch_bytes: 1 << 20, linger: Duration::from_millis(1), max_in_flight: 8 }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<u64, ClientError>>;
+
+#[derive(Default)]
+struct Batch {
+    values: Vec<Vec<u8>>,
+    waiters: Vec<Waiter>,
+    bytes: usize,
+    /// Bumped per batch so a linger timer flushes only the batch it was set for.
+    generation: u64,
+}
+
+/// Batches records into `produceBatch` calls. Cheap to clone; `!Send`.
+#[derive(Clone)]
+pub struct Producer {
+    log: log::Client,
+    config: Rc<ProducerConfig>,
+    batch: Rc<RefCell<Batch>>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Producer {
+    pub(crate) fn new(log: log::Client, config: ProducerConfig) -> Producer {
+        let permits = config.max_in_flight.max(1);
+        Producer { log, config: Rc::new(config), batch: Rc::default(), in_flight: Arc::new(Semaphore::new(permits)) }
+    }
+
+    /// Queues a record; the future resolves to its offset once its batch is
+    /// acknowledged. Records keep their order.
+    pub fn send(&self, value: Vec<u8>) -> impl std::future::Future<Output = Result<u64, ClientError>> + 'static {
+        let (tx, rx) = oneshot::channel();
+        let full = {
+            let mut b = self.batch.borrow_mut();
+            b.bytes += value.len();
+            b.values.push(value);
+            b.waiters.push(tx);
+            if b.values.len() == 1 {
+                let generation = b.generation;
+                let this = self.clone();
+                tokio::task::spawn_local(async move {
+                    tokio::time::sleep(this.config.linger).await;
+                    if this.batch.borrow().generation == generation {
+                        this.flush_batch();
+                    }
+                });
+            }
+            b.values.len() >= self.config.max_batch_records || b.bytes >= self.config.max_batch_bytes
+        };
+        if full {
+            self.flush_batch();
+        }
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(ClientError::Unavailable("producer dropped the batch".into())))
+        }
+    }
+
+    /// Sends the current batch now (without waiting for its answer).
+    pub fn flush_batch(&self) {
+        let batch = {
+            let mut b = self.batch.borrow_mut();
+            if b.values.is_empty() {
+                return;
+            }
+            let generation = b.generation + 1;
+            std::mem::replace(&mut *b, Batch { generation, ..Batch::default() })
+        };
+        let (log, sem) = (self.log.clone(), self.in_flight.clone());
+        let mut request = log.produce_batch_request();
+        {
+            let mut list = request.get().init_values(batch.values.len() as u32);
+            for (i, v) in batch.values.iter().enumerate() {
+                list.set(i as u32, v);
+            }
+        }
+        // Acquire in order (the semaphore is fair), so batches go out in order.
+        let permit = sem.acquire_owned();
+        tokio::task::spawn_local(async move {
+            let Ok(_permit) = permit.await else { return };
+            let outcome = async {
+                let response = request.send().promise.await?;
+                read_produced(response.get()?.get_result()?)
+            }
+            .await;
+            match outcome {
+                Ok(produced) => {
+                    for (i, w) in batch.waiters.into_iter().enumerate() {
+                        let _ = w.send(Ok(produced.offsets.start + i as u64));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let mut first = Some(e);
+                    for w in batch.waiters {
+                        let e = first.take().unwrap_or_else(|| ClientError::Unavailable(message.clone()));
+                        let _ = w.send(Err(e));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Sends the current batch and waits until every batch sent so far is answered.
+    pub async fn flush(&self) {
+        self.flush_batch();
+        let all = self.config.max_in_flight.max(1) as u32;
+        if let Ok(permits) = self.in_flight.acquire_many(all).await {
+            drop(permits);
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Domain errors onto the wire: the schema's typed `Error`.
+
+use crate::log::LogError;
+use crate::log_capnp::error;
+use crate::storage::StorageError;
+
+/// A domain error as the wire carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    OffsetOutOfRange { offset: u64, lowest: u64, next: u64 },
+    UnknownPartition(String),
+    RecordTooLarge { size: u64, max: u64 },
+    PermissionDenied { subject: String, action: String, object: String },
+    Corruption,
+    Unavailable,
+    InvalidArgument,
+}
+
+/// Classifies a log error for the wire; the message goes along for humans.
+pub fn classify(e: &LogError) -> WireError {
+    match e {
+        LogError::Storage(StorageError::OffsetOutOfRange { offset, lowest, next }) => WireError::OffsetOutOfRange {
+            offset: *offset,
+            lowest: *lowest,
+            next: *next,
+        },
+        LogError::Storage(StorageError::RecordTooLarge { size, max }) => WireError::RecordTooLarge {
+            size: *size as u64,
+            max: *max as u64,
+        },
+        LogError::Storage(StorageError::Corruption { .. }) => WireError::Corruption,
+        LogError::UnknownPartition(id) => WireError::UnknownPartition(id.clone()),
+        LogError::Storage(_) | LogError::Unavailable { .. } | LogError::PartitionFailed { .. } | LogError::Closed(_) => {
+            WireError::Unavailable
+        }
+    }
+}
+
+/// Fills a schema `Error` builder.
+pub fn write_error(mut builder: error::Builder<'_>, kind: &WireError, message: &str) {
+    builder.set_message(message);
+    let mut k = builder.init_kind();
+    match kind {
+        WireError::OffsetOutOfRange { offset, lowest, next } => {
+            let mut r = k.init_offset_out_of_range();
+            r.set_offset(*offset);
+            r.set_lowest(*lowest);
+            r.set_next(*next);
+        }
+        WireError::UnknownPartition(id) => k.set_unknown_partition(id),
+        WireError::RecordTooLarge { size, max } => {
+            let mut r = k.init_record_too_large();
+            r.set_size(*size);
+            r.set_max(*max);
+        }
+        WireError::PermissionDenied { subject, action, object } => {
+            let mut r = k.init_permission_denied();
+            r.set_subject(subject);
+            r.set_action(action);
+            r.set_object(object);
+        }
+        WireError::Corruption => k.set_corruption(()),
+        WireError::Unavailable => k.set_unavailable(()),
+        WireError::InvalidArgument => k.set_invalid_argument(()),
+    }
+}
+
+/// Fills a schema `Error` builder from a log error.
+pub fn write_log_error(builder: error::Builder<'_>, e: &LogError) {
+    write_error(builder, &classify(e), &e.to_string());
+}
+
+/// Reads a schema `Error` back (for the client library).
+pub fn read_error(reader: error::Reader<'_>) -> capnp::Result<(WireError, String)> {
+    use error::kind::Which;
+    let message = reader.get_message()?.to_string().unwrap_or_default();
+    let kind = match reader.get_kind().which()? {
+        Which::OffsetOutOfRange(r) => {
+            let r = r?;
+            WireError::OffsetOutOfRange { offset: r.get_offset(), lowest: r.get_lowest(), next: r.get_next() }
+        }
+        Which::UnknownPartition(id) => WireError::UnknownPartition(id?.to_string().unwrap_or_default()),
+        Which::RecordTooLarge(r) => {
+            let r = r?;
+            WireError::RecordTooLarge { size: r.get_size(), max: r.get_max() }
+        }
+        Which::PermissionDenied(r) => {
+            let r = r?;
+            let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> capnp::Result<String> {
+                Ok(t?.to_string().unwrap_or_default())
+            };
+            WireError::PermissionDenied {
+                subject: text(r.get_subject())?,
+                action: text(r.get_action())?,
+                object: text(r.get_object())?,
+            }
+        }
+        Which::Corruption(()) => WireError::Corruption,
+        Which::Unavailable(()) => WireError::Unavailable,
+        Which::InvalidArgument(()) => WireError::InvalidArgument,
+    };
+    Ok((kind, message))
+}

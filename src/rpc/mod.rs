@@ -1,0 +1,15 @@
+//! The Cap'n Proto RPC front (`schema/log.capnp`).
+//!
+//! Every connection runs its own capnp-rpc system as a task on the actix
+//! System thread (capnp-rpc is `!Send`) and forwards each call to a
+//! LogActor by message. Domain errors travel as the schema's typed `Error`;
+//! transport faults (garbage bytes, an oversized message) close that one
+//! connection with a log line.
+
+pub mod errors;
+mod server;
+mod service;
+pub mod transport;
+
+pub use server::{Acceptor, PlainAcceptor, RpcConfig, RpcServer};
+pub use service::{ACTION_CONSUME, ACTION_PRODUCE, Authorizer, ClusterView, LogService, ServerInfo, ServiceContext};

@@ -1,0 +1,332 @@
+//! The `Log` interface of `schema/log.capnp`, served by forwarding each call
+//! to a LogActor.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use actix::Addr;
+use capnp::Error;
+use capnp::capability::Rc as CapRc;
+
+use super::errors::{WireError, write_error, write_log_error};
+use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats, WaitFor};
+use crate::log_capnp::{log, produce_sink, produced, record_sink};
+
+/// A node of the cluster as `getServers` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub name: String,
+    pub rpc_addr: String,
+    pub alive: bool,
+    /// The partition it leads.
+    pub partition: String,
+}
+
+/// What the RPC front knows about the cluster: itself, and the peers that
+/// membership reports (kept up to date by the agent).
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    pub local: Option<ServerInfo>,
+    pub peers: Vec<ServerInfo>,
+}
+
+/// Decides whether `subject` may do `action` on `object`; denial carries the
+/// reason for the typed error. `None` in [`ServiceContext`] allows everything.
+pub trait Authorizer {
+    fn authorize(&self, subject: &str, action: &str, object: &str) -> bool;
+}
+
+/// What every connection's service object shares.
+pub struct ServiceContext {
+    pub partitions: Rc<crate::log::Partitions>,
+    pub cluster: Rc<RefCell<ClusterView>>,
+    pub authorizer: Option<Rc<dyn Authorizer>>,
+    /// Largest record accepted (checked before it reaches a LogActor).
+    pub max_record_bytes: u32,
+    /// Default and upper bound of a consumeStream batch, in bytes.
+    pub max_stream_batch_bytes: u32,
+}
+
+/// One client connection's view of the service: its identity goes with it.
+pub struct LogService {
+    ctx: Rc<ServiceContext>,
+    /// The caller's identity (its certificate's CN), `anonymous` without TLS.
+    subject: Rc<str>,
+}
+
+/// Actions checked by the authorizer.
+pub const ACTION_PRODUCE: &str = "produce";
+pub const ACTION_CONSUME: &str = "consume";
+
+impl LogService {
+    pub fn new(ctx: Rc<ServiceContext>, subject: impl Into<Rc<str>>) -> LogService {
+        LogService { ctx, subject: subject.into() }
+    }
+
+    /// Resolves a partition id (empty = own) and checks the caller may `action` it.
+    fn partition(&self, id: &str, action: &str) -> Result<(String, Addr<LogActor>), (WireError, String)> {
+        let log = self.ctx.partitions.get(id).map_err(|e| {
+            let id = if id.is_empty() { self.ctx.partitions.own_id() } else { id };
+            (WireError::UnknownPartition(id.to_string()), e.to_string())
+        })?;
+        let id = if id.is_empty() { self.ctx.partitions.own_id() } else { id }.to_string();
+        self.authorize(action, &id)?;
+        Ok((id, log.clone()))
+    }
+
+    fn authorize(&self, action: &str, object: &str) -> Result<(), (WireError, String)> {
+        match &self.ctx.authorizer {
+            Some(a) if !a.authorize(&self.subject, action, object) => Err((
+                WireError::PermissionDenied {
+                    subject: self.subject.to_string(),
+                    action: action.to_string(),
+                    object: object.to_string(),
+                },
+                format!("{} may not {action} {object}", self.subject),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_sizes<'a>(&self, values: impl Iterator<Item = &'a [u8]>) -> Result<(), (WireError, String)> {
+        let max = self.ctx.max_record_bytes;
+        for v in values {
+            if v.len() > max as usize {
+                return Err((
+                    WireError::RecordTooLarge { size: v.len() as u64, max: max as u64 },
+                    format!("record of {} bytes exceeds the maximum of {max}", v.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends to the own partition; fills a `Produced`.
+    async fn append(&self, values: Vec<Vec<u8>>, out: produced::Builder<'_>) -> Result<(), Error> {
+        let outcome = async {
+            self.check_sizes(values.iter().map(Vec::as_slice))?;
+            let (id, log) = self.partition("", ACTION_PRODUCE)?;
+            let count = values.len() as u32;
+            match log.send(Append { records: values }).await {
+                Ok(Ok(range)) => Ok((id, range.start, count)),
+                Ok(Err(e)) => Err(log_error(&e)),
+                Err(e) => Err((WireError::Unavailable, e.to_string())),
+            }
+        }
+        .await;
+        write_produced(out, outcome);
+        Ok(())
+    }
+}
+
+fn log_error(e: &LogError) -> (WireError, String) {
+    (super::errors::classify(e), e.to_string())
+}
+
+fn write_produced(out: produced::Builder<'_>, outcome: Result<(String, u64, u32), (WireError, String)>) {
+    match outcome {
+        Ok((partition, first, count)) => {
+            let mut ok = out.init_ok();
+            ok.set_partition(&partition);
+            ok.set_first_offset(first);
+            ok.set_count(count);
+        }
+        Err((kind, message)) => write_error(out.init_error(), &kind, &message),
+    }
+}
+
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, Error> {
+    t?.to_string().map_err(|e| Error::failed(format!("invalid UTF-8: {e}")))
+}
+
+impl log::Server for LogService {
+    async fn produce(self: CapRc<Self>, params: log::ProduceParams, mut results: log::ProduceResults) -> Result<(), Error> {
+        let value = params.get()?.get_value()?.to_vec();
+        self.append(vec![value], results.get().init_result()).await
+    }
+
+    async fn produce_batch(self: CapRc<Self>, params: log::ProduceBatchParams, mut results: log::ProduceBatchResults) -> Result<(), Error> {
+        let list = params.get()?.get_values()?;
+        let mut values = Vec::with_capacity(list.len() as usize);
+        for v in list.iter() {
+            values.push(v?.to_vec());
+        }
+        self.append(values, results.get().init_result()).await
+    }
+
+    async fn produce_stream(self: CapRc<Self>, _: log::ProduceStreamParams, mut results: log::ProduceStreamResults) -> Result<(), Error> {
+        let sink = ProduceSink { service: self.clone(), results: RefCell::new(Vec::new()) };
+        results.get().set_sink(capnp_rpc::new_client(sink));
+        Ok(())
+    }
+
+    async fn consume(self: CapRc<Self>, params: log::ConsumeParams, mut results: log::ConsumeResults) -> Result<(), Error> {
+        let p = params.get()?;
+        let (id, offset) = (text(p.get_partition())?, p.get_offset());
+        let outcome = match self.partition(&id, ACTION_CONSUME) {
+            Ok((_, log)) => match log.send(Read { offset }).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(log_error(&e)),
+                Err(e) => Err((WireError::Unavailable, e.to_string())),
+            },
+            Err(e) => Err(e),
+        };
+        let out = results.get().init_result();
+        match outcome {
+            Ok(value) => {
+                let mut r = out.init_record();
+                r.set_offset(offset);
+                r.set_value(&value);
+            }
+            Err((kind, message)) => write_error(out.init_error(), &kind, &message),
+        }
+        Ok(())
+    }
+
+    async fn consume_stream(self: CapRc<Self>, params: log::ConsumeStreamParams, mut results: log::ConsumeStreamResults) -> Result<(), Error> {
+        let p = params.get()?;
+        let id = text(p.get_partition())?;
+        let mut next = p.get_offset();
+        let sink: record_sink::Client = p.get_sink()?;
+        let max_bytes = match p.get_max_batch_bytes() {
+            0 => self.ctx.max_stream_batch_bytes,
+            n => n.min(self.ctx.max_stream_batch_bytes),
+        } as usize;
+        let log = match self.partition(&id, ACTION_CONSUME) {
+            Ok((_, log)) => log,
+            Err((kind, message)) => {
+                write_error(results.get().init_end().init_error(), &kind, &message);
+                return Ok(());
+            }
+        };
+        loop {
+            let batch = match log.send(ReadBatch { from: next, max_bytes }).await {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(e)) => {
+                    write_log_error(results.get().init_end().init_error(), &e);
+                    return Ok(());
+                }
+                Err(e) => {
+                    write_error(results.get().init_end().init_error(), &WireError::Unavailable, &e.to_string());
+                    return Ok(());
+                }
+            };
+            if batch.is_empty() {
+                // At the end of the log: wait to be woken by the LogActor.
+                match log.send(WaitFor { offset: next }).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => {
+                        write_log_error(results.get().init_end().init_error(), &e);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        write_error(results.get().init_end().init_error(), &WireError::Unavailable, &e.to_string());
+                        return Ok(());
+                    }
+                }
+            }
+            let mut request = sink.write_request();
+            {
+                let mut list = request.get().init_records(batch.len() as u32);
+                for (i, (offset, value)) in batch.iter().enumerate() {
+                    let mut r = list.reborrow().get(i as u32);
+                    r.set_offset(offset);
+                    r.set_value(value);
+                }
+            }
+            if let Err(e) = request.send().await {
+                tracing::debug!(partition = %id, error = %e, "stream sink went away");
+                results.get().init_end().set_sink_closed(());
+                return Ok(());
+            }
+            next = batch.next_offset().unwrap_or(next);
+        }
+    }
+
+    async fn get_servers(self: CapRc<Self>, _: log::GetServersParams, mut results: log::GetServersResults) -> Result<(), Error> {
+        let cluster = self.ctx.cluster.borrow();
+        let all: Vec<(&ServerInfo, bool)> = cluster.local.iter().map(|s| (s, true)).chain(cluster.peers.iter().map(|s| (s, false))).collect();
+        let mut list = results.get().init_servers(all.len() as u32);
+        for (i, (s, local)) in all.into_iter().enumerate() {
+            let mut b = list.reborrow().get(i as u32);
+            b.set_id(&s.name);
+            b.set_rpc_addr(&s.rpc_addr);
+            b.set_alive(s.alive);
+            b.set_partition(&s.partition);
+            b.set_is_local(local);
+        }
+        Ok(())
+    }
+
+    async fn list_partitions(self: CapRc<Self>, _: log::ListPartitionsParams, mut results: log::ListPartitionsResults) -> Result<(), Error> {
+        let own = self.ctx.partitions.own_id().to_string();
+        let mut infos = Vec::new();
+        for id in self.ctx.partitions.ids().map(str::to_string).collect::<Vec<_>>() {
+            let Ok(log) = self.ctx.partitions.get(&id) else { continue };
+            let Ok(stats) = log.send(Stats).await else { continue };
+            let owner = owner_of(&id, &self.ctx.cluster.borrow());
+            infos.push((id.clone(), owner, stats, id == own));
+        }
+        let mut list = results.get().init_partitions(infos.len() as u32);
+        for (i, (id, owner, stats, leader)) in infos.into_iter().enumerate() {
+            let mut b = list.reborrow().get(i as u32);
+            b.set_id(&id);
+            b.set_owner(&owner);
+            b.set_lowest_offset(stats.lowest_offset);
+            b.set_next_offset(stats.next_offset);
+            b.set_is_leader(leader);
+        }
+        Ok(())
+    }
+}
+
+/// The node leading partition `id`, from the cluster view (or the id's name part).
+fn owner_of(id: &str, cluster: &ClusterView) -> String {
+    cluster
+        .local
+        .iter()
+        .chain(cluster.peers.iter())
+        .find(|s| s.partition == id)
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| id.rsplit_once('-').map_or(id, |(name, _)| name).to_string())
+}
+
+/// Server side of a produce stream: each write is one batch append, awaited
+/// before the next is taken, so the client's flow-control window bounds
+/// what is buffered here.
+struct ProduceSink {
+    service: CapRc<LogService>,
+    results: RefCell<Vec<Result<(String, u64, u32), (WireError, String)>>>,
+}
+
+impl produce_sink::Server for ProduceSink {
+    async fn write(self: CapRc<Self>, params: produce_sink::WriteParams) -> Result<(), Error> {
+        let list = params.get()?.get_values()?;
+        let mut values = Vec::with_capacity(list.len() as usize);
+        for v in list.iter() {
+            values.push(v?.to_vec());
+        }
+        let outcome = async {
+            self.service.check_sizes(values.iter().map(Vec::as_slice))?;
+            let (id, log) = self.service.partition("", ACTION_PRODUCE)?;
+            let count = values.len() as u32;
+            match log.send(Append { records: values }).await {
+                Ok(Ok(range)) => Ok((id, range.start, count)),
+                Ok(Err(e)) => Err(log_error(&e)),
+                Err(e) => Err((WireError::Unavailable, e.to_string())),
+            }
+        }
+        .await;
+        self.results.borrow_mut().push(outcome);
+        Ok(())
+    }
+
+    async fn finish(self: CapRc<Self>, _: produce_sink::FinishParams, mut results: produce_sink::FinishResults) -> Result<(), Error> {
+        let done = std::mem::take(&mut *self.results.borrow_mut());
+        let mut list = results.get().init_results(done.len() as u32);
+        for (i, outcome) in done.into_iter().enumerate() {
+            write_produced(list.reborrow().get(i as u32), outcome);
+        }
+        Ok(())
+    }
+}
