@@ -1,5 +1,6 @@
 //! proglog: a distributed commit log.
 //!
+//! - [`agent`]: boots and wires a node's actors; [`config`]: its settings.
 //! - [`storage`]: the synchronous storage core (segments, index, recovery).
 //! - [`log`]: the storage as actix actors: a LogActor per partition, a
 //!   SegmentActor per segment, under supervisors.
@@ -7,7 +8,9 @@
 //! - [`client`]: the Rust client library.
 //! - [`membership`]: SWIM gossip (foca) as a MembershipActor: who is in the cluster.
 
+pub mod agent;
 pub mod client;
+pub mod config;
 pub mod log;
 pub mod membership;
 pub mod rpc;

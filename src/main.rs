@@ -1,35 +1,71 @@
-//! The `proglog` command line.
+//! The `proglog` command line: run a node, talk to one, measure one.
 
 use clap::{Parser, Subcommand};
 
 mod cli;
 
 /// proglog: a distributed commit log.
+///
+/// Start a node with `proglog serve`, then in another terminal
+/// `echo hello | proglog produce` and `proglog consume --follow`.
 #[derive(Debug, Parser)]
-#[command(name = "proglog", version, about, propagate_version = true)]
+#[command(name = "proglog", version, about, long_about, propagate_version = true)]
 struct Cli {
+    /// Log level filter (as RUST_LOG, e.g. `info`, `proglog=debug`) [default: info, or RUST_LOG].
+    #[arg(long, global = true, env = "PROGLOG_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Write logs as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "PROGLOG_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Measure the storage core on this machine: writes a log of the given
-    /// size, reads it back, reopens it cleanly and after a crash, and prints
-    /// the figures next to the disk's own write bandwidth.
+    /// Run a node: open its partitions, join the cluster, serve RPC.
+    Serve(Box<proglog::config::ServeArgs>),
+    /// Append records: the values given, or one per line of standard input.
+    Produce(cli::client::ProduceArgs),
+    /// Read records of a partition, or follow it as records arrive.
+    Consume(cli::client::ConsumeArgs),
+    /// List the cluster's nodes as the node sees them.
+    Servers(cli::client::ConnectArgs),
+    /// List the partitions a node holds, with their offsets.
+    Partitions(cli::client::ConnectArgs),
+    /// Load generator: produce N records with up to W unacknowledged, then
+    /// consume them back; prints records/s, MB/s and latency percentiles.
+    Bench(cli::bench::BenchArgs),
+    /// Measure the storage core on this machine's disk (no server needed).
     StorageBench(cli::storage_bench::Args),
 }
 
+fn init_logging(level: Option<&str>, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref(), cli.log_json);
     let result = match cli.command {
+        Command::Serve(args) => cli::serve::run(*args),
+        Command::Produce(args) => cli::client::produce(args),
+        Command::Consume(args) => cli::client::consume(args),
+        Command::Servers(args) => cli::client::servers(args),
+        Command::Partitions(args) => cli::client::partitions(args),
+        Command::Bench(args) => cli::bench::run(args),
         Command::StorageBench(args) => cli::storage_bench::run(args),
     };
     match result {

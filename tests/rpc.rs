@@ -17,7 +17,10 @@ struct Node {
 
 async fn start_node(rpc: RpcConfig) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { max_store_bytes: 4 << 20, ..LogConfig::default() };
+    let config = LogConfig {
+        max_store_bytes: 4 << 20,
+        ..LogConfig::default()
+    };
     let partitions = Rc::new(Partitions::open(dir.path(), "node-t", config).unwrap());
     let ctx = Rc::new(ServiceContext {
         partitions,
@@ -26,7 +29,10 @@ async fn start_node(rpc: RpcConfig) -> Node {
         max_record_bytes: 1 << 20,
         max_stream_batch_bytes: 256 << 10,
     });
-    let rpc = RpcConfig { listen: "127.0.0.1:0".parse().unwrap(), ..rpc };
+    let rpc = RpcConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..rpc
+    };
     let server = RpcServer::start(rpc, ctx, PlainAcceptor).await.unwrap();
     Node { server, _dir: dir }
 }
@@ -43,16 +49,26 @@ async fn produce_then_consume_returns_the_same_record() {
     assert_eq!(produced.offset, 0);
     assert!(produced.partition.starts_with("node-t-"));
     assert_eq!(client.consume("", 0).await.unwrap(), b"hello world");
-    assert_eq!(client.consume(&produced.partition, 0).await.unwrap(), b"hello world");
+    assert_eq!(
+        client.consume(&produced.partition, 0).await.unwrap(),
+        b"hello world"
+    );
 }
 
 #[actix_rt::test]
-async fn batch_and_stream_produce_give_consecutive_offsets_and_consume_stream_returns_them_in_order() {
+async fn batch_and_stream_produce_give_consecutive_offsets_and_consume_stream_returns_them_in_order()
+ {
     let node = start_node(RpcConfig::default()).await;
     let client = connect(&node).await;
     let batch: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
     assert_eq!(client.produce_batch(&batch).await.unwrap().offsets, 0..100);
-    let batches: Vec<Vec<Vec<u8>>> = (0..10u32).map(|b| (0..50u32).map(|i| (100 + b * 50 + i).to_be_bytes().to_vec()).collect()).collect();
+    let batches: Vec<Vec<Vec<u8>>> = (0..10u32)
+        .map(|b| {
+            (0..50u32)
+                .map(|i| (100 + b * 50 + i).to_be_bytes().to_vec())
+                .collect()
+        })
+        .collect();
     let outcomes = client.produce_stream(&batches).await.unwrap();
     assert_eq!(outcomes.len(), 10);
     for (b, outcome) in outcomes.into_iter().enumerate() {
@@ -73,7 +89,11 @@ async fn domain_errors_arrive_typed() {
     let client = connect(&node).await;
     client.produce(b"only").await.unwrap();
     match client.consume("", 1).await {
-        Err(ClientError::OffsetOutOfRange { offset: 1, lowest: 0, next: 1 }) => {}
+        Err(ClientError::OffsetOutOfRange {
+            offset: 1,
+            lowest: 0,
+            next: 1,
+        }) => {}
         other => panic!("expected OffsetOutOfRange, got {other:?}"),
     }
     match client.consume("no-such-partition", 0).await {
@@ -81,7 +101,9 @@ async fn domain_errors_arrive_typed() {
         other => panic!("expected UnknownPartition, got {other:?}"),
     }
     match client.produce(&vec![0u8; (1 << 20) + 1]).await {
-        Err(ClientError::RecordTooLarge { size, max }) => assert_eq!((size, max), ((1 << 20) + 1, 1 << 20)),
+        Err(ClientError::RecordTooLarge { size, max }) => {
+            assert_eq!((size, max), ((1 << 20) + 1, 1 << 20))
+        }
         other => panic!("expected RecordTooLarge, got {other:?}"),
     }
     let mut stream = client.consume_stream("", 5);
@@ -89,7 +111,11 @@ async fn domain_errors_arrive_typed() {
         Some(Err(ClientError::OffsetOutOfRange { offset: 5, .. })) => {}
         other => panic!("expected the stream to end with OffsetOutOfRange, got {other:?}"),
     }
-    assert_eq!(client.consume("", 0).await.unwrap(), b"only", "the connection keeps serving");
+    assert_eq!(
+        client.consume("", 0).await.unwrap(),
+        b"only",
+        "the connection keeps serving"
+    );
 }
 
 #[actix_rt::test]
@@ -110,7 +136,12 @@ async fn a_following_stream_receives_records_appended_after_it_started() {
 /// CPU time of the current thread (server and client share it here).
 fn thread_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     Duration::from_millis((f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) * 10)
 }
 
@@ -125,9 +156,17 @@ async fn an_idle_following_stream_uses_no_cpu() {
     }
     let before = thread_cpu();
     let idle = futures::future::select_all(streams.iter_mut().map(|s| s.next()));
-    assert!(tokio::time::timeout(Duration::from_millis(500), idle).await.is_err(), "nothing to deliver");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), idle)
+            .await
+            .is_err(),
+        "nothing to deliver"
+    );
     let used = thread_cpu() - before;
-    assert!(used <= Duration::from_millis(50), "50 idle followers used {used:?} of CPU in 500 ms");
+    assert!(
+        used <= Duration::from_millis(50),
+        "50 idle followers used {used:?} of CPU in 500 ms"
+    );
     client.produce(b"y").await.unwrap();
     for s in &mut streams {
         assert_eq!(s.next().await.unwrap().unwrap().value, b"y");
@@ -139,7 +178,10 @@ async fn an_idle_following_stream_uses_no_cpu() {
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -149,19 +191,36 @@ async fn garbage_bytes_close_only_that_connection() {
     let node = start_node(RpcConfig::default()).await;
     let good = connect(&node).await;
     good.produce(b"kept").await.unwrap();
-    let mut bad = tokio::net::TcpStream::connect(node.server.local_addr()).await.unwrap();
+    let mut bad = tokio::net::TcpStream::connect(node.server.local_addr())
+        .await
+        .unwrap();
     bad.write_all(&[0xffu8; 64]).await.unwrap();
     // The server may say why (a capnp Abort message), then it hangs up.
     let mut said = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut bad, &mut said)).await;
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut bad, &mut said),
+    )
+    .await;
     assert!(closed.is_ok(), "the server hangs up on garbage");
-    assert_eq!(good.consume("", 0).await.unwrap(), b"kept", "other clients are unaffected");
-    eventually("the bad connection is released", || node.server.open_connections() == 1).await;
+    assert_eq!(
+        good.consume("", 0).await.unwrap(),
+        b"kept",
+        "other clients are unaffected"
+    );
+    eventually("the bad connection is released", || {
+        node.server.open_connections() == 1
+    })
+    .await;
 }
 
 #[actix_rt::test]
 async fn a_message_over_the_size_limit_closes_that_connection() {
-    let node = start_node(RpcConfig { max_message_bytes: 64 << 10, ..RpcConfig::default() }).await;
+    let node = start_node(RpcConfig {
+        max_message_bytes: 64 << 10,
+        ..RpcConfig::default()
+    })
+    .await;
     let big = connect(&node).await;
     let small = connect(&node).await;
     let err = big.produce(&vec![7u8; 200 << 10]).await.unwrap_err();
@@ -179,18 +238,28 @@ async fn a_client_that_disconnects_mid_stream_frees_its_task() {
     assert_eq!(node.server.open_connections(), 1);
     drop(stream);
     drop(client);
-    eventually("the connection task ends", || node.server.open_connections() == 0).await;
+    eventually("the connection task ends", || {
+        node.server.open_connections() == 0
+    })
+    .await;
 }
 
 #[actix_rt::test]
 async fn connections_over_the_limit_are_refused_and_the_others_keep_working() {
-    let node = start_node(RpcConfig { max_connections: 2, ..RpcConfig::default() }).await;
+    let node = start_node(RpcConfig {
+        max_connections: 2,
+        ..RpcConfig::default()
+    })
+    .await;
     let a = connect(&node).await;
     let b = connect(&node).await;
     a.produce(b"a").await.unwrap();
     b.produce(b"b").await.unwrap();
     let c = connect(&node).await;
-    assert!(matches!(c.produce(b"c").await, Err(ClientError::Rpc(_))), "the third connection is closed");
+    assert!(
+        matches!(c.produce(b"c").await, Err(ClientError::Rpc(_))),
+        "the third connection is closed"
+    );
     assert_eq!(a.consume("", 1).await.unwrap(), b"b");
     drop(a);
     eventually("a slot frees up", || node.server.open_connections() == 1).await;
@@ -202,8 +271,13 @@ async fn connections_over_the_limit_are_refused_and_the_others_keep_working() {
 async fn the_batching_producer_keeps_order_and_reports_offsets() {
     let node = start_node(RpcConfig::default()).await;
     let client = connect(&node).await;
-    let producer = client.producer(proglog::client::ProducerConfig { max_batch_records: 64, ..Default::default() });
-    let futures: Vec<_> = (0..1000u32).map(|i| producer.send(i.to_be_bytes().to_vec())).collect();
+    let producer = client.producer(proglog::client::ProducerConfig {
+        max_batch_records: 64,
+        ..Default::default()
+    });
+    let futures: Vec<_> = (0..1000u32)
+        .map(|i| producer.send(i.to_be_bytes().to_vec()))
+        .collect();
     producer.flush().await;
     for (i, f) in futures.into_iter().enumerate() {
         assert_eq!(f.await.unwrap(), i as u64);
@@ -211,5 +285,12 @@ async fn the_batching_producer_keeps_order_and_reports_offsets() {
     assert_eq!(client.consume("", 999).await.unwrap(), 999u32.to_be_bytes());
     let partitions = client.partitions().await.unwrap();
     assert_eq!(partitions.len(), 1);
-    assert_eq!((partitions[0].lowest_offset, partitions[0].next_offset, partitions[0].is_leader), (0, 1000, true));
+    assert_eq!(
+        (
+            partitions[0].lowest_offset,
+            partitions[0].next_offset,
+            partitions[0].is_leader
+        ),
+        (0, 1000, true)
+    );
 }

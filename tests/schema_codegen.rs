@@ -37,13 +37,18 @@ fn normalise(code: &str) -> String {
 #[test]
 fn committed_generated_code_matches_the_schema() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let has_capnp = std::process::Command::new("capnp").arg("--version").output().is_ok_and(|o| o.status.success());
+    let has_capnp = std::process::Command::new("capnp")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_capnp {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must install the capnp compiler (capnproto, libcapnp-dev) for this check"
         );
-        eprintln!("capnp is not on PATH: cannot check schema/log_capnp.rs against schema/log.capnp here");
+        eprintln!(
+            "capnp is not on PATH: cannot check schema/log_capnp.rs against schema/log.capnp here"
+        );
         return;
     }
     let out = tempfile::tempdir().unwrap();

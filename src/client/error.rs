@@ -13,7 +13,11 @@ pub enum ClientError {
     #[error("record of {size} bytes exceeds the maximum of {max} bytes")]
     RecordTooLarge { size: u64, max: u64 },
     #[error("permission denied: {subject} may not {action} {object}")]
-    PermissionDenied { subject: String, action: String, object: String },
+    PermissionDenied {
+        subject: String,
+        action: String,
+        object: String,
+    },
     #[error("corrupt record on the server: {0}")]
     Corruption(String),
     #[error("unavailable: {0}")]
@@ -40,10 +44,26 @@ impl ClientError {
     pub(crate) fn from_wire(e: error::Reader<'_>) -> Result<ClientError, ClientError> {
         let (kind, message) = read_error(e)?;
         Ok(match kind {
-            WireError::OffsetOutOfRange { offset, lowest, next } => ClientError::OffsetOutOfRange { offset, lowest, next },
+            WireError::OffsetOutOfRange {
+                offset,
+                lowest,
+                next,
+            } => ClientError::OffsetOutOfRange {
+                offset,
+                lowest,
+                next,
+            },
             WireError::UnknownPartition(id) => ClientError::UnknownPartition(id),
             WireError::RecordTooLarge { size, max } => ClientError::RecordTooLarge { size, max },
-            WireError::PermissionDenied { subject, action, object } => ClientError::PermissionDenied { subject, action, object },
+            WireError::PermissionDenied {
+                subject,
+                action,
+                object,
+            } => ClientError::PermissionDenied {
+                subject,
+                action,
+                object,
+            },
             WireError::Corruption => ClientError::Corruption(message),
             WireError::Unavailable => ClientError::Unavailable(message),
             WireError::InvalidArgument => ClientError::InvalidArgument(message),

@@ -48,7 +48,10 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { max_message_bytes: 64 << 20, stream_window_bytes: 4 << 20 }
+        ClientOptions {
+            max_message_bytes: 64 << 20,
+            stream_window_bytes: 4 << 20,
+        }
     }
 }
 
@@ -99,14 +102,19 @@ impl Drop for Client {
 }
 
 fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, ClientError> {
-    Ok(t?.to_string().map_err(|e| capnp::Error::failed(format!("invalid UTF-8: {e}")))?)
+    Ok(t?
+        .to_string()
+        .map_err(|e| capnp::Error::failed(format!("invalid UTF-8: {e}")))?)
 }
 
 fn read_produced(r: produced::Reader<'_>) -> Result<ProducedBatch, ClientError> {
     match r.which()? {
         produced::Which::Ok(ok) => {
             let first = ok.get_first_offset();
-            Ok(ProducedBatch { partition: text(ok.get_partition())?, offsets: first..first + ok.get_count() as u64 })
+            Ok(ProducedBatch {
+                partition: text(ok.get_partition())?,
+                offsets: first..first + ok.get_count() as u64,
+            })
         }
         produced::Which::Error(e) => Err(ClientError::from_wire(e?)?),
     }
@@ -125,7 +133,12 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
-        let network = vat_network(stream, Side::Client, reader_options(options.max_message_bytes), options.stream_window_bytes);
+        let network = vat_network(
+            stream,
+            Side::Client,
+            reader_options(options.max_message_bytes),
+            options.stream_window_bytes,
+        );
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let log: log::Client = rpc.bootstrap(Side::Server);
         let rpc = tokio::task::spawn_local(async move {
@@ -142,11 +155,17 @@ impl Client {
         request.get().set_value(value);
         let response = request.send().promise.await?;
         let batch = read_produced(response.get()?.get_result()?)?;
-        Ok(Produced { partition: batch.partition, offset: batch.offsets.start })
+        Ok(Produced {
+            partition: batch.partition,
+            offset: batch.offsets.start,
+        })
     }
 
     /// Appends records in one call; they get consecutive offsets.
-    pub async fn produce_batch<V: AsRef<[u8]>>(&self, values: &[V]) -> Result<ProducedBatch, ClientError> {
+    pub async fn produce_batch<V: AsRef<[u8]>>(
+        &self,
+        values: &[V],
+    ) -> Result<ProducedBatch, ClientError> {
         let mut request = self.log.produce_batch_request();
         {
             let mut list = request.get().init_values(values.len() as u32);
@@ -160,13 +179,23 @@ impl Client {
 
     /// Appends batches through a flow-controlled produce stream: at most the
     /// stream window is in flight. Returns each batch's outcome, in order.
-    pub async fn produce_stream<B, V>(&self, batches: B) -> Result<Vec<Result<ProducedBatch, ClientError>>, ClientError>
+    pub async fn produce_stream<B, V>(
+        &self,
+        batches: B,
+    ) -> Result<Vec<Result<ProducedBatch, ClientError>>, ClientError>
     where
         B: IntoIterator,
         B::Item: AsRef<[V]>,
         V: AsRef<[u8]>,
     {
-        let sink = self.log.produce_stream_request().send().promise.await?.get()?.get_sink()?;
+        let sink = self
+            .log
+            .produce_stream_request()
+            .send()
+            .promise
+            .await?
+            .get()?
+            .get_sink()?;
         for batch in batches {
             let batch = batch.as_ref();
             let mut request = sink.write_request();

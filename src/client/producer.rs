@@ -27,7 +27,12 @@ pub struct ProducerConfig {
 
 impl Default for ProducerConfig {
     fn default() -> Self {
-        ProducerConfig { max_batch_records: 4096, max_batch_bytes: 1 << 20, linger: Duration::from_millis(1), max_in_flight: 8 }
+        ProducerConfig {
+            max_batch_records: 4096,
+            max_batch_bytes: 1 << 20,
+            linger: Duration::from_millis(1),
+            max_in_flight: 8,
+        }
     }
 }
 
@@ -54,12 +59,20 @@ pub struct Producer {
 impl Producer {
     pub(crate) fn new(log: log::Client, config: ProducerConfig) -> Producer {
         let permits = config.max_in_flight.max(1);
-        Producer { log, config: Rc::new(config), batch: Rc::default(), in_flight: Arc::new(Semaphore::new(permits)) }
+        Producer {
+            log,
+            config: Rc::new(config),
+            batch: Rc::default(),
+            in_flight: Arc::new(Semaphore::new(permits)),
+        }
     }
 
     /// Queues a record; the future resolves to its offset once its batch is
     /// acknowledged. Records keep their order.
-    pub fn send(&self, value: Vec<u8>) -> impl std::future::Future<Output = Result<u64, ClientError>> + 'static {
+    pub fn send(
+        &self,
+        value: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<u64, ClientError>> + 'static {
         let (tx, rx) = oneshot::channel();
         let full = {
             let mut b = self.batch.borrow_mut();
@@ -76,14 +89,18 @@ impl Producer {
                     }
                 });
             }
-            b.values.len() >= self.config.max_batch_records || b.bytes >= self.config.max_batch_bytes
+            b.values.len() >= self.config.max_batch_records
+                || b.bytes >= self.config.max_batch_bytes
         };
         if full {
             self.flush_batch();
         }
         async move {
-            rx.await
-                .unwrap_or_else(|_| Err(ClientError::Unavailable("producer dropped the batch".into())))
+            rx.await.unwrap_or_else(|_| {
+                Err(ClientError::Unavailable(
+                    "producer dropped the batch".into(),
+                ))
+            })
         }
     }
 
@@ -95,7 +112,13 @@ impl Producer {
                 return;
             }
             let generation = b.generation + 1;
-            std::mem::replace(&mut *b, Batch { generation, ..Batch::default() })
+            std::mem::replace(
+                &mut *b,
+                Batch {
+                    generation,
+                    ..Batch::default()
+                },
+            )
         };
         let (log, sem) = (self.log.clone(), self.in_flight.clone());
         let mut request = log.produce_batch_request();
@@ -124,7 +147,9 @@ impl Producer {
                     let message = e.to_string();
                     let mut first = Some(e);
                     for w in batch.waiters {
-                        let e = first.take().unwrap_or_else(|| ClientError::Unavailable(message.clone()));
+                        let e = first
+                            .take()
+                            .unwrap_or_else(|| ClientError::Unavailable(message.clone()));
                         let _ = w.send(Err(e));
                     }
                 }

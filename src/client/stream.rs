@@ -28,11 +28,17 @@ struct Sink {
 }
 
 impl record_sink::Server for Sink {
-    async fn write(self: CapRc<Self>, params: record_sink::WriteParams) -> Result<(), capnp::Error> {
+    async fn write(
+        self: CapRc<Self>,
+        params: record_sink::WriteParams,
+    ) -> Result<(), capnp::Error> {
         let list = params.get()?.get_records()?;
         let mut batch = Vec::with_capacity(list.len() as usize);
         for r in list.iter() {
-            batch.push(Record { offset: r.get_offset(), value: r.get_value()?.to_vec() });
+            batch.push(Record {
+                offset: r.get_offset(),
+                value: r.get_value()?.to_vec(),
+            });
         }
         self.tx
             .send(batch)
@@ -51,7 +57,12 @@ pub struct RecordStream {
 }
 
 impl RecordStream {
-    pub(crate) fn open(log: &log::Client, partition: &str, offset: u64, max_batch_bytes: u32) -> RecordStream {
+    pub(crate) fn open(
+        log: &log::Client,
+        partition: &str,
+        offset: u64,
+        max_batch_bytes: u32,
+    ) -> RecordStream {
         let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
         let sink: record_sink::Client = capnp_rpc::new_client(Sink { tx });
         let mut request = log.consume_stream_request();
@@ -74,7 +85,12 @@ impl RecordStream {
             .await;
             let _ = end_tx.send(outcome);
         });
-        RecordStream { rx, pending: Vec::new().into_iter(), end: Some(end_rx), call }
+        RecordStream {
+            rx,
+            pending: Vec::new().into_iter(),
+            end: Some(end_rx),
+            call,
+        }
     }
 }
 
@@ -97,7 +113,9 @@ impl Stream for RecordStream {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     // The sink is gone: the call ended; report how.
-                    let Some(end) = self.end.as_mut() else { return Poll::Ready(None) };
+                    let Some(end) = self.end.as_mut() else {
+                        return Poll::Ready(None);
+                    };
                     return match Pin::new(end).poll(cx) {
                         Poll::Pending => Poll::Pending,
                         Poll::Ready(outcome) => {

@@ -7,10 +7,21 @@ use crate::storage::StorageError;
 /// A domain error as the wire carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireError {
-    OffsetOutOfRange { offset: u64, lowest: u64, next: u64 },
+    OffsetOutOfRange {
+        offset: u64,
+        lowest: u64,
+        next: u64,
+    },
     UnknownPartition(String),
-    RecordTooLarge { size: u64, max: u64 },
-    PermissionDenied { subject: String, action: String, object: String },
+    RecordTooLarge {
+        size: u64,
+        max: u64,
+    },
+    PermissionDenied {
+        subject: String,
+        action: String,
+        object: String,
+    },
     Corruption,
     Unavailable,
     InvalidArgument,
@@ -19,20 +30,27 @@ pub enum WireError {
 /// Classifies a log error for the wire; the message goes along for humans.
 pub fn classify(e: &LogError) -> WireError {
     match e {
-        LogError::Storage(StorageError::OffsetOutOfRange { offset, lowest, next }) => WireError::OffsetOutOfRange {
+        LogError::Storage(StorageError::OffsetOutOfRange {
+            offset,
+            lowest,
+            next,
+        }) => WireError::OffsetOutOfRange {
             offset: *offset,
             lowest: *lowest,
             next: *next,
         },
-        LogError::Storage(StorageError::RecordTooLarge { size, max }) => WireError::RecordTooLarge {
-            size: *size as u64,
-            max: *max as u64,
-        },
+        LogError::Storage(StorageError::RecordTooLarge { size, max }) => {
+            WireError::RecordTooLarge {
+                size: *size as u64,
+                max: *max as u64,
+            }
+        }
         LogError::Storage(StorageError::Corruption { .. }) => WireError::Corruption,
         LogError::UnknownPartition(id) => WireError::UnknownPartition(id.clone()),
-        LogError::Storage(_) | LogError::Unavailable { .. } | LogError::PartitionFailed { .. } | LogError::Closed(_) => {
-            WireError::Unavailable
-        }
+        LogError::Storage(_)
+        | LogError::Unavailable { .. }
+        | LogError::PartitionFailed { .. }
+        | LogError::Closed(_) => WireError::Unavailable,
     }
 }
 
@@ -41,7 +59,11 @@ pub fn write_error(mut builder: error::Builder<'_>, kind: &WireError, message: &
     builder.set_message(message);
     let mut k = builder.init_kind();
     match kind {
-        WireError::OffsetOutOfRange { offset, lowest, next } => {
+        WireError::OffsetOutOfRange {
+            offset,
+            lowest,
+            next,
+        } => {
             let mut r = k.init_offset_out_of_range();
             r.set_offset(*offset);
             r.set_lowest(*lowest);
@@ -53,7 +75,11 @@ pub fn write_error(mut builder: error::Builder<'_>, kind: &WireError, message: &
             r.set_size(*size);
             r.set_max(*max);
         }
-        WireError::PermissionDenied { subject, action, object } => {
+        WireError::PermissionDenied {
+            subject,
+            action,
+            object,
+        } => {
             let mut r = k.init_permission_denied();
             r.set_subject(subject);
             r.set_action(action);
@@ -77,12 +103,21 @@ pub fn read_error(reader: error::Reader<'_>) -> capnp::Result<(WireError, String
     let kind = match reader.get_kind().which()? {
         Which::OffsetOutOfRange(r) => {
             let r = r?;
-            WireError::OffsetOutOfRange { offset: r.get_offset(), lowest: r.get_lowest(), next: r.get_next() }
+            WireError::OffsetOutOfRange {
+                offset: r.get_offset(),
+                lowest: r.get_lowest(),
+                next: r.get_next(),
+            }
         }
-        Which::UnknownPartition(id) => WireError::UnknownPartition(id?.to_string().unwrap_or_default()),
+        Which::UnknownPartition(id) => {
+            WireError::UnknownPartition(id?.to_string().unwrap_or_default())
+        }
         Which::RecordTooLarge(r) => {
             let r = r?;
-            WireError::RecordTooLarge { size: r.get_size(), max: r.get_max() }
+            WireError::RecordTooLarge {
+                size: r.get_size(),
+                max: r.get_max(),
+            }
         }
         Which::PermissionDenied(r) => {
             let r = r?;

@@ -12,4 +12,6 @@ mod service;
 pub mod transport;
 
 pub use server::{Acceptor, PlainAcceptor, RpcConfig, RpcServer};
-pub use service::{ACTION_CONSUME, ACTION_PRODUCE, Authorizer, ClusterView, LogService, ServerInfo, ServiceContext};
+pub use service::{
+    ACTION_CONSUME, ACTION_PRODUCE, Authorizer, ClusterView, LogService, ServerInfo, ServiceContext,
+};

@@ -46,7 +46,10 @@ impl Default for RpcConfig {
 pub trait Acceptor: 'static {
     type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static;
     /// Completes the handshake; returns the stream and the caller's identity.
-    fn accept(&self, tcp: TcpStream) -> impl std::future::Future<Output = io::Result<(Self::Stream, String)>>;
+    fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> impl std::future::Future<Output = io::Result<(Self::Stream, String)>>;
 }
 
 /// Plain TCP (`--insecure`).
@@ -69,15 +72,30 @@ pub struct RpcServer {
 impl RpcServer {
     /// Binds the listener and starts accepting on the current actix System
     /// (capnp-rpc is `!Send`: everything runs on this thread).
-    pub async fn start<A: Acceptor>(config: RpcConfig, ctx: Rc<ServiceContext>, acceptor: A) -> io::Result<RpcServer> {
+    pub async fn start<A: Acceptor>(
+        config: RpcConfig,
+        ctx: Rc<ServiceContext>,
+        acceptor: A,
+    ) -> io::Result<RpcServer> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let open = Rc::new(Cell::new(0usize));
         let (stop, stopped) = watch::channel(false);
         let acceptor = Rc::new(acceptor);
-        actix_rt::spawn(accept_loop(listener, config, ctx, acceptor, open.clone(), stopped));
+        actix_rt::spawn(accept_loop(
+            listener,
+            config,
+            ctx,
+            acceptor,
+            open.clone(),
+            stopped,
+        ));
         tracing::info!(%local_addr, "RPC server listening");
-        Ok(RpcServer { local_addr, open, stop })
+        Ok(RpcServer {
+            local_addr,
+            open,
+            stop,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -141,8 +159,14 @@ async fn accept_loop<A: Acceptor>(
                 }
             };
             tracing::debug!(%peer, %subject, "client connected");
-            let network = vat_network(stream, Side::Server, reader_options(config.max_message_bytes), config.stream_window_bytes);
-            let service: log::Client = capnp_rpc::new_client(LogService::new(ctx, subject.as_str()));
+            let network = vat_network(
+                stream,
+                Side::Server,
+                reader_options(config.max_message_bytes),
+                config.stream_window_bytes,
+            );
+            let service: log::Client =
+                capnp_rpc::new_client(LogService::new(ctx, subject.as_str()));
             let rpc = RpcSystem::new(Box::new(network), Some(service.client));
             match rpc.await {
                 Ok(()) => tracing::debug!(%peer, "client disconnected"),

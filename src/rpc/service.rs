@@ -60,16 +60,32 @@ pub const ACTION_CONSUME: &str = "consume";
 
 impl LogService {
     pub fn new(ctx: Rc<ServiceContext>, subject: impl Into<Rc<str>>) -> LogService {
-        LogService { ctx, subject: subject.into() }
+        LogService {
+            ctx,
+            subject: subject.into(),
+        }
     }
 
     /// Resolves a partition id (empty = own) and checks the caller may `action` it.
-    fn partition(&self, id: &str, action: &str) -> Result<(String, Addr<LogActor>), (WireError, String)> {
+    fn partition(
+        &self,
+        id: &str,
+        action: &str,
+    ) -> Result<(String, Addr<LogActor>), (WireError, String)> {
         let log = self.ctx.partitions.get(id).map_err(|e| {
-            let id = if id.is_empty() { self.ctx.partitions.own_id() } else { id };
+            let id = if id.is_empty() {
+                self.ctx.partitions.own_id()
+            } else {
+                id
+            };
             (WireError::UnknownPartition(id.to_string()), e.to_string())
         })?;
-        let id = if id.is_empty() { self.ctx.partitions.own_id() } else { id }.to_string();
+        let id = if id.is_empty() {
+            self.ctx.partitions.own_id()
+        } else {
+            id
+        }
+        .to_string();
         self.authorize(action, &id)?;
         Ok((id, log.clone()))
     }
@@ -88,12 +104,18 @@ impl LogService {
         }
     }
 
-    fn check_sizes<'a>(&self, values: impl Iterator<Item = &'a [u8]>) -> Result<(), (WireError, String)> {
+    fn check_sizes<'a>(
+        &self,
+        values: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<(), (WireError, String)> {
         let max = self.ctx.max_record_bytes;
         for v in values {
             if v.len() > max as usize {
                 return Err((
-                    WireError::RecordTooLarge { size: v.len() as u64, max: max as u64 },
+                    WireError::RecordTooLarge {
+                        size: v.len() as u64,
+                        max: max as u64,
+                    },
                     format!("record of {} bytes exceeds the maximum of {max}", v.len()),
                 ));
             }
@@ -119,11 +141,17 @@ impl LogService {
     }
 }
 
+/// The outcome of an append as `Produced` carries it: (partition, first offset, count) or the error.
+type AppendOutcome = Result<(String, u64, u32), (WireError, String)>;
+
 fn log_error(e: &LogError) -> (WireError, String) {
     (super::errors::classify(e), e.to_string())
 }
 
-fn write_produced(out: produced::Builder<'_>, outcome: Result<(String, u64, u32), (WireError, String)>) {
+fn write_produced(
+    out: produced::Builder<'_>,
+    outcome: Result<(String, u64, u32), (WireError, String)>,
+) {
     match outcome {
         Ok((partition, first, count)) => {
             let mut ok = out.init_ok();
@@ -136,16 +164,25 @@ fn write_produced(out: produced::Builder<'_>, outcome: Result<(String, u64, u32)
 }
 
 fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, Error> {
-    t?.to_string().map_err(|e| Error::failed(format!("invalid UTF-8: {e}")))
+    t?.to_string()
+        .map_err(|e| Error::failed(format!("invalid UTF-8: {e}")))
 }
 
 impl log::Server for LogService {
-    async fn produce(self: CapRc<Self>, params: log::ProduceParams, mut results: log::ProduceResults) -> Result<(), Error> {
+    async fn produce(
+        self: CapRc<Self>,
+        params: log::ProduceParams,
+        mut results: log::ProduceResults,
+    ) -> Result<(), Error> {
         let value = params.get()?.get_value()?.to_vec();
         self.append(vec![value], results.get().init_result()).await
     }
 
-    async fn produce_batch(self: CapRc<Self>, params: log::ProduceBatchParams, mut results: log::ProduceBatchResults) -> Result<(), Error> {
+    async fn produce_batch(
+        self: CapRc<Self>,
+        params: log::ProduceBatchParams,
+        mut results: log::ProduceBatchResults,
+    ) -> Result<(), Error> {
         let list = params.get()?.get_values()?;
         let mut values = Vec::with_capacity(list.len() as usize);
         for v in list.iter() {
@@ -154,13 +191,24 @@ impl log::Server for LogService {
         self.append(values, results.get().init_result()).await
     }
 
-    async fn produce_stream(self: CapRc<Self>, _: log::ProduceStreamParams, mut results: log::ProduceStreamResults) -> Result<(), Error> {
-        let sink = ProduceSink { service: self.clone(), results: RefCell::new(Vec::new()) };
+    async fn produce_stream(
+        self: CapRc<Self>,
+        _: log::ProduceStreamParams,
+        mut results: log::ProduceStreamResults,
+    ) -> Result<(), Error> {
+        let sink = ProduceSink {
+            service: self.clone(),
+            results: RefCell::new(Vec::new()),
+        };
         results.get().set_sink(capnp_rpc::new_client(sink));
         Ok(())
     }
 
-    async fn consume(self: CapRc<Self>, params: log::ConsumeParams, mut results: log::ConsumeResults) -> Result<(), Error> {
+    async fn consume(
+        self: CapRc<Self>,
+        params: log::ConsumeParams,
+        mut results: log::ConsumeResults,
+    ) -> Result<(), Error> {
         let p = params.get()?;
         let (id, offset) = (text(p.get_partition())?, p.get_offset());
         let outcome = match self.partition(&id, ACTION_CONSUME) {
@@ -183,7 +231,11 @@ impl log::Server for LogService {
         Ok(())
     }
 
-    async fn consume_stream(self: CapRc<Self>, params: log::ConsumeStreamParams, mut results: log::ConsumeStreamResults) -> Result<(), Error> {
+    async fn consume_stream(
+        self: CapRc<Self>,
+        params: log::ConsumeStreamParams,
+        mut results: log::ConsumeStreamResults,
+    ) -> Result<(), Error> {
         let p = params.get()?;
         let id = text(p.get_partition())?;
         let mut next = p.get_offset();
@@ -200,14 +252,24 @@ impl log::Server for LogService {
             }
         };
         loop {
-            let batch = match log.send(ReadBatch { from: next, max_bytes }).await {
+            let batch = match log
+                .send(ReadBatch {
+                    from: next,
+                    max_bytes,
+                })
+                .await
+            {
                 Ok(Ok(batch)) => batch,
                 Ok(Err(e)) => {
                     write_log_error(results.get().init_end().init_error(), &e);
                     return Ok(());
                 }
                 Err(e) => {
-                    write_error(results.get().init_end().init_error(), &WireError::Unavailable, &e.to_string());
+                    write_error(
+                        results.get().init_end().init_error(),
+                        &WireError::Unavailable,
+                        &e.to_string(),
+                    );
                     return Ok(());
                 }
             };
@@ -220,7 +282,11 @@ impl log::Server for LogService {
                         return Ok(());
                     }
                     Err(e) => {
-                        write_error(results.get().init_end().init_error(), &WireError::Unavailable, &e.to_string());
+                        write_error(
+                            results.get().init_end().init_error(),
+                            &WireError::Unavailable,
+                            &e.to_string(),
+                        );
                         return Ok(());
                     }
                 }
@@ -243,9 +309,18 @@ impl log::Server for LogService {
         }
     }
 
-    async fn get_servers(self: CapRc<Self>, _: log::GetServersParams, mut results: log::GetServersResults) -> Result<(), Error> {
+    async fn get_servers(
+        self: CapRc<Self>,
+        _: log::GetServersParams,
+        mut results: log::GetServersResults,
+    ) -> Result<(), Error> {
         let cluster = self.ctx.cluster.borrow();
-        let all: Vec<(&ServerInfo, bool)> = cluster.local.iter().map(|s| (s, true)).chain(cluster.peers.iter().map(|s| (s, false))).collect();
+        let all: Vec<(&ServerInfo, bool)> = cluster
+            .local
+            .iter()
+            .map(|s| (s, true))
+            .chain(cluster.peers.iter().map(|s| (s, false)))
+            .collect();
         let mut list = results.get().init_servers(all.len() as u32);
         for (i, (s, local)) in all.into_iter().enumerate() {
             let mut b = list.reborrow().get(i as u32);
@@ -258,12 +333,26 @@ impl log::Server for LogService {
         Ok(())
     }
 
-    async fn list_partitions(self: CapRc<Self>, _: log::ListPartitionsParams, mut results: log::ListPartitionsResults) -> Result<(), Error> {
+    async fn list_partitions(
+        self: CapRc<Self>,
+        _: log::ListPartitionsParams,
+        mut results: log::ListPartitionsResults,
+    ) -> Result<(), Error> {
         let own = self.ctx.partitions.own_id().to_string();
         let mut infos = Vec::new();
-        for id in self.ctx.partitions.ids().map(str::to_string).collect::<Vec<_>>() {
-            let Ok(log) = self.ctx.partitions.get(&id) else { continue };
-            let Ok(stats) = log.send(Stats).await else { continue };
+        for id in self
+            .ctx
+            .partitions
+            .ids()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+        {
+            let Ok(log) = self.ctx.partitions.get(&id) else {
+                continue;
+            };
+            let Ok(stats) = log.send(Stats).await else {
+                continue;
+            };
             let owner = owner_of(&id, &self.ctx.cluster.borrow());
             infos.push((id.clone(), owner, stats, id == own));
         }
@@ -296,7 +385,7 @@ fn owner_of(id: &str, cluster: &ClusterView) -> String {
 /// what is buffered here.
 struct ProduceSink {
     service: CapRc<LogService>,
-    results: RefCell<Vec<Result<(String, u64, u32), (WireError, String)>>>,
+    results: RefCell<Vec<AppendOutcome>>,
 }
 
 impl produce_sink::Server for ProduceSink {
@@ -321,7 +410,11 @@ impl produce_sink::Server for ProduceSink {
         Ok(())
     }
 
-    async fn finish(self: CapRc<Self>, _: produce_sink::FinishParams, mut results: produce_sink::FinishResults) -> Result<(), Error> {
+    async fn finish(
+        self: CapRc<Self>,
+        _: produce_sink::FinishParams,
+        mut results: produce_sink::FinishResults,
+    ) -> Result<(), Error> {
         let done = std::mem::take(&mut *self.results.borrow_mut());
         let mut list = results.get().init_results(done.len() as u32);
         for (i, outcome) in done.into_iter().enumerate() {

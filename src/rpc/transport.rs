@@ -15,12 +15,19 @@ const IO_BUFFER_BYTES: usize = 64 << 10;
 pub fn reader_options(max_message_bytes: usize) -> ReaderOptions {
     let mut options = ReaderOptions::new();
     // A word is 8 bytes; traversal counts each word once per visit, so leave room.
-    options.traversal_limit_in_words(Some(max_message_bytes / 8 * 2)).nesting_limit(64);
+    options
+        .traversal_limit_in_words(Some(max_message_bytes / 8 * 2))
+        .nesting_limit(64);
     options
 }
 
 /// Builds the vat network of one connection over `stream`.
-pub fn vat_network<S>(stream: S, side: Side, options: ReaderOptions, window_bytes: usize) -> VatNetwork<BufReader<tokio_util::compat::Compat<tokio::io::ReadHalf<S>>>>
+pub fn vat_network<S>(
+    stream: S,
+    side: Side,
+    options: ReaderOptions,
+    window_bytes: usize,
+) -> VatNetwork<BufReader<tokio_util::compat::Compat<tokio::io::ReadHalf<S>>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {

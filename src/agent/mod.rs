@@ -1,0 +1,224 @@
+//! The Agent: the root of the node. Boots the actors in order (partitions,
+//! membership, RPC), wires them, and tears them down.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use actix::prelude::*;
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::log::{LogError, Partitions};
+use crate::membership::{
+    GetLocal, Leave, MembershipActor, MembershipConfig, MembershipError, MembershipEvent, Subscribe,
+};
+use crate::rpc::{
+    Acceptor, ClusterView, PlainAcceptor, RpcConfig, RpcServer, ServerInfo, ServiceContext,
+};
+use crate::storage::StorageError;
+
+/// Why a node could not start (or stop) cleanly. Each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {dir}: {source}")]
+    Storage { dir: String, source: StorageError },
+    #[error("RPC listener on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gossip on {addr}: {source}")]
+    Membership {
+        addr: SocketAddr,
+        source: MembershipError,
+    },
+    #[error("cluster key file {path}: {message}")]
+    ClusterKey { path: String, message: String },
+    #[error("closing partitions: {0}")]
+    Close(#[from] LogError),
+}
+
+/// A running node.
+pub struct Agent {
+    config: NodeConfig,
+    partitions: Rc<Partitions>,
+    rpc: RpcServer,
+    membership: Addr<MembershipActor>,
+    gossip_addr: SocketAddr,
+    cluster: Rc<RefCell<ClusterView>>,
+}
+
+/// Keeps the RPC front's view of the cluster in step with membership.
+struct ClusterWatcher {
+    view: Rc<RefCell<ClusterView>>,
+}
+
+impl Actor for ClusterWatcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<MembershipEvent> for ClusterWatcher {
+    type Result = ();
+
+    fn handle(&mut self, event: MembershipEvent, _ctx: &mut Context<Self>) {
+        let mut view = self.view.borrow_mut();
+        match event {
+            MembershipEvent::Snapshot(members) => {
+                view.peers = members
+                    .into_iter()
+                    .map(|m| ServerInfo {
+                        name: m.name,
+                        rpc_addr: m.rpc_addr.to_string(),
+                        alive: true,
+                        partition: String::new(),
+                    })
+                    .collect();
+            }
+            MembershipEvent::PeerUp { name, rpc_addr, .. } => {
+                view.peers.retain(|p| p.name != name);
+                view.peers.push(ServerInfo {
+                    name,
+                    rpc_addr: rpc_addr.to_string(),
+                    alive: true,
+                    partition: String::new(),
+                });
+            }
+            MembershipEvent::PeerDown { name, reason } => {
+                tracing::info!(peer = %name, ?reason, "peer down");
+                for p in view.peers.iter_mut().filter(|p| p.name == name) {
+                    p.alive = false;
+                }
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Starts a node with plain TCP RPC. Must run inside an actix System.
+    pub async fn start(config: NodeConfig) -> Result<Agent, AgentError> {
+        Self::start_with(config, PlainAcceptor).await
+    }
+
+    /// Starts a node whose RPC connections go through `acceptor` (TLS).
+    pub async fn start_with<A: Acceptor>(
+        config: NodeConfig,
+        acceptor: A,
+    ) -> Result<Agent, AgentError> {
+        let log_config = config.log_config()?;
+        let storage_error = |source| AgentError::Storage {
+            dir: config.data_dir.display().to_string(),
+            source,
+        };
+        let partitions = Rc::new(
+            Partitions::open(&config.data_dir, &config.node_name, log_config)
+                .map_err(storage_error)?,
+        );
+        tracing::info!(node = %config.node_name, partition = %partitions.own_id(), data_dir = %config.data_dir.display(), "partitions open");
+
+        let cluster = Rc::new(RefCell::new(ClusterView {
+            local: Some(ServerInfo {
+                name: config.node_name.clone(),
+                rpc_addr: config.advertise_rpc_addr.to_string(),
+                alive: true,
+                partition: partitions.own_id().to_string(),
+            }),
+            peers: Vec::new(),
+        }));
+
+        let cluster_key = match &config.cluster_key_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| AgentError::ClusterKey {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        let membership_config = MembershipConfig {
+            node_name: config.node_name.clone(),
+            bind_addr: config.gossip_addr,
+            rpc_addr: config.advertise_rpc_addr,
+            seeds: config.join.clone(),
+            cluster_key,
+            ..MembershipConfig::default()
+        };
+        let membership =
+            MembershipActor::start(membership_config).map_err(|source| AgentError::Membership {
+                addr: config.gossip_addr,
+                source,
+            })?;
+        let gossip_addr = match membership.send(GetLocal).await {
+            Ok(local) => local.gossip_addr,
+            Err(_) => config.gossip_addr,
+        };
+        let watcher = ClusterWatcher {
+            view: cluster.clone(),
+        }
+        .start();
+        membership.do_send(Subscribe(watcher.recipient()));
+
+        let ctx = Rc::new(ServiceContext {
+            partitions: partitions.clone(),
+            cluster: cluster.clone(),
+            authorizer: None,
+            max_record_bytes: config.max_record_bytes,
+            max_stream_batch_bytes: 256 << 10,
+        });
+        let rpc_config = RpcConfig {
+            listen: config.rpc_addr,
+            max_connections: config.max_connections,
+            max_message_bytes: config.max_message_bytes,
+            ..RpcConfig::default()
+        };
+        let rpc = RpcServer::start(rpc_config, ctx, acceptor)
+            .await
+            .map_err(|source| AgentError::Listen {
+                addr: config.rpc_addr,
+                source,
+            })?;
+        Ok(Agent {
+            config,
+            partitions,
+            rpc,
+            membership,
+            gossip_addr,
+            cluster,
+        })
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Where the RPC server listens (the real port when 0 was asked).
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.rpc.local_addr()
+    }
+
+    /// Where gossip is received (the real port when 0 was asked).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    pub fn partitions(&self) -> &Rc<Partitions> {
+        &self.partitions
+    }
+
+    pub fn cluster(&self) -> Rc<RefCell<ClusterView>> {
+        self.cluster.clone()
+    }
+
+    /// Stops the node: no new connections, leave the cluster, then flush,
+    /// sync and seal every partition (the next start needs no recovery).
+    pub async fn shutdown(self) -> Result<(), AgentError> {
+        self.rpc.stop_accepting();
+        match self.membership.send(Leave).await {
+            Ok(Ok(())) => tracing::info!("left the cluster"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster failed"),
+            Err(e) => tracing::warn!(error = %e, "membership actor gone"),
+        }
+        self.partitions.close_all().await?;
+        tracing::info!("partitions closed");
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! `proglog produce`, `consume`, `servers`, `partitions`.
+
+use std::io::{BufRead, Write};
+
+use futures::StreamExt;
+use proglog::client::{Client, ProducerConfig};
+
+use super::BoxError;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// RPC address of the node to talk to.
+    #[arg(long, env = "PROGLOG_ADDR", default_value = "127.0.0.1:8400")]
+    pub addr: String,
+}
+
+impl ConnectArgs {
+    pub async fn connect(&self) -> Result<Client, BoxError> {
+        Client::connect(self.addr.as_str())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.addr).into())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Values to append, one record each. Without any, each line of standard
+    /// input is one record (batched automatically).
+    values: Vec<String>,
+    /// Print each result as a JSON line ({"partition":..,"offset":..}) instead of the bare offset.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The record's bytes, then a newline.
+    Raw,
+    /// {"offset":N,"value":"..."}; values that are not UTF-8 come as "value_hex".
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Partition to read; empty means the node's own.
+    #[arg(long, default_value = "")]
+    partition: String,
+    /// First offset to read [default: the partition's lowest].
+    #[arg(long)]
+    from: Option<u64>,
+    /// Keep following the partition: print records as they are appended.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Raw)]
+    format: Format,
+}
+
+fn print_produced(
+    out: &mut impl Write,
+    json: bool,
+    partition: &str,
+    offset: u64,
+) -> std::io::Result<()> {
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "partition": partition, "offset": offset })
+        )
+    } else {
+        writeln!(out, "{offset}")
+    }
+}
+
+pub fn produce(args: ProduceArgs) -> Result<(), BoxError> {
+    super::block_on(async move {
+        let client = args.connect.connect().await?;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        if !args.values.is_empty() {
+            let batch = client.produce_batch(&args.values).await?;
+            for offset in batch.offsets {
+                print_produced(&mut out, args.json, &batch.partition, offset)?;
+            }
+            return Ok(());
+        }
+        let partition = client
+            .partitions()
+            .await?
+            .into_iter()
+            .find(|p| p.is_leader)
+            .map(|p| p.id)
+            .unwrap_or_default();
+        let producer = client.producer(ProducerConfig::default());
+        let mut pending = std::collections::VecDeque::new();
+        for line in std::io::stdin().lock().lines() {
+            pending.push_back(producer.send(line?.into_bytes()));
+            // Print results in order as they come, keeping memory bounded.
+            while pending.len() > 65536 {
+                if let Some(f) = pending.pop_front() {
+                    print_produced(&mut out, args.json, &partition, f.await?)?;
+                }
+            }
+        }
+        producer.flush_batch();
+        for f in pending {
+            print_produced(&mut out, args.json, &partition, f.await?)?;
+        }
+        Ok(())
+    })
+}
+
+pub fn consume(args: ConsumeArgs) -> Result<(), BoxError> {
+    super::block_on(async move {
+        let client = args.connect.connect().await?;
+        let info = client.partitions().await?;
+        let wanted = if args.partition.is_empty() {
+            info.iter().find(|p| p.is_leader)
+        } else {
+            info.iter().find(|p| p.id == args.partition)
+        };
+        let Some(partition) = wanted else {
+            return Err(format!("unknown partition {:?}", args.partition).into());
+        };
+        let from = args.from.unwrap_or(partition.lowest_offset);
+        let end = partition.next_offset;
+        if !args.follow && from >= end {
+            return Ok(());
+        }
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let mut stream = client.consume_stream(&partition.id, from);
+        while let Some(record) = stream.next().await {
+            let record = record?;
+            match args.format {
+                Format::Raw => {
+                    out.write_all(&record.value)?;
+                    out.write_all(b"\n")?;
+                }
+                Format::Json => {
+                    let line = match std::str::from_utf8(&record.value) {
+                        Ok(s) => serde_json::json!({ "offset": record.offset, "value": s }),
+                        Err(_) => {
+                            serde_json::json!({ "offset": record.offset, "value_hex": hex(&record.value) })
+                        }
+                    };
+                    writeln!(out, "{line}")?;
+                }
+            }
+            if args.follow {
+                out.flush()?;
+            } else if record.offset + 1 >= end {
+                break;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn servers(args: ConnectArgs) -> Result<(), BoxError> {
+    super::block_on(async move {
+        let client = args.connect().await?;
+        println!(
+            "{:<24} {:<22} {:<6} {:<6} PARTITION",
+            "NAME", "RPC ADDRESS", "ALIVE", "LOCAL"
+        );
+        for s in client.servers().await? {
+            println!(
+                "{:<24} {:<22} {:<6} {:<6} {}",
+                s.id, s.rpc_addr, s.alive, s.is_local, s.partition
+            );
+        }
+        Ok(())
+    })
+}
+
+pub fn partitions(args: ConnectArgs) -> Result<(), BoxError> {
+    super::block_on(async move {
+        let client = args.connect().await?;
+        println!(
+            "{:<40} {:<20} {:>12} {:>12} ROLE",
+            "PARTITION", "OWNER", "LOWEST", "NEXT"
+        );
+        for p in client.partitions().await? {
+            let role = if p.is_leader { "leader" } else { "replica" };
+            println!(
+                "{:<40} {:<20} {:>12} {:>12} {role}",
+                p.id, p.owner, p.lowest_offset, p.next_offset
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,61 @@
+//! `proglog serve`.
+
+use proglog::agent::Agent;
+use proglog::config::{NodeConfig, ServeArgs};
+
+use super::BoxError;
+
+pub fn run(args: ServeArgs) -> Result<(), BoxError> {
+    let print_config = args.print_config;
+    let config = NodeConfig::resolve(args)?;
+    if print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    super::block_on(async move {
+        let agent = Agent::start(config).await?;
+        let c = agent.config();
+        tracing::info!(
+            node = %c.node_name,
+            partition = %agent.partitions().own_id(),
+            rpc = %agent.rpc_addr(),
+            gossip = %agent.gossip_addr(),
+            "proglog node is serving"
+        );
+        // One machine-readable line on stdout when ready (tests and scripts
+        // started with port 0 read the real ports from it).
+        println!(
+            "ready rpc={} gossip={} partition={}",
+            agent.rpc_addr(),
+            agent.gossip_addr(),
+            agent.partitions().own_id()
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down (a second signal exits at once)");
+        actix_rt::spawn(async {
+            wait_for_signal().await;
+            eprintln!("proglog: second signal: exiting now");
+            std::process::exit(130);
+        });
+        agent.shutdown().await?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

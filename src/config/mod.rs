@@ -1,0 +1,354 @@
+//! The node's configuration: one type, four layers.
+//!
+//! defaults < TOML file (`--config`) < `PROGLOG_*` environment < flags.
+//! [`ServeArgs`] is what the command line, the environment and the file can
+//! say (every field optional); [`NodeConfig::resolve`] merges the layers,
+//! checks every value and names the setting when one is wrong.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{LogConfig, Retention, SyncPolicy};
+
+/// Settings of `proglog serve`. Flags and `PROGLOG_*` variables come from
+/// clap; the same fields, kebab-case, can be set in the TOML file.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (flags and environment win over it).
+    #[arg(long, env = "PROGLOG_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+    /// Directory for node.toml and the partitions [default: ./proglog-data].
+    #[arg(long, env = "PROGLOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Unique name of this node in the cluster [default: the host name].
+    #[arg(long, env = "PROGLOG_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Address the RPC server listens on [default: 127.0.0.1:8400].
+    #[arg(long, env = "PROGLOG_RPC_ADDR")]
+    pub rpc_addr: Option<SocketAddr>,
+    /// RPC address announced to peers, if not the listen address.
+    #[arg(long, env = "PROGLOG_ADVERTISE_RPC_ADDR")]
+    pub advertise_rpc_addr: Option<SocketAddr>,
+    /// UDP address for SWIM gossip [default: 127.0.0.1:8401].
+    #[arg(long, env = "PROGLOG_GOSSIP_ADDR")]
+    pub gossip_addr: Option<SocketAddr>,
+    /// Gossip addresses of nodes to join, comma-separated [default: none, a cluster of one].
+    #[arg(long, env = "PROGLOG_JOIN", value_delimiter = ',')]
+    pub join: Option<Vec<SocketAddr>>,
+    /// File holding the shared gossip key (at least 16 bytes) [default: none: unauthenticated gossip].
+    #[arg(long, env = "PROGLOG_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// always | never | interval | interval:<ms> [default: interval:1000].
+    #[arg(long, env = "PROGLOG_SYNC")]
+    pub sync: Option<String>,
+    /// Largest record accepted, bytes [default: 1048576].
+    #[arg(long, env = "PROGLOG_MAX_RECORD_BYTES")]
+    pub max_record_bytes: Option<u32>,
+    /// Segment store size before rolling, bytes [default: 134217728].
+    #[arg(long, env = "PROGLOG_MAX_SEGMENT_BYTES")]
+    pub max_segment_bytes: Option<u64>,
+    /// Segment index size before rolling, bytes [default: 10485760].
+    #[arg(long, env = "PROGLOG_MAX_INDEX_BYTES")]
+    pub max_index_bytes: Option<u64>,
+    /// Delete old segments while a partition is larger, bytes [default: keep all].
+    #[arg(long, env = "PROGLOG_RETENTION_BYTES")]
+    pub retention_bytes: Option<u64>,
+    /// Delete segments older than this many seconds [default: keep all].
+    #[arg(long, env = "PROGLOG_RETENTION_SECONDS")]
+    pub retention_seconds: Option<u64>,
+    /// Most client connections at once [default: 1024].
+    #[arg(long, env = "PROGLOG_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Largest RPC message accepted, bytes [default: 67108864].
+    #[arg(long, env = "PROGLOG_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Fills every field still empty from `lower`.
+    fn or(self, lower: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config.or(lower.config),
+            print_config: self.print_config || lower.print_config,
+            data_dir: self.data_dir.or(lower.data_dir),
+            node_name: self.node_name.or(lower.node_name),
+            rpc_addr: self.rpc_addr.or(lower.rpc_addr),
+            advertise_rpc_addr: self.advertise_rpc_addr.or(lower.advertise_rpc_addr),
+            gossip_addr: self.gossip_addr.or(lower.gossip_addr),
+            join: self.join.or(lower.join),
+            cluster_key_file: self.cluster_key_file.or(lower.cluster_key_file),
+            sync: self.sync.or(lower.sync),
+            max_record_bytes: self.max_record_bytes.or(lower.max_record_bytes),
+            max_segment_bytes: self.max_segment_bytes.or(lower.max_segment_bytes),
+            max_index_bytes: self.max_index_bytes.or(lower.max_index_bytes),
+            retention_bytes: self.retention_bytes.or(lower.retention_bytes),
+            retention_seconds: self.retention_seconds.or(lower.retention_seconds),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+        }
+    }
+}
+
+/// A setting that cannot work, named.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// The effective configuration of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub node_name: String,
+    pub rpc_addr: SocketAddr,
+    pub advertise_rpc_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
+    pub join: Vec<SocketAddr>,
+    pub cluster_key_file: Option<PathBuf>,
+    pub sync: String,
+    pub max_record_bytes: u32,
+    pub max_segment_bytes: u64,
+    pub max_index_bytes: u64,
+    pub retention_bytes: Option<u64>,
+    pub retention_seconds: Option<u64>,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+}
+
+/// The host's name, for the default node name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "proglog".to_string())
+}
+
+impl NodeConfig {
+    /// Merges flags/environment (`args`, from clap) over the TOML file over
+    /// the defaults, and validates the result.
+    pub fn resolve(args: ServeArgs) -> Result<NodeConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<ServeArgs>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => ServeArgs::default(),
+        };
+        let a = args.or(file);
+        let log_defaults = LogConfig::default();
+        let rpc_addr = a
+            .rpc_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8400)));
+        let node_name = a.node_name.unwrap_or_else(host_name);
+        if node_name.is_empty()
+            || !node_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(invalid(
+                "node-name",
+                format!("{node_name:?}: use letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        let config = NodeConfig {
+            data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("proglog-data")),
+            node_name,
+            rpc_addr,
+            advertise_rpc_addr: a.advertise_rpc_addr.unwrap_or(rpc_addr),
+            gossip_addr: a
+                .gossip_addr
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8401))),
+            join: a.join.unwrap_or_default(),
+            cluster_key_file: a.cluster_key_file,
+            sync: a.sync.unwrap_or_else(|| log_defaults.sync.to_string()),
+            max_record_bytes: a.max_record_bytes.unwrap_or(log_defaults.max_record_bytes),
+            max_segment_bytes: a.max_segment_bytes.unwrap_or(log_defaults.max_store_bytes),
+            max_index_bytes: a.max_index_bytes.unwrap_or(log_defaults.max_index_bytes),
+            retention_bytes: a.retention_bytes,
+            retention_seconds: a.retention_seconds,
+            max_connections: a.max_connections.unwrap_or(1024),
+            max_message_bytes: a.max_message_bytes.unwrap_or(64 << 20),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.sync_policy()?;
+        self.log_config()?.validate().map_err(|e| {
+            let setting = match &e {
+                crate::storage::StorageError::InvalidConfig(m) if m.contains("max_index_bytes") => {
+                    "max-index-bytes"
+                }
+                crate::storage::StorageError::InvalidConfig(m)
+                    if m.contains("max_record_bytes must") =>
+                {
+                    "max-record-bytes"
+                }
+                _ => "max-segment-bytes",
+            };
+            invalid(setting, e.to_string())
+        })?;
+        if self.max_connections == 0 {
+            return Err(invalid("max-connections", "must be at least 1"));
+        }
+        if self.max_message_bytes < self.max_record_bytes as usize + 1024 {
+            return Err(invalid(
+                "max-message-bytes",
+                format!(
+                    "must exceed max-record-bytes ({}) by at least 1 KiB",
+                    self.max_record_bytes
+                ),
+            ));
+        }
+        if self.rpc_addr == self.gossip_addr {
+            return Err(invalid("gossip-addr", "must differ from rpc-addr"));
+        }
+        Ok(())
+    }
+
+    fn sync_policy(&self) -> Result<SyncPolicy, ConfigError> {
+        self.sync.parse().map_err(|e: String| invalid("sync", e))
+    }
+
+    /// The storage settings of every partition.
+    pub fn log_config(&self) -> Result<LogConfig, ConfigError> {
+        Ok(LogConfig {
+            max_store_bytes: self.max_segment_bytes,
+            max_index_bytes: self.max_index_bytes,
+            initial_offset: 0,
+            max_record_bytes: self.max_record_bytes,
+            sync: self.sync_policy()?,
+            retention: Retention {
+                max_bytes: self.retention_bytes,
+                max_age: self.retention_seconds.map(Duration::from_secs),
+            },
+        })
+    }
+
+    /// The configuration as TOML (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let c = NodeConfig::resolve(ServeArgs {
+            node_name: Some("n1".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.rpc_addr.port(), 8400);
+        assert_eq!(c.gossip_addr.port(), 8401);
+        assert_eq!(c.sync, "interval:1000");
+        assert_eq!(c.advertise_rpc_addr, c.rpc_addr);
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "node-name = \"from-file\"\nsync = \"always\"\nmax-connections = 7\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            sync: Some("never".into()),
+            ..ServeArgs::default()
+        };
+        let c = NodeConfig::resolve(args).unwrap();
+        assert_eq!(c.node_name, "from-file");
+        assert_eq!(c.sync, "never", "a flag wins over the file");
+        assert_eq!(c.max_connections, 7);
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let err = |args: ServeArgs| {
+            let node_name = args.node_name.clone().or(Some("n".into()));
+            NodeConfig::resolve(ServeArgs { node_name, ..args })
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err(ServeArgs {
+                sync: Some("sometimes".into()),
+                ..ServeArgs::default()
+            })
+            .contains("sync")
+        );
+        assert!(
+            err(ServeArgs {
+                max_connections: Some(0),
+                ..ServeArgs::default()
+            })
+            .contains("max-connections")
+        );
+        assert!(
+            err(ServeArgs {
+                max_segment_bytes: Some(10),
+                ..ServeArgs::default()
+            })
+            .contains("max-segment-bytes")
+        );
+        assert!(
+            err(ServeArgs {
+                node_name: Some("bad name".into()),
+                ..ServeArgs::default()
+            })
+            .contains("node-name")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "no-such-setting = 1\n").unwrap();
+        assert!(
+            err(ServeArgs {
+                config: Some(file),
+                ..ServeArgs::default()
+            })
+            .contains("no-such-setting")
+        );
+    }
+}
