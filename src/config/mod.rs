@@ -26,6 +26,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
+    /// Serve plain TCP without TLS or authorization. For development only:
+    /// anyone who can reach the port can read and write every partition.
+    #[arg(long, env = "PROGLOG_INSECURE")]
+    #[serde(default)]
+    pub insecure: bool,
     /// Directory for node.toml and the partitions [default: ./proglog-data].
     #[arg(long, env = "PROGLOG_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -79,6 +84,7 @@ impl ServeArgs {
         ServeArgs {
             config: self.config.or(lower.config),
             print_config: self.print_config || lower.print_config,
+            insecure: self.insecure || lower.insecure,
             data_dir: self.data_dir.or(lower.data_dir),
             node_name: self.node_name.or(lower.node_name),
             rpc_addr: self.rpc_addr.or(lower.rpc_addr),
@@ -126,6 +132,7 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct NodeConfig {
+    pub insecure: bool,
     pub data_dir: PathBuf,
     pub node_name: String,
     pub rpc_addr: SocketAddr,
@@ -186,6 +193,7 @@ impl NodeConfig {
             ));
         }
         let config = NodeConfig {
+            insecure: a.insecure,
             data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("proglog-data")),
             node_name,
             rpc_addr,
