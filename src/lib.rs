@@ -1,5 +1,6 @@
 //! proglog: a distributed commit log.
 //!
+//! - [`auth`]: mutual TLS, casbin authorization, certificates.
 //! - [`agent`]: boots and wires a node's actors; [`config`]: its settings.
 //! - [`storage`]: the synchronous storage core (segments, index, recovery).
 //! - [`log`]: the storage as actix actors: a LogActor per partition, a
@@ -9,6 +10,7 @@
 //! - [`membership`]: SWIM gossip (foca) as a MembershipActor: who is in the cluster.
 
 pub mod agent;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod log;

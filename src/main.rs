@@ -36,6 +36,8 @@ enum Command {
     /// Load generator: produce N records with up to W unacknowledged, then
     /// consume them back; prints records/s, MB/s and latency percentiles.
     Bench(cli::bench::BenchArgs),
+    /// Make a CA, node and client certificates (PEM) for mutual TLS.
+    Certs(cli::certs::CertsArgs),
     /// Measure the storage core on this machine's disk (no server needed).
     StorageBench(cli::storage_bench::Args),
 }
@@ -66,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Servers(args) => cli::client::servers(args),
         Command::Partitions(args) => cli::client::partitions(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Certs(args) => cli::certs::run(args),
         Command::StorageBench(args) => cli::storage_bench::run(args),
     };
     match result {

@@ -36,6 +36,8 @@ pub enum AgentError {
     },
     #[error("cluster key file {path}: {message}")]
     ClusterKey { path: String, message: String },
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("closing partitions: {0}")]
     Close(#[from] LogError),
 }
@@ -96,15 +98,49 @@ impl Handler<MembershipEvent> for ClusterWatcher {
 }
 
 impl Agent {
-    /// Starts a node with plain TCP RPC. Must run inside an actix System.
+    /// Starts a node. Must run inside an actix System. RPC is mutual TLS
+    /// with casbin authorization, or plain TCP with `insecure` (warned about).
     pub async fn start(config: NodeConfig) -> Result<Agent, AgentError> {
-        Self::start_with(config, PlainAcceptor).await
+        if config.insecure {
+            tracing::warn!(
+                "--insecure: RPC is plain TCP without authentication or authorization; anyone who reaches the port can read and write"
+            );
+            return Self::start_with(config, PlainAcceptor, None).await;
+        }
+        let tls = match &config.tls {
+            Some(files) => files.clone(),
+            None => {
+                let host = config.advertise_rpc_addr.ip().to_string();
+                let dev = crate::auth::certs::ensure_dev_material(&config.data_dir, &[host])?;
+                tracing::warn!(
+                    dir = %dev.dir.display(),
+                    created = dev.created,
+                    "no TLS configured: using development certificates (clients find root.pem/root.key with --data-dir {})",
+                    config.data_dir.display()
+                );
+                crate::config::TlsFiles {
+                    ca: dev.ca,
+                    cert: dev.server_cert,
+                    key: dev.server_key,
+                }
+            }
+        };
+        let server = crate::auth::tls::server_config(&tls.ca, &tls.cert, &tls.key)?;
+        let acl = crate::auth::acl::Acl::load(&config.acl_model, &config.acl_policy).await?;
+        Self::start_with(
+            config,
+            crate::auth::tls::TlsAcceptor::new(server),
+            Some(Rc::new(acl)),
+        )
+        .await
     }
 
-    /// Starts a node whose RPC connections go through `acceptor` (TLS).
+    /// Starts a node whose RPC connections go through `acceptor`, checked by
+    /// `authorizer` (`None`: every call allowed).
     pub async fn start_with<A: Acceptor>(
         config: NodeConfig,
         acceptor: A,
+        authorizer: Option<Rc<dyn crate::rpc::Authorizer>>,
     ) -> Result<Agent, AgentError> {
         let log_config = config.log_config()?;
         let storage_error = |source| AgentError::Storage {
@@ -160,7 +196,7 @@ impl Agent {
         let ctx = Rc::new(ServiceContext {
             partitions: partitions.clone(),
             cluster: cluster.clone(),
-            authorizer: None,
+            authorizer,
             max_record_bytes: config.max_record_bytes,
             max_stream_batch_bytes: 256 << 10,
         });

@@ -1,6 +1,7 @@
 //! `proglog produce`, `consume`, `servers`, `partitions`.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 
 use futures::StreamExt;
 use proglog::client::{Client, ProducerConfig};
@@ -12,13 +13,61 @@ pub struct ConnectArgs {
     /// RPC address of the node to talk to.
     #[arg(long, env = "PROGLOG_ADDR", default_value = "127.0.0.1:8400")]
     pub addr: String,
+    /// Connect over plain TCP (only to a node started with --insecure).
+    #[arg(long, env = "PROGLOG_INSECURE")]
+    pub insecure: bool,
+    /// CA certificate to trust [default: <data-dir>/tls/ca.pem].
+    #[arg(long, env = "PROGLOG_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate; its CN is who you are [default: <data-dir>/tls/root.pem].
+    #[arg(long, env = "PROGLOG_CLIENT_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key [default: <data-dir>/tls/root.key].
+    #[arg(long, env = "PROGLOG_CLIENT_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Data directory of a node started without TLS settings: its
+    /// development certificates are used by default.
+    #[arg(long, env = "PROGLOG_DATA_DIR", default_value = "proglog-data")]
+    pub data_dir: PathBuf,
+    /// Name the server certificate must carry [default: the host of --addr].
+    #[arg(long)]
+    pub server_name: Option<String>,
 }
 
 impl ConnectArgs {
     pub async fn connect(&self) -> Result<Client, BoxError> {
-        Client::connect(self.addr.as_str())
+        let failed = |e: &dyn std::fmt::Display| -> BoxError {
+            format!("cannot connect to {}: {e}", self.addr).into()
+        };
+        if self.insecure {
+            return Client::connect(self.addr.as_str())
+                .await
+                .map_err(|e| failed(&e));
+        }
+        let tls = self.data_dir.join("tls");
+        let ca = self.tls_ca.clone().unwrap_or_else(|| tls.join("ca.pem"));
+        let cert = self
+            .tls_cert
+            .clone()
+            .unwrap_or_else(|| tls.join("root.pem"));
+        let key = self.tls_key.clone().unwrap_or_else(|| tls.join("root.key"));
+        if !cert.exists() && self.tls_cert.is_none() {
+            return Err(format!(
+                "no client certificate at {}: pass --tls-ca/--tls-cert/--tls-key, --data-dir of a node that made development certificates, or --insecure",
+                cert.display()
+            )
+            .into());
+        }
+        let config = proglog::auth::tls::client_config(&ca, &cert, &key)?;
+        let host = self
+            .addr
+            .rsplit_once(':')
+            .map_or(self.addr.as_str(), |(h, _)| h)
+            .trim_matches(['[', ']']);
+        let server_name = self.server_name.clone().unwrap_or_else(|| host.to_string());
+        Client::connect_tls(self.addr.as_str(), &server_name, config)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.addr).into())
+            .map_err(|e| failed(&e))
     }
 }
 

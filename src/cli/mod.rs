@@ -1,6 +1,7 @@
 //! Subcommands of the `proglog` binary.
 
 pub mod bench;
+pub mod certs;
 pub mod client;
 pub mod serve;
 pub mod storage_bench;

@@ -128,6 +128,24 @@ impl Client {
         Ok(Client::over(tcp, ClientOptions::default()))
     }
 
+    /// Connects with mutual TLS: `config` holds the CA to trust and this
+    /// client's certificate; `server_name` must match the server's certificate.
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        server_name: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Client, ClientError> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| ClientError::Tls(format!("bad server name {server_name:?}: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ClientError::Tls(format!("handshake with {server_name}: {e}")))?;
+        Ok(Client::over(stream, ClientOptions::default()))
+    }
+
     /// Speaks the protocol over an established stream (e.g. a TLS one).
     pub fn over<S>(stream: S, options: ClientOptions) -> Client
     where

@@ -31,6 +31,22 @@ pub struct ServeArgs {
     #[arg(long, env = "PROGLOG_INSECURE")]
     #[serde(default)]
     pub insecure: bool,
+    /// CA certificate (PEM) that client certificates must be signed by
+    /// [default: with no TLS files set, a development CA made in <data-dir>/tls].
+    #[arg(long, env = "PROGLOG_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), presented to clients and peers.
+    #[arg(long, env = "PROGLOG_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "PROGLOG_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// casbin model file [default: <data-dir>/acl/model.conf].
+    #[arg(long, env = "PROGLOG_ACL_MODEL")]
+    pub acl_model: Option<PathBuf>,
+    /// casbin policy file [default: <data-dir>/acl/policy.csv].
+    #[arg(long, env = "PROGLOG_ACL_POLICY")]
+    pub acl_policy: Option<PathBuf>,
     /// Directory for node.toml and the partitions [default: ./proglog-data].
     #[arg(long, env = "PROGLOG_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -85,6 +101,11 @@ impl ServeArgs {
             config: self.config.or(lower.config),
             print_config: self.print_config || lower.print_config,
             insecure: self.insecure || lower.insecure,
+            tls_ca: self.tls_ca.or(lower.tls_ca),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            acl_model: self.acl_model.or(lower.acl_model),
+            acl_policy: self.acl_policy.or(lower.acl_policy),
             data_dir: self.data_dir.or(lower.data_dir),
             node_name: self.node_name.or(lower.node_name),
             rpc_addr: self.rpc_addr.or(lower.rpc_addr),
@@ -133,6 +154,10 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
 #[serde(rename_all = "kebab-case")]
 pub struct NodeConfig {
     pub insecure: bool,
+    /// Explicit TLS material; `None` means development certificates.
+    pub tls: Option<TlsFiles>,
+    pub acl_model: PathBuf,
+    pub acl_policy: PathBuf,
     pub data_dir: PathBuf,
     pub node_name: String,
     pub rpc_addr: SocketAddr,
@@ -148,6 +173,15 @@ pub struct NodeConfig {
     pub retention_seconds: Option<u64>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
+}
+
+/// A node's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The host's name, for the default node name.
@@ -192,9 +226,37 @@ impl NodeConfig {
                 format!("{node_name:?}: use letters, digits, '-', '_' or '.'"),
             ));
         }
+        let data_dir = a.data_dir.unwrap_or_else(|| PathBuf::from("proglog-data"));
+        let tls = match (a.tls_ca, a.tls_cert, a.tls_key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
+            (ca, cert, _) => {
+                let missing = if ca.is_none() {
+                    "tls-ca"
+                } else if cert.is_none() {
+                    "tls-cert"
+                } else {
+                    "tls-key"
+                };
+                return Err(invalid(missing, "tls-ca, tls-cert and tls-key go together"));
+            }
+        };
+        if a.insecure && tls.is_some() {
+            return Err(invalid(
+                "insecure",
+                "cannot be combined with tls-ca/tls-cert/tls-key",
+            ));
+        }
         let config = NodeConfig {
             insecure: a.insecure,
-            data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("proglog-data")),
+            tls,
+            acl_model: a
+                .acl_model
+                .unwrap_or_else(|| data_dir.join("acl").join("model.conf")),
+            acl_policy: a
+                .acl_policy
+                .unwrap_or_else(|| data_dir.join("acl").join("policy.csv")),
+            data_dir,
             node_name,
             rpc_addr,
             advertise_rpc_addr: a.advertise_rpc_addr.unwrap_or(rpc_addr),
@@ -244,7 +306,7 @@ impl NodeConfig {
                 ),
             ));
         }
-        if self.rpc_addr == self.gossip_addr {
+        if self.rpc_addr == self.gossip_addr && self.rpc_addr.port() != 0 {
             return Err(invalid("gossip-addr", "must differ from rpc-addr"));
         }
         Ok(())

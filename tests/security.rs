@@ -1,0 +1,325 @@
+//! Mutual TLS and authorization: who may connect, who may do what, and how
+//! bad security material is refused.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use proglog::auth::acl::{Acl, DEFAULT_MODEL, DEFAULT_POLICY};
+use proglog::auth::certs::{self, Leaf, Pem, Validity};
+use proglog::auth::tls::{TlsAcceptor, client_config, client_config_without_cert, server_config};
+use proglog::client::{Client, ClientError};
+use proglog::log::Partitions;
+use proglog::rpc::{ClusterView, RpcConfig, RpcServer, ServiceContext};
+use proglog::storage::LogConfig;
+
+/// A CA with a server certificate for localhost/127.0.0.1 and clients root and nobody.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Pem,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = certs::new_ca("test CA", Validity::days(1)).unwrap();
+        certs::write(dir.path(), "ca", &ca).unwrap();
+        let server = certs::issue(
+            &ca,
+            &Leaf::Server {
+                hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            },
+            Validity::days(1),
+        )
+        .unwrap();
+        certs::write(dir.path(), "server", &server).unwrap();
+        for cn in ["root", "nobody"] {
+            let client = certs::issue(
+                &ca,
+                &Leaf::Client {
+                    common_name: cn.into(),
+                },
+                Validity::days(1),
+            )
+            .unwrap();
+            certs::write(dir.path(), cn, &client).unwrap();
+        }
+        std::fs::write(dir.path().join("model.conf"), DEFAULT_MODEL).unwrap();
+        std::fs::write(dir.path().join("policy.csv"), DEFAULT_POLICY).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn client(&self, name: &str) -> std::sync::Arc<rustls::ClientConfig> {
+        client_config(
+            &self.path("ca.pem"),
+            &self.path(&format!("{name}.pem")),
+            &self.path(&format!("{name}.key")),
+        )
+        .unwrap()
+    }
+}
+
+struct Node {
+    server: RpcServer,
+    _data: tempfile::TempDir,
+}
+
+async fn start_tls_node(pki: &Pki) -> Node {
+    let data = tempfile::tempdir().unwrap();
+    let partitions =
+        Rc::new(Partitions::open(data.path(), "secure", LogConfig::default()).unwrap());
+    let acl = Acl::load(&pki.path("model.conf"), &pki.path("policy.csv"))
+        .await
+        .unwrap();
+    let ctx = Rc::new(ServiceContext {
+        partitions,
+        cluster: Rc::new(std::cell::RefCell::new(ClusterView::default())),
+        authorizer: Some(Rc::new(acl)),
+        max_record_bytes: 1 << 20,
+        max_stream_batch_bytes: 256 << 10,
+    });
+    let tls = server_config(
+        &pki.path("ca.pem"),
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+    )
+    .unwrap();
+    let rpc = RpcConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..RpcConfig::default()
+    };
+    let server = RpcServer::start(rpc, ctx, TlsAcceptor::new(tls))
+        .await
+        .unwrap();
+    Node {
+        server,
+        _data: data,
+    }
+}
+
+async fn connect(
+    node: &Node,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<Client, ClientError> {
+    Client::connect_tls(node.server.local_addr(), "localhost", config).await
+}
+
+#[actix_rt::test]
+async fn root_may_produce_and_consume_and_nobody_is_denied_both() {
+    let pki = Pki::new();
+    let node = start_tls_node(&pki).await;
+    let root = connect(&node, pki.client("root")).await.unwrap();
+    let produced = root.produce(b"secret").await.unwrap();
+    assert_eq!(root.consume("", produced.offset).await.unwrap(), b"secret");
+
+    let nobody = connect(&node, pki.client("nobody")).await.unwrap();
+    match nobody.produce(b"x").await {
+        Err(ClientError::PermissionDenied {
+            subject,
+            action,
+            object,
+        }) => {
+            assert_eq!((subject.as_str(), action.as_str()), ("nobody", "produce"));
+            assert_eq!(object, produced.partition);
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    match nobody.consume("", 0).await {
+        Err(ClientError::PermissionDenied {
+            subject, action, ..
+        }) => assert_eq!((subject.as_str(), action.as_str()), ("nobody", "consume")),
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    use futures::StreamExt;
+    let mut stream = nobody.consume_stream("", 0);
+    assert!(matches!(
+        stream.next().await,
+        Some(Err(ClientError::PermissionDenied { .. }))
+    ));
+}
+
+/// Under TLS 1.3 a refused client may see the handshake succeed; the
+/// server's alert surfaces on the first call. Either way no call succeeds.
+async fn assert_cannot_call(
+    node: &Node,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: &str,
+) {
+    match Client::connect_tls(node.server.local_addr(), server_name, config).await {
+        Err(ClientError::Tls(_)) => {}
+        Err(other) => panic!("unexpected error {other:?}"),
+        Ok(client) => {
+            let result = client.produce(b"should not land").await;
+            assert!(
+                matches!(result, Err(ClientError::Rpc(_))),
+                "the call must fail, got {result:?}"
+            );
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_client_without_a_certificate_cannot_call() {
+    let pki = Pki::new();
+    let node = start_tls_node(&pki).await;
+    assert_cannot_call(
+        &node,
+        client_config_without_cert(&pki.path("ca.pem")).unwrap(),
+        "localhost",
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_certificate_from_another_ca_cannot_call() {
+    let pki = Pki::new();
+    let node = start_tls_node(&pki).await;
+    let other_ca = certs::new_ca("other CA", Validity::days(1)).unwrap();
+    let stranger = certs::issue(
+        &other_ca,
+        &Leaf::Client {
+            common_name: "root".into(),
+        },
+        Validity::days(1),
+    )
+    .unwrap();
+    certs::write(pki.dir.path(), "stranger", &stranger).unwrap();
+    // It trusts the real CA (so the server is accepted) but presents a foreign certificate.
+    let config = client_config(
+        &pki.path("ca.pem"),
+        &pki.path("stranger.pem"),
+        &pki.path("stranger.key"),
+    )
+    .unwrap();
+    assert_cannot_call(&node, config, "localhost").await;
+}
+
+#[actix_rt::test]
+async fn an_expired_certificate_cannot_call() {
+    let pki = Pki::new();
+    let node = start_tls_node(&pki).await;
+    let now = time::OffsetDateTime::now_utc();
+    let past = Validity {
+        not_before: now - time::Duration::days(10),
+        not_after: now - time::Duration::days(1),
+    };
+    let expired = certs::issue(
+        &pki.ca,
+        &Leaf::Client {
+            common_name: "root".into(),
+        },
+        past,
+    )
+    .unwrap();
+    certs::write(pki.dir.path(), "expired", &expired).unwrap();
+    assert_cannot_call(&node, pki.client("expired"), "localhost").await;
+}
+
+#[actix_rt::test]
+async fn a_server_certificate_for_another_name_is_refused_by_the_client() {
+    let pki = Pki::new();
+    let node = start_tls_node(&pki).await;
+    match Client::connect_tls(
+        node.server.local_addr(),
+        "db.example.com",
+        pki.client("root"),
+    )
+    .await
+    {
+        Err(ClientError::Tls(message)) => assert!(message.contains("db.example.com"), "{message}"),
+        other => panic!("expected a TLS error, got {:?}", other.map(|_| "connected")),
+    }
+}
+
+fn expect_file_error(result: Result<impl Sized, proglog::auth::AuthError>, path: &Path) -> String {
+    match result {
+        Err(proglog::auth::AuthError::File { path: p, problem }) => {
+            assert_eq!(p, path);
+            problem
+        }
+        Err(other) => panic!("expected an error naming {path:?}, got {other}"),
+        Ok(_) => panic!("expected an error naming {path:?}"),
+    }
+}
+
+#[test]
+fn malformed_or_mismatched_tls_files_are_refused_naming_the_file() {
+    let pki = Pki::new();
+    let garbage = pki.path("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    expect_file_error(
+        server_config(&pki.path("ca.pem"), &garbage, &pki.path("server.key")),
+        &garbage,
+    );
+    let empty = pki.path("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    expect_file_error(
+        server_config(&pki.path("ca.pem"), &empty, &pki.path("server.key")),
+        &empty,
+    );
+    let missing = pki.path("missing.pem");
+    expect_file_error(
+        server_config(&missing, &pki.path("server.pem"), &pki.path("server.key")),
+        &missing,
+    );
+    // root's key with the server's certificate.
+    let problem = expect_file_error(
+        server_config(
+            &pki.path("ca.pem"),
+            &pki.path("server.pem"),
+            &pki.path("root.key"),
+        ),
+        &pki.path("root.key"),
+    );
+    assert!(problem.contains("does not match"), "{problem}");
+}
+
+#[actix_rt::test]
+async fn a_missing_policy_file_is_refused_naming_it() {
+    let pki = Pki::new();
+    let missing = pki.path("no-policy.csv");
+    let result = Acl::load(&pki.path("model.conf"), &missing)
+        .await
+        .map(|_| ());
+    expect_file_error(result, &missing);
+}
+
+#[test]
+fn the_node_refuses_to_start_on_bad_tls_material() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let garbage = pki.path("garbage.pem");
+    std::fs::write(&garbage, "this is not PEM").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_proglog"))
+        .args([
+            "serve",
+            "--rpc-addr",
+            "127.0.0.1:0",
+            "--gossip-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--tls-ca")
+        .arg(pki.path("ca.pem"))
+        .arg("--tls-cert")
+        .arg(&garbage)
+        .arg("--tls-key")
+        .arg(pki.path("server.key"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&garbage.display().to_string()),
+        "stderr names the file: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
