@@ -18,9 +18,19 @@ use crate::rpc::Acceptor;
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The ring provider, chosen explicitly (no process-wide default needed).
+/// The ring provider, chosen explicitly (no process-wide default needed),
+/// preferring AES-128-GCM: as safe as AES-256 for this purpose and about a
+/// third cheaper per byte, which shows on a log's bulk traffic.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    let preferred = [
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    provider
+        .cipher_suites
+        .sort_by_key(|s| !preferred.contains(&s.suite()));
+    Arc::new(provider)
 }
 
 /// Reads every certificate of a PEM file (at least one).

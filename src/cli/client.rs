@@ -1,10 +1,11 @@
 //! `proglog produce`, `consume`, `servers`, `partitions`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use futures::StreamExt;
 use proglog::client::{Client, ProducerConfig};
+use tokio::io::AsyncBufReadExt;
 
 use super::BoxError;
 
@@ -129,10 +130,9 @@ fn print_produced(
 pub fn produce(args: ProduceArgs) -> Result<(), BoxError> {
     super::block_on(async move {
         let client = args.connect.connect().await?;
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
         if !args.values.is_empty() {
             let batch = client.produce_batch(&args.values).await?;
+            let mut out = std::io::stdout().lock();
             for offset in batch.offsets {
                 print_produced(&mut out, args.json, &batch.partition, offset)?;
             }
@@ -146,22 +146,43 @@ pub fn produce(args: ProduceArgs) -> Result<(), BoxError> {
             .map(|p| p.id)
             .unwrap_or_default();
         let producer = client.producer(ProducerConfig::default());
-        let mut pending = std::collections::VecDeque::new();
-        for line in std::io::stdin().lock().lines() {
-            pending.push_back(producer.send(line?.into_bytes()));
-            // Print results in order as they come, keeping memory bounded.
-            while pending.len() > 65536 {
-                if let Some(f) = pending.pop_front() {
-                    print_produced(&mut out, args.json, &partition, f.await?)?;
-                }
+        // Acknowledgements are printed in order as they arrive, while stdin is
+        // still being read: a line typed by hand is sent after the linger.
+        let (acks_tx, mut acks) = tokio::sync::mpsc::channel(1 << 16);
+        let json = args.json;
+        let printer = tokio::task::spawn_local(async move {
+            while let Some(ack) = acks.recv().await {
+                let offset = ack_result(ack).await?;
+                let mut out = std::io::stdout().lock();
+                print_produced(&mut out, json, &partition, offset)?;
+                out.flush()?;
+            }
+            Ok::<(), BoxError>(())
+        });
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Some(line) = lines.next_line().await? {
+            if acks_tx
+                .send(producer.send(line.into_bytes()))
+                .await
+                .is_err()
+            {
+                break; // the printer stopped on an error; it is reported below
             }
         }
+        drop(acks_tx);
         producer.flush_batch();
-        for f in pending {
-            print_produced(&mut out, args.json, &partition, f.await?)?;
-        }
+        printer
+            .await
+            .map_err(|e| -> BoxError { e.to_string().into() })??;
         Ok(())
     })
+}
+
+/// Awaits one record's acknowledgement.
+async fn ack_result(
+    ack: impl std::future::Future<Output = Result<u64, proglog::client::ClientError>>,
+) -> Result<u64, BoxError> {
+    Ok(ack.await?)
 }
 
 pub fn consume(args: ConsumeArgs) -> Result<(), BoxError> {

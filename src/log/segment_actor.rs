@@ -446,24 +446,43 @@ impl Handler<SegReadBatch> for SegmentActor {
 impl Handler<Seal> for SegmentActor {
     type Result = Result<u64, LogError>;
 
+    /// Answers the real end offset at once (the next segment can start
+    /// there), then syncs and seals on the blocking pool: flushing a whole
+    /// segment can take a while and must not hold up the actor thread. The
+    /// mailbox of this one segment waits meanwhile (reads of it queue up).
     fn handle(&mut self, _: Seal, ctx: &mut Context<Self>) -> Self::Result {
         // Commit what is pending first, so no append is left unanswered.
         <Self as Handler<Commit>>::handle(self, Commit, ctx);
-        let result = self.guarded(ctx, true, |segment| {
-            segment.seal()?;
+        let next = self.guarded(ctx, true, |segment| {
+            segment.flush()?;
             Ok(segment.next())
+        })?;
+        self.writable = false;
+        let Some(mut segment) = self.segment.take() else {
+            return Err(self.unavailable());
+        };
+        let job = actix_rt::task::spawn_blocking(move || {
+            let result = segment.seal();
+            (segment, result)
         });
-        if result.is_ok() {
-            self.writable = false;
-            // The seal synced everything: appends waiting for a sync are safe.
-            let done: Vec<Pending> = self
-                .syncing
-                .drain(..)
-                .chain(self.next_sync.drain(..))
-                .collect();
-            self.acknowledge(done);
-        }
-        result
+        ctx.wait(job.into_actor(self).map(|joined, act, ctx| match joined {
+            Ok((segment, Ok(()))) => {
+                act.segment = Some(segment);
+                // The seal synced everything: appends waiting for a sync are safe.
+                let done: Vec<Pending> = act
+                    .syncing
+                    .drain(..)
+                    .chain(act.next_sync.drain(..))
+                    .collect();
+                act.acknowledge(done);
+            }
+            Ok((segment, Err(e))) => {
+                act.segment = Some(segment);
+                act.fail(ctx, &format!("sealing failed: {e}"));
+            }
+            Err(e) => act.fail(ctx, &format!("sealing task failed: {e}")),
+        }));
+        Ok(next)
     }
 }
 

@@ -1,0 +1,277 @@
+//! End to end through the real `proglog` binary: a node started with
+//! `serve`, driven by the `produce`/`consume` subcommands, stopped with
+//! SIGTERM and restarted on the same data directory.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::{
+    CLIENT_TIMEOUT, Captured, ChildGuard, EXIT_TIMEOUT, Lines, ServeOptions, Server, client,
+    proglog, run, serve_args,
+};
+
+/// Parses `consume --format json` output into (offset, value) pairs.
+fn parse_records(stdout: &str) -> Vec<(u64, String)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            let offset = v["offset"].as_u64().unwrap_or_else(|| panic!("{line:?}"));
+            let value = v["value"].as_str().unwrap_or_else(|| panic!("{line:?}"));
+            (offset, value.to_string())
+        })
+        .collect()
+}
+
+fn consume_all(server: &Server) -> Vec<(u64, String)> {
+    let mut cmd = client("consume", &server.endpoint());
+    cmd.args(["--from", "0", "--format", "json"]);
+    parse_records(&run(cmd, None, CLIENT_TIMEOUT).success().stdout)
+}
+
+fn offsets(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .map(|l| l.parse().unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn produce_and_consume_through_the_binary_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let partition = server.partition.clone();
+
+    let mut cmd = client("produce", &server.endpoint());
+    cmd.args(["a", "b", "c"]);
+    let out = run(cmd, None, CLIENT_TIMEOUT).success();
+    assert_eq!(offsets(&out.stdout), [0, 1, 2]);
+
+    let mut expected: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let lines: Vec<String> = (0..1000).map(|i| format!("line {i:04}")).collect();
+    let input = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let out = run(
+        client("produce", &server.endpoint()),
+        Some(input.into_bytes()),
+        CLIENT_TIMEOUT,
+    )
+    .success();
+    assert_eq!(offsets(&out.stdout), (3..1003).collect::<Vec<u64>>());
+    expected.extend(lines);
+    let expected: Vec<(u64, String)> = (0..).zip(expected).collect();
+
+    assert_eq!(consume_all(&server), expected);
+
+    let (status, _) = server.stop();
+    assert_eq!(status.code(), Some(0), "serve exit after SIGTERM");
+
+    let server = Server::start(dir.path());
+    assert_eq!(server.partition, partition, "partition id after restart");
+    assert_eq!(consume_all(&server), expected);
+    let mut cmd = client("produce", &server.endpoint());
+    cmd.arg("after restart");
+    let out = run(cmd, None, CLIENT_TIMEOUT).success();
+    assert_eq!(offsets(&out.stdout), [1003]);
+}
+
+#[test]
+fn consume_follow_prints_records_appended_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut cmd = client("consume", &server.endpoint());
+    cmd.args(["--follow", "--format", "raw"]);
+    let mut follower = ChildGuard::spawn("proglog consume --follow", &mut cmd);
+    let followed = Lines::spawn(follower.take_stdout());
+    let mut follower_err = Captured::spawn(follower.take_stderr());
+
+    for round in 0..3 {
+        let values: Vec<String> = (0..5).map(|i| format!("round {round} value {i}")).collect();
+        let mut cmd = client("produce", &server.endpoint());
+        cmd.args(&values);
+        run(cmd, None, CLIENT_TIMEOUT).success();
+        for value in &values {
+            match followed.next(Duration::from_secs(20)) {
+                Ok(line) => assert_eq!(&line, value),
+                Err(why) => {
+                    let exited = follower.wait_exit(Duration::from_millis(100));
+                    panic!(
+                        "follower gave no line ({why:?}; exit {exited:?}); stderr:\n{}",
+                        if exited.is_ok() {
+                            follower_err.finish()
+                        } else {
+                            follower_err.text()
+                        }
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        follower.try_wait(),
+        None,
+        "a follower keeps running at the end of the log"
+    );
+}
+
+#[test]
+fn sigterm_during_a_produce_load_loses_no_acknowledged_record() {
+    const MAX_LINES: usize = 2_000_000;
+    const ACKS_BEFORE_SIGTERM: usize = 5000;
+    let value = |i: usize| format!("load-{i}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let mut cmd = client("produce", &server.endpoint());
+    cmd.arg("--json").stdin(Stdio::piped());
+    let mut producer = ChildGuard::spawn("proglog produce --json", &mut cmd);
+
+    // The writer pumps lines until the producer goes away (or MAX_LINES,
+    // so the load is still running when the server is stopped).
+    let mut stdin = producer.take_stdin();
+    let writer = std::thread::spawn(move || {
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, &mut stdin);
+        for i in 0..MAX_LINES {
+            if writeln!(out, "load-{i}").is_err() {
+                return i;
+            }
+        }
+        let _ = out.flush();
+        MAX_LINES
+    });
+    let (ack_tx, ack_rx) = mpsc::channel::<u64>();
+    let producer_out = producer.take_stdout();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(producer_out).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON ack");
+            let offset = v["offset"].as_u64().expect("offset in ack");
+            if ack_tx.send(offset).is_err() {
+                break;
+            }
+        }
+    });
+    let mut producer_err = Captured::spawn(producer.take_stderr());
+
+    let mut acked: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.len() < ACKS_BEFORE_SIGTERM {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ack_rx.recv_timeout(left) {
+            Ok(offset) => acked.push(offset),
+            Err(e) => panic!(
+                "only {} acks before SIGTERM ({e}); producer stderr:\n{}",
+                acked.len(),
+                producer_err.text()
+            ),
+        }
+    }
+    server.child.sigterm();
+    // Acks printed until the producer notices: collect them all.
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ack_rx.recv_timeout(left) {
+            Ok(offset) => acked.push(offset),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("producer still printing acks {EXIT_TIMEOUT:?} after SIGTERM")
+            }
+        }
+    }
+    let (server_status, log) = server.wait_stopped();
+    assert_eq!(
+        server_status.code(),
+        Some(0),
+        "serve exit after SIGTERM under load; stderr:\n{log}"
+    );
+    let producer_status = producer.wait_exit(EXIT_TIMEOUT).unwrap();
+    let written = writer.join().unwrap();
+    eprintln!(
+        "{} acks of {written} lines written; producer exit {producer_status}: {}",
+        acked.len(),
+        producer_err.finish().trim()
+    );
+    assert!(
+        written < MAX_LINES,
+        "the producer read every line: the load ended before SIGTERM"
+    );
+
+    // The k-th ack is the k-th line's: offsets 0, 1, 2, ... on a fresh log.
+    assert_eq!(acked, (0..acked.len() as u64).collect::<Vec<_>>());
+
+    let mut server = Server::start(dir.path());
+    let stored: BTreeMap<u64, String> = consume_all(&server).into_iter().collect();
+    for (k, offset) in acked.iter().enumerate() {
+        match stored.get(offset) {
+            Some(v) => assert_eq!(v, &value(k), "value at acknowledged offset {offset}"),
+            None => panic!(
+                "acknowledged offset {offset} lost ({} records after restart)",
+                stored.len()
+            ),
+        }
+    }
+    let (status, log) = server.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        !log.contains("log recovered after an unclean shutdown"),
+        "restart after SIGTERM ran crash recovery:\n{log}"
+    );
+}
+
+#[test]
+fn bad_flags_are_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut cmd = proglog();
+    cmd.args(serve_args(dir.path(), &ServeOptions::default()))
+        .args(["--sync", "sometimes"]);
+    let out = run(cmd, None, EXIT_TIMEOUT);
+    assert!(!out.status.success(), "--sync sometimes accepted: {out:#?}");
+    assert!(out.stderr.contains("sync"), "{out:#?}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let opts = ServeOptions {
+        rpc_addr: addr.clone(),
+        ..ServeOptions::default()
+    };
+    let mut cmd = proglog();
+    cmd.args(serve_args(dir.path(), &opts));
+    let out = run(cmd, None, EXIT_TIMEOUT);
+    assert!(
+        !out.status.success(),
+        "{addr} in use but accepted: {out:#?}"
+    );
+    assert!(out.stderr.contains(&addr), "{out:#?}");
+    drop(taken);
+}
+
+#[test]
+fn print_config_shows_layered_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proglog.toml");
+    std::fs::write(&file, "node-name = \"from-file\"\nmax-connections = 7\n").unwrap();
+    let opts = ServeOptions {
+        node_name: None,
+        ..ServeOptions::default()
+    };
+    let mut cmd = proglog();
+    cmd.args(serve_args(&dir.path().join("data"), &opts))
+        .arg("--config")
+        .arg(&file)
+        .args(["--max-connections", "9", "--print-config"])
+        .env("PROGLOG_SYNC", "never");
+    let out = run(cmd, None, EXIT_TIMEOUT).success();
+    let config: toml::Table = toml::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("--print-config is not TOML ({e}):\n{}", out.stdout));
+    assert_eq!(config["node-name"].as_str(), Some("from-file"), "{config}");
+    assert_eq!(config["max-connections"].as_integer(), Some(9), "{config}");
+    assert_eq!(config["sync"].as_str(), Some("never"), "{config}");
+}
