@@ -419,3 +419,41 @@ async fn replicas_are_opened_beside_the_own_partition() {
     assert!(ids.contains(&"node-b-00000000000000ff"));
     parts.close_all().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn a_panicking_log_actor_is_restarted_and_reopens_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    append(&log, (0..30).map(record).collect()).await.unwrap();
+    let waiting = log.send(WaitFor { offset: 40 });
+    tokio::pin!(waiting);
+    assert!(tokio::time::timeout(Duration::from_millis(20), &mut waiting).await.is_err());
+
+    // Appends sent right before and after the fault are either answered or
+    // refused with Unavailable; the ones sent after it queue until the
+    // partition is reopened.
+    let before = log.send(Append::one(record(30)));
+    log.do_send(InjectLogFault);
+    let after: Vec<_> = (0..5).map(|_| log.send(Append::one(record(99)))).collect();
+    let mut acked: Vec<u64> = Vec::new();
+    match before.await.unwrap() {
+        Ok(range) => acked.push(range.start),
+        Err(e) => assert!(matches!(e, LogError::Unavailable { .. }), "{e}"),
+    }
+    for f in after {
+        acked.push(f.await.unwrap().unwrap().start);
+    }
+    let stats = log.send(Stats).await.unwrap();
+    assert_eq!(stats.restarts, 1, "{stats:?}");
+    assert!(stats.failed.is_none());
+    for i in 0..30 {
+        assert_eq!(read(&log, i).await.unwrap(), record(i), "acknowledged record {i} survives the restart");
+    }
+    for offset in &acked {
+        assert!(read(&log, *offset).await.is_ok());
+    }
+    // The reader that waited across the restart is still woken.
+    let next = log.send(Stats).await.unwrap().next_offset;
+    append(&log, (next..41).map(record).collect()).await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), 41);
+}

@@ -10,8 +10,11 @@ use actix::prelude::*;
 use futures::future::{join_all, ready};
 use tokio::sync::oneshot;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
 use super::error::LogError;
 use super::messages::*;
+use super::restart::RestartBudget;
 use super::segment_actor::{
     AppendReply, CloseSegment, PanicNow, RemoveSegment, Seal, SegAppend, SegRead, SegReadBatch,
     SegmentActor, SegmentEvent,
@@ -52,6 +55,8 @@ pub struct LogActor {
     /// Readers waiting for an offset at or past `committed`.
     waiters: Vec<(u64, oneshot::Sender<Result<u64, LogError>>)>,
     restarts: u64,
+    /// Restarts of this LogActor itself, for escalation.
+    restart_budget: RestartBudget,
     failed: Option<String>,
     closed: bool,
     report: OpenReport,
@@ -86,6 +91,7 @@ impl LogActor {
             committed,
             waiters: Vec::new(),
             restarts: 0,
+            restart_budget: RestartBudget::default(),
             failed: None,
             closed: false,
             report: opened.report,
@@ -286,6 +292,64 @@ impl LogActor {
         &self.segments[i]
     }
 
+    /// Runs a handler body. A panic in it (a bug) stops the actor, so its
+    /// supervisor reopens the partition; the caller gets `on_panic`'s answer.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+        on_panic: impl FnOnce(LogError) -> R,
+    ) -> R {
+        let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *self, &mut *ctx)));
+        match outcome {
+            Ok(r) => r,
+            Err(panic) => {
+                let reason = super::segment_actor::panic_message(&*panic);
+                tracing::error!(partition = %self.partition, %reason, "log actor failed: restarting it");
+                ctx.stop();
+                on_panic(LogError::unavailable(
+                    &self.partition,
+                    format!("log actor failed ({reason}) and is restarting"),
+                ))
+            }
+        }
+    }
+
+    /// The recovery path after a failure: every SegmentActor is closed
+    /// (pending appends are committed and answered), the directory is
+    /// reopened as after a crash, and new SegmentActors take over. Waiting
+    /// readers are kept and woken if the reopened log already satisfies them.
+    fn reopen(&mut self, ctx: &mut Context<Self>) {
+        self.lock = None;
+        match open_dir(&self.dir, &self.config) {
+            Ok(opened) => {
+                self.lock = Some(opened.lock);
+                self.report = opened.report;
+                if let Some(active) = opened.segments.last() {
+                    self.active_bytes = active.size_bytes();
+                    self.active_entries = active.len();
+                    let next = active.next();
+                    for segment in opened.segments {
+                        let handle = self.spawn_segment(segment, ctx);
+                        self.segments.push(handle);
+                    }
+                    self.commit(next);
+                }
+                tracing::warn!(partition = %self.partition, next = self.committed, "log actor restarted: partition reopened");
+            }
+            Err(e) => {
+                let reason = format!("reopening after a failure: {e}");
+                tracing::error!(partition = %self.partition, %reason, "partition cannot be reopened");
+                self.failed = Some(reason.clone());
+                let partition = self.partition.clone();
+                self.fail_waiters(|| LogError::PartitionFailed {
+                    partition: partition.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+
     /// Removes the `n` oldest segments (never the active one).
     fn remove_oldest(&mut self, n: usize) -> usize {
         let n = n.min(self.segments.len().saturating_sub(1));
@@ -316,16 +380,54 @@ impl Actor for LogActor {
 }
 
 impl Supervised for LogActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        if self.closed || self.failed.is_some() {
+            return;
+        }
         self.restarts += 1;
-        tracing::warn!(partition = %self.partition, "log actor restarted");
+        if !self.restart_budget.allow() {
+            let reason = format!(
+                "log actor failed {} times within {:?}",
+                self.restart_budget.count(),
+                RestartBudget::WINDOW
+            );
+            tracing::error!(partition = %self.partition, %reason, "giving up on the partition");
+            self.failed = Some(reason.clone());
+            let partition = self.partition.clone();
+            self.fail_waiters(|| LogError::PartitionFailed {
+                partition: partition.clone(),
+                reason: reason.clone(),
+            });
+            return;
+        }
+        let closes: Vec<_> = self
+            .segments
+            .drain(..)
+            .map(|s| s.addr.send(CloseSegment))
+            .collect();
+        // The mailbox waits until the partition is reopened: appends queue, none is lost.
+        ctx.wait(
+            join_all(closes)
+                .into_actor(self)
+                .map(|_, act, ctx| act.reopen(ctx)),
+        );
     }
 }
 
 impl Handler<SegmentEvent> for LogActor {
     type Result = ();
 
-    fn handle(&mut self, event: SegmentEvent, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, event: SegmentEvent, ctx: &mut Context<Self>) -> () {
+        self.guarded(
+            ctx,
+            move |act, ctx| act.on_segment_event(event, ctx),
+            |_| (),
+        )
+    }
+}
+
+impl LogActor {
+    fn on_segment_event(&mut self, event: SegmentEvent, _ctx: &mut Context<Self>) {
         match event {
             SegmentEvent::Committed { next } => self.commit(next),
             SegmentEvent::Restarted { base, next, reason } => {
@@ -352,6 +454,20 @@ impl Handler<Append> for LogActor {
     type Result = ResponseFuture<Result<Range<u64>, LogError>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(
+            ctx,
+            move |act, ctx| act.on_append(msg, ctx),
+            |e| -> Self::Result { Box::pin(ready(Err(e))) },
+        )
+    }
+}
+
+impl LogActor {
+    fn on_append(
+        &mut self,
+        msg: Append,
+        ctx: &mut Context<Self>,
+    ) -> <Self as Handler<Append>>::Result {
         if let Some(e) = self.refuse() {
             return Box::pin(ready(Err(e)));
         }
@@ -384,7 +500,17 @@ impl Handler<Append> for LogActor {
 impl Handler<Read> for LogActor {
     type Result = ResponseFuture<Result<Vec<u8>, LogError>>;
 
-    fn handle(&mut self, msg: Read, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Read, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(
+            ctx,
+            move |act, ctx| act.on_read(msg, ctx),
+            |e| -> Self::Result { Box::pin(ready(Err(e))) },
+        )
+    }
+}
+
+impl LogActor {
+    fn on_read(&mut self, msg: Read, _ctx: &mut Context<Self>) -> <Self as Handler<Read>>::Result {
         if let Err(e) = self.check_range(msg.offset) {
             return Box::pin(ready(Err(e)));
         }
@@ -404,7 +530,21 @@ impl Handler<Read> for LogActor {
 impl Handler<ReadBatch> for LogActor {
     type Result = ResponseFuture<Result<RecordBatch, LogError>>;
 
-    fn handle(&mut self, msg: ReadBatch, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ReadBatch, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(
+            ctx,
+            move |act, ctx| act.on_read_batch(msg, ctx),
+            |e| -> Self::Result { Box::pin(ready(Err(e))) },
+        )
+    }
+}
+
+impl LogActor {
+    fn on_read_batch(
+        &mut self,
+        msg: ReadBatch,
+        _ctx: &mut Context<Self>,
+    ) -> <Self as Handler<ReadBatch>>::Result {
         if msg.from == self.committed && msg.from >= self.lowest() {
             return Box::pin(ready(Ok(RecordBatch::default())));
         }
@@ -428,7 +568,21 @@ impl Handler<ReadBatch> for LogActor {
 impl Handler<WaitFor> for LogActor {
     type Result = ResponseFuture<Result<u64, LogError>>;
 
-    fn handle(&mut self, msg: WaitFor, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: WaitFor, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(
+            ctx,
+            move |act, ctx| act.on_wait_for(msg, ctx),
+            |e| -> Self::Result { Box::pin(ready(Err(e))) },
+        )
+    }
+}
+
+impl LogActor {
+    fn on_wait_for(
+        &mut self,
+        msg: WaitFor,
+        _ctx: &mut Context<Self>,
+    ) -> <Self as Handler<WaitFor>>::Result {
         if msg.offset < self.committed {
             return Box::pin(ready(Ok(self.committed)));
         }
@@ -445,7 +599,17 @@ impl Handler<WaitFor> for LogActor {
 impl Handler<Truncate> for LogActor {
     type Result = Result<usize, LogError>;
 
-    fn handle(&mut self, msg: Truncate, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Truncate, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(ctx, move |act, ctx| act.on_truncate(msg, ctx), Err)
+    }
+}
+
+impl LogActor {
+    fn on_truncate(
+        &mut self,
+        msg: Truncate,
+        _ctx: &mut Context<Self>,
+    ) -> <Self as Handler<Truncate>>::Result {
         if let Some(e) = self.refuse() {
             return Err(e);
         }
@@ -462,7 +626,17 @@ impl Handler<Truncate> for LogActor {
 impl Handler<ApplyRetention> for LogActor {
     type Result = Result<usize, LogError>;
 
-    fn handle(&mut self, _: ApplyRetention, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ApplyRetention, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(ctx, move |act, ctx| act.on_apply_retention(msg, ctx), Err)
+    }
+}
+
+impl LogActor {
+    fn on_apply_retention(
+        &mut self,
+        _msg: ApplyRetention,
+        _ctx: &mut Context<Self>,
+    ) -> <Self as Handler<ApplyRetention>>::Result {
         if let Some(e) = self.refuse() {
             return Err(e);
         }
@@ -547,6 +721,14 @@ impl Handler<Close> for LogActor {
                 result
             }),
         )
+    }
+}
+
+impl Handler<InjectLogFault> for LogActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectLogFault, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |_, _| panic!("injected fault"), |_| ());
     }
 }
 

@@ -97,3 +97,10 @@ pub struct Close;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct InjectSegmentFault;
+
+/// Test hook: makes the LogActor itself panic inside a handler. Its
+/// supervisor must restart it and reopen the partition.
+#[doc(hidden)]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct InjectLogFault;
