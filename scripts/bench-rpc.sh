@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs `proglog bench` against two local nodes started here, one with mutual
+# TLS (development certificates) and one with --insecure, alternating between
+# them for ROUNDS rounds, and prints every JSON line. Loopback only; the nodes
+# and their data are removed at the end.
+#
+#   scripts/bench-rpc.sh [ROUNDS]        (default 3; builds the release binary)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds="${1:-3}"
+cargo build --release --quiet
+bin="$PWD/target/release/proglog"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+start() { # name extra-args... ; prints the rpc address
+  local name="$1"; shift
+  "$bin" serve --node-name "$name" --data-dir "$work/$name" --rpc-addr 127.0.0.1:0 --gossip-addr 127.0.0.1:0 \
+    --log-level warn "$@" > "$work/$name.out" 2> "$work/$name.err" &
+  pids+=("$!")
+  for _ in $(seq 100); do
+    if grep -q '^ready ' "$work/$name.out" 2>/dev/null; then
+      sed -n 's/^ready rpc=\([^ ]*\).*/\1/p' "$work/$name.out"; return
+    fi
+    sleep 0.1
+  done
+  echo "node $name did not start" >&2; cat "$work/$name.err" >&2; exit 1
+}
+
+plain_addr="$(start plain --insecure)"; plain_pid="${pids[0]}"
+tls_addr="$(start tls)"; tls_pid="${pids[1]}"
+plain=(--insecure --addr "$plain_addr" --server-pid "$plain_pid")
+tls=(--data-dir "$work/tls" --addr "$tls_addr" --server-pid "$tls_pid")
+
+for round in $(seq "$rounds"); do
+  for mode in plain tls; do
+    if [ "$mode" = plain ]; then args=("${plain[@]}"); else args=("${tls[@]}"); fi
+    echo "# round $round $mode W=1 single produce"
+    "$bin" bench "${args[@]}" -n 20000 -w 1 -b 1 --no-consume | sed "s/^{/{\"node\":\"$mode\",/"
+    echo "# round $round $mode W=64 single produce"
+    "$bin" bench "${args[@]}" -n 200000 -w 64 -b 1 --no-consume | sed "s/^{/{\"node\":\"$mode\",/"
+    echo "# round $round $mode batched produce (8 x 1000 in flight) + consumeStream"
+    "$bin" bench "${args[@]}" -n 2000000 -w 8 -b 1000 | sed "s/^{/{\"node\":\"$mode\",/"
+  done
+done
