@@ -6,25 +6,11 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+mod storage_fixtures;
+
 use proglog::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, INDEX_ENTRY_LEN};
 use proglog::storage::{Log, LogConfig, StorageError, SyncPolicy};
-
-fn config(sync: SyncPolicy) -> LogConfig {
-    LogConfig {
-        max_store_bytes: 16 << 10,
-        max_index_bytes: (FILE_HEADER_LEN + 200 * INDEX_ENTRY_LEN) as u64,
-        max_record_bytes: 1024,
-        sync,
-        ..LogConfig::default()
-    }
-}
-
-/// The record stored at `offset`: its length and bytes depend on the offset,
-/// so a record read back at the wrong place is caught.
-fn record_for(offset: u64) -> Vec<u8> {
-    let len = 1 + (offset.wrapping_mul(7919) % 300) as usize;
-    (0..len).map(|i| (offset as usize * 31 + i) as u8).collect()
-}
+use storage_fixtures::{assert_all_records_intact, config, record_for};
 
 fn segment_file(dir: &Path, base: u64, ext: &str) -> PathBuf {
     dir.join(format!("{base:020}.{ext}"))
@@ -51,16 +37,6 @@ fn fill(dir: &Path, config: LogConfig, n: u64) -> Log {
     }
     log.flush().unwrap();
     log
-}
-
-fn assert_all_records_intact(log: &Log) {
-    for offset in log.lowest_offset()..log.next_offset() {
-        assert_eq!(
-            log.read(offset).unwrap(),
-            record_for(offset),
-            "record {offset}"
-        );
-    }
 }
 
 #[test]

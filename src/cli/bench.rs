@@ -33,19 +33,6 @@ pub struct BenchArgs {
     server_pid: Option<u32>,
 }
 
-/// Peak and current resident memory of process `pid`, KiB.
-fn memory_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmHWM:")?, field("VmRSS:")?))
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -181,8 +168,8 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
             );
         }
         if let Some(pid) = args.server_pid {
-            match memory_kib(pid) {
-                Some((peak, now)) => println!(
+            match super::memory_kib(&pid.to_string()) {
+                Some((now, peak)) => println!(
                     "{}",
                     serde_json::json!({ "phase": "server_memory", "pid": pid, "peak_rss_kib": peak, "rss_kib": now })
                 ),

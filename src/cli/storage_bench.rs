@@ -22,20 +22,11 @@ pub struct Args {
     keep: bool,
 }
 
-type BoxError = Box<dyn std::error::Error>;
+use super::BoxError;
 
 /// Resident and peak resident memory of this process, in KiB.
 fn memory_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    super::memory_kib("self").unwrap_or((0, 0))
 }
 
 fn mb_per_s(bytes: u64, d: Duration) -> f64 {
