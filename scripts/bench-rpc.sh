@@ -17,7 +17,7 @@ trap cleanup EXIT
 
 start() { # name extra-args... ; prints the rpc address
   local name="$1"; shift
-  "$bin" serve --node-name "$name" --data-dir "$work/$name" --rpc-addr 127.0.0.1:0 --gossip-addr 127.0.0.1:0 \
+  "$bin" serve --node-name "$name" --data-dir "$work/$name" --rpc-addr 127.0.0.1:0 --gossip-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
     --log-level warn "$@" > "$work/$name.out" 2> "$work/$name.err" &
   pids+=("$!")
   for _ in $(seq 100); do
