@@ -8,6 +8,7 @@
 //! - [`rpc`]: the Cap'n Proto RPC front (`schema/log.capnp`), one task per connection.
 //! - [`client`]: the Rust client library.
 //! - [`membership`]: SWIM gossip (foca) as a MembershipActor: who is in the cluster.
+//! - [`telemetry`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
 pub mod agent;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod log;
 pub mod membership;
 pub mod rpc;
 pub mod storage;
+pub mod telemetry;
 
 /// Rust generated from `schema/log.capnp` (committed; a test keeps it in sync).
 #[path = "../schema/log_capnp.rs"]

@@ -427,7 +427,11 @@ async fn a_panicking_log_actor_is_restarted_and_reopens_the_partition() {
     append(&log, (0..30).map(record).collect()).await.unwrap();
     let waiting = log.send(WaitFor { offset: 40 });
     tokio::pin!(waiting);
-    assert!(tokio::time::timeout(Duration::from_millis(20), &mut waiting).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), &mut waiting)
+            .await
+            .is_err()
+    );
 
     // Appends sent right before and after the fault are either answered or
     // refused with Unavailable; the ones sent after it queue until the
@@ -447,13 +451,19 @@ async fn a_panicking_log_actor_is_restarted_and_reopens_the_partition() {
     assert_eq!(stats.restarts, 1, "{stats:?}");
     assert!(stats.failed.is_none());
     for i in 0..30 {
-        assert_eq!(read(&log, i).await.unwrap(), record(i), "acknowledged record {i} survives the restart");
+        assert_eq!(
+            read(&log, i).await.unwrap(),
+            record(i),
+            "acknowledged record {i} survives the restart"
+        );
     }
     for offset in &acked {
         assert!(read(&log, *offset).await.is_ok());
     }
     // The reader that waited across the restart is still woken.
     let next = log.send(Stats).await.unwrap().next_offset;
-    append(&log, (next..41).map(record).collect()).await.unwrap();
+    append(&log, (next..41).map(record).collect())
+        .await
+        .unwrap();
     assert_eq!(waiting.await.unwrap().unwrap(), 41);
 }

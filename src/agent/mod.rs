@@ -1,5 +1,5 @@
-//! The Agent: the root of the node. Boots the actors in order (partitions,
-//! membership, RPC), wires them, and tears them down.
+//! The Agent: the root of the node. Boots the actors in order (HTTP
+//! telemetry, partitions, membership, RPC), wires them, and tears them down.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use crate::rpc::{
     Acceptor, ClusterView, PlainAcceptor, RpcConfig, RpcServer, ServerInfo, ServiceContext,
 };
 use crate::storage::StorageError;
+use crate::telemetry::{FsyncHook, HttpServer, Telemetry};
 
 /// Why a node could not start (or stop) cleanly. Each names what failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,11 @@ pub enum AgentError {
     Storage { dir: String, source: StorageError },
     #[error("RPC listener on {addr}: {source}")]
     Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP listener (http-addr) on {addr}: {source}")]
+    Http {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -50,11 +56,17 @@ pub struct Agent {
     membership: Addr<MembershipActor>,
     gossip_addr: SocketAddr,
     cluster: Rc<RefCell<ClusterView>>,
+    telemetry: Rc<Telemetry>,
+    http: HttpServer,
+    /// Keeps the segments' fsync histograms registered while the node runs.
+    _fsync_hook: Option<FsyncHook>,
 }
 
-/// Keeps the RPC front's view of the cluster in step with membership.
+/// Keeps the RPC front's view of the cluster in step with membership, and
+/// marks the node joined (for `/readyz`) once it sees a peer.
 struct ClusterWatcher {
     view: Rc<RefCell<ClusterView>>,
+    telemetry: Rc<Telemetry>,
 }
 
 impl Actor for ClusterWatcher {
@@ -65,6 +77,11 @@ impl Handler<MembershipEvent> for ClusterWatcher {
     type Result = ();
 
     fn handle(&mut self, event: MembershipEvent, _ctx: &mut Context<Self>) {
+        if matches!(&event, MembershipEvent::Snapshot(m) if !m.is_empty())
+            || matches!(event, MembershipEvent::PeerUp { .. })
+        {
+            self.telemetry.readiness().set_membership_joined(true);
+        }
         let mut view = self.view.borrow_mut();
         match event {
             MembershipEvent::Snapshot(members) => {
@@ -143,6 +160,17 @@ impl Agent {
         authorizer: Option<Rc<dyn crate::rpc::Authorizer>>,
     ) -> Result<Agent, AgentError> {
         let log_config = config.log_config()?;
+        // First, so probes are answered (not ready) while the rest starts.
+        let telemetry = Telemetry::new(!config.no_metrics);
+        let http = HttpServer::start(config.http_addr, telemetry.clone())
+            .await
+            .map_err(|source| AgentError::Http {
+                addr: config.http_addr,
+                source,
+            })?;
+        let fsync_hook = telemetry
+            .metrics()
+            .map(|m| crate::telemetry::register_fsync(&config.data_dir, m.fsync()));
         let storage_error = |source| AgentError::Storage {
             dir: config.data_dir.display().to_string(),
             source,
@@ -152,6 +180,8 @@ impl Agent {
                 .map_err(storage_error)?,
         );
         tracing::info!(node = %config.node_name, partition = %partitions.own_id(), data_dir = %config.data_dir.display(), "partitions open");
+        telemetry.watch_partitions(partitions.clone());
+        telemetry.readiness().set_partitions_open(true);
 
         let cluster = Rc::new(RefCell::new(ClusterView {
             local: Some(ServerInfo {
@@ -187,8 +217,14 @@ impl Agent {
             Ok(local) => local.gossip_addr,
             Err(_) => config.gossip_addr,
         };
+        telemetry.watch_cluster(cluster.clone());
+        // A node with no seeds but itself forms its own cluster: joined at once.
+        if config.join.iter().all(|seed| *seed == gossip_addr) {
+            telemetry.readiness().set_membership_joined(true);
+        }
         let watcher = ClusterWatcher {
             view: cluster.clone(),
+            telemetry: telemetry.clone(),
         }
         .start();
         membership.do_send(Subscribe(watcher.recipient()));
@@ -206,12 +242,15 @@ impl Agent {
             max_message_bytes: config.max_message_bytes,
             ..RpcConfig::default()
         };
-        let rpc = RpcServer::start(rpc_config, ctx, acceptor)
-            .await
-            .map_err(|source| AgentError::Listen {
-                addr: config.rpc_addr,
-                source,
-            })?;
+        let rpc =
+            RpcServer::start_instrumented(rpc_config, ctx, acceptor, telemetry.metrics().cloned())
+                .await
+                .map_err(|source| AgentError::Listen {
+                    addr: config.rpc_addr,
+                    source,
+                })?;
+        telemetry.readiness().set_rpc_listening(true);
+        telemetry.readiness().set_started(true);
         Ok(Agent {
             config,
             partitions,
@@ -219,6 +258,9 @@ impl Agent {
             membership,
             gossip_addr,
             cluster,
+            telemetry,
+            http,
+            _fsync_hook: fsync_hook,
         })
     }
 
@@ -236,6 +278,16 @@ impl Agent {
         self.gossip_addr
     }
 
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (the real port when 0 was asked).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// Metrics and readiness of this node.
+    pub fn telemetry(&self) -> &Rc<Telemetry> {
+        &self.telemetry
+    }
+
     pub fn partitions(&self) -> &Rc<Partitions> {
         &self.partitions
     }
@@ -244,17 +296,25 @@ impl Agent {
         self.cluster.clone()
     }
 
-    /// Stops the node: no new connections, leave the cluster, then flush,
-    /// sync and seal every partition (the next start needs no recovery).
+    /// Stops the node: not ready any more (`/readyz` answers 503 while
+    /// `/healthz` still answers), no new connections, leave the cluster,
+    /// then flush, sync and seal every partition (the next start needs no
+    /// recovery); the HTTP server stops last.
     pub async fn shutdown(self) -> Result<(), AgentError> {
+        let readiness = self.telemetry.readiness();
+        readiness.set_stopping(true);
         self.rpc.stop_accepting();
+        readiness.set_rpc_listening(false);
         match self.membership.send(Leave).await {
             Ok(Ok(())) => tracing::info!("left the cluster"),
             Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster failed"),
             Err(e) => tracing::warn!(error = %e, "membership actor gone"),
         }
-        self.partitions.close_all().await?;
+        let closed = self.partitions.close_all().await;
+        readiness.set_partitions_open(false);
+        closed?;
         tracing::info!("partitions closed");
+        self.http.stop();
         Ok(())
     }
 }

@@ -20,15 +20,17 @@ pub fn run(args: ServeArgs) -> Result<(), BoxError> {
             partition = %agent.partitions().own_id(),
             rpc = %agent.rpc_addr(),
             gossip = %agent.gossip_addr(),
+            http = %agent.http_addr(),
             "proglog node is serving"
         );
         // One machine-readable line on stdout when ready (tests and scripts
         // started with port 0 read the real ports from it).
         println!(
-            "ready rpc={} gossip={} partition={}",
+            "ready rpc={} gossip={} partition={} http={}",
             agent.rpc_addr(),
             agent.gossip_addr(),
-            agent.partitions().own_id()
+            agent.partitions().own_id(),
+            agent.http_addr()
         );
         wait_for_signal().await;
         tracing::info!("shutting down (a second signal exits at once)");

@@ -92,6 +92,14 @@ pub struct ServeArgs {
     /// Largest RPC message accepted, bytes [default: 67108864].
     #[arg(long, env = "PROGLOG_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz [default: 127.0.0.1:8402].
+    #[arg(long, env = "PROGLOG_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Turn metrics off: nothing is counted and /metrics answers 404
+    /// (/healthz and /readyz stay) [default: metrics on].
+    #[arg(long, env = "PROGLOG_NO_METRICS")]
+    #[serde(default)]
+    pub no_metrics: bool,
 }
 
 impl ServeArgs {
@@ -121,6 +129,8 @@ impl ServeArgs {
             retention_seconds: self.retention_seconds.or(lower.retention_seconds),
             max_connections: self.max_connections.or(lower.max_connections),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            http_addr: self.http_addr.or(lower.http_addr),
+            no_metrics: self.no_metrics || lower.no_metrics,
         }
     }
 }
@@ -173,6 +183,8 @@ pub struct NodeConfig {
     pub retention_seconds: Option<u64>,
     pub max_connections: usize,
     pub max_message_bytes: usize,
+    pub http_addr: SocketAddr,
+    pub no_metrics: bool,
 }
 
 /// A node's TLS files.
@@ -273,6 +285,10 @@ impl NodeConfig {
             retention_seconds: a.retention_seconds,
             max_connections: a.max_connections.unwrap_or(1024),
             max_message_bytes: a.max_message_bytes.unwrap_or(64 << 20),
+            http_addr: a
+                .http_addr
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8402))),
+            no_metrics: a.no_metrics,
         };
         config.validate()?;
         Ok(config)
@@ -308,6 +324,9 @@ impl NodeConfig {
         }
         if self.rpc_addr == self.gossip_addr && self.rpc_addr.port() != 0 {
             return Err(invalid("gossip-addr", "must differ from rpc-addr"));
+        }
+        if self.http_addr == self.rpc_addr && self.http_addr.port() != 0 {
+            return Err(invalid("http-addr", "must differ from rpc-addr"));
         }
         Ok(())
     }
@@ -350,6 +369,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.rpc_addr.port(), 8400);
         assert_eq!(c.gossip_addr.port(), 8401);
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8402");
+        assert!(!c.no_metrics);
         assert_eq!(c.sync, "interval:1000");
         assert_eq!(c.advertise_rpc_addr, c.rpc_addr);
     }
@@ -360,7 +381,8 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "node-name = \"from-file\"\nsync = \"always\"\nmax-connections = 7\n",
+            "node-name = \"from-file\"\nsync = \"always\"\nmax-connections = 7\n\
+             http-addr = \"127.0.0.1:9402\"\nno-metrics = true\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -372,6 +394,8 @@ mod tests {
         assert_eq!(c.node_name, "from-file");
         assert_eq!(c.sync, "never", "a flag wins over the file");
         assert_eq!(c.max_connections, 7);
+        assert_eq!(c.http_addr.port(), 9402);
+        assert!(c.no_metrics);
     }
 
     #[test]
@@ -409,6 +433,13 @@ mod tests {
                 ..ServeArgs::default()
             })
             .contains("node-name")
+        );
+        assert!(
+            err(ServeArgs {
+                http_addr: Some("127.0.0.1:8400".parse().unwrap()),
+                ..ServeArgs::default()
+            })
+            .contains("http-addr")
         );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");

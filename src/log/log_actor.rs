@@ -417,7 +417,7 @@ impl Supervised for LogActor {
 impl Handler<SegmentEvent> for LogActor {
     type Result = ();
 
-    fn handle(&mut self, event: SegmentEvent, ctx: &mut Context<Self>) -> () {
+    fn handle(&mut self, event: SegmentEvent, ctx: &mut Context<Self>) {
         self.guarded(
             ctx,
             move |act, ctx| act.on_segment_event(event, ctx),

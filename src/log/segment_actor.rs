@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use super::error::LogError;
 use super::restart::RestartBudget;
 use crate::storage::{LogConfig, RecordBatch, Segment, StorageError, SyncPolicy};
+use crate::telemetry::FsyncMetrics;
 
 /// Where an append's answer goes.
 pub(crate) type AppendReply = oneshot::Sender<Result<Range<u64>, LogError>>;
@@ -113,6 +114,9 @@ pub(crate) struct SegmentActor {
     /// Closed or removed on purpose: answer errors, do not come back.
     retired: bool,
     panic_next: bool,
+    /// fsync latency histograms of the node whose data directory holds
+    /// `dir` (looked up once at creation); `None` when metrics are off.
+    fsync: Option<FsyncMetrics>,
 }
 
 impl SegmentActor {
@@ -125,7 +129,6 @@ impl SegmentActor {
     ) -> SegmentActor {
         SegmentActor {
             partition,
-            dir,
             base: segment.base(),
             writable: segment.is_writable(),
             segment: Some(segment),
@@ -142,6 +145,8 @@ impl SegmentActor {
             failed: None,
             retired: false,
             panic_next: false,
+            fsync: crate::telemetry::fsync_metrics_for(&dir),
+            dir,
         }
     }
 
@@ -256,7 +261,15 @@ impl SegmentActor {
         self.sync_in_flight = true;
         self.unsynced = false;
         let started = Instant::now();
-        let job = actix_rt::task::spawn_blocking(move || file.sync_data());
+        let fsync = self.fsync.clone();
+        let job = actix_rt::task::spawn_blocking(move || {
+            let timer = Instant::now();
+            let result = file.sync_data();
+            if let Some(fsync) = fsync {
+                fsync.observe_sync(timer.elapsed());
+            }
+            result
+        });
         ctx.spawn(job.into_actor(self).map(move |result, act, ctx| {
             act.sync_in_flight = false;
             act.last_sync = started;
@@ -461,8 +474,13 @@ impl Handler<Seal> for SegmentActor {
         let Some(mut segment) = self.segment.take() else {
             return Err(self.unavailable());
         };
+        let fsync = self.fsync.clone();
         let job = actix_rt::task::spawn_blocking(move || {
+            let timer = Instant::now();
             let result = segment.seal();
+            if let Some(fsync) = fsync {
+                fsync.observe_seal(timer.elapsed());
+            }
             (segment, result)
         });
         ctx.wait(job.into_actor(self).map(|joined, act, ctx| match joined {
@@ -495,7 +513,11 @@ impl Handler<CloseSegment> for SegmentActor {
             return Ok(());
         }
         <Self as Handler<Commit>>::handle(self, Commit, ctx);
+        let timer = Instant::now();
         let result = self.guarded(ctx, true, Segment::seal);
+        if let Some(fsync) = &self.fsync {
+            fsync.observe_seal(timer.elapsed());
+        }
         let done: Vec<Pending> = self
             .syncing
             .drain(..)

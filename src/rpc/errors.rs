@@ -27,6 +27,21 @@ pub enum WireError {
     InvalidArgument,
 }
 
+impl WireError {
+    /// The kind as a metric label: `offset_out_of_range`, `unknown_partition`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WireError::OffsetOutOfRange { .. } => "offset_out_of_range",
+            WireError::UnknownPartition(_) => "unknown_partition",
+            WireError::RecordTooLarge { .. } => "record_too_large",
+            WireError::PermissionDenied { .. } => "permission_denied",
+            WireError::Corruption => "corruption",
+            WireError::Unavailable => "unavailable",
+            WireError::InvalidArgument => "invalid_argument",
+        }
+    }
+}
+
 /// Classifies a log error for the wire; the message goes along for humans.
 pub fn classify(e: &LogError) -> WireError {
     match e {

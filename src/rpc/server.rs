@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use capnp_rpc::RpcSystem;
 use capnp_rpc::rpc_twoparty_capnp::Side;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 use super::service::{LogService, ServiceContext};
 use super::transport::{reader_options, vat_network};
 use crate::log_capnp::log;
+use crate::telemetry::Metrics;
 
 /// Settings of the RPC front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +79,16 @@ impl RpcServer {
         ctx: Rc<ServiceContext>,
         acceptor: A,
     ) -> io::Result<RpcServer> {
+        Self::start_instrumented(config, ctx, acceptor, None).await
+    }
+
+    /// [`RpcServer::start`], counting connections and calls in `metrics`.
+    pub async fn start_instrumented<A: Acceptor>(
+        config: RpcConfig,
+        ctx: Rc<ServiceContext>,
+        acceptor: A,
+        metrics: Option<Arc<Metrics>>,
+    ) -> io::Result<RpcServer> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let open = Rc::new(Cell::new(0usize));
@@ -89,6 +101,7 @@ impl RpcServer {
             acceptor,
             open.clone(),
             stopped,
+            metrics,
         ));
         tracing::info!(%local_addr, "RPC server listening");
         Ok(RpcServer {
@@ -120,6 +133,7 @@ async fn accept_loop<A: Acceptor>(
     acceptor: Rc<A>,
     open: Rc<Cell<usize>>,
     mut stopped: watch::Receiver<bool>,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let mut backoff = std::time::Duration::from_millis(5);
     loop {
@@ -148,9 +162,11 @@ async fn accept_loop<A: Acceptor>(
         let _ = tcp.set_nodelay(true);
         open.set(open.get() + 1);
         let guard = OpenGuard(open.clone());
+        let counted = metrics.as_ref().map(|m| m.connection_opened());
         let (ctx, acceptor, config) = (ctx.clone(), acceptor.clone(), config.clone());
+        let metrics = metrics.clone();
         actix_rt::spawn(async move {
-            let _guard = guard;
+            let _guard = (guard, counted);
             let (stream, subject) = match acceptor.accept(tcp).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -166,7 +182,7 @@ async fn accept_loop<A: Acceptor>(
                 config.stream_window_bytes,
             );
             let service: log::Client =
-                capnp_rpc::new_client(LogService::new(ctx, subject.as_str()));
+                capnp_rpc::new_client(LogService::new(ctx, subject.as_str()).with_metrics(metrics));
             let rpc = RpcSystem::new(Box::new(network), Some(service.client));
             match rpc.await {
                 Ok(()) => tracing::debug!(%peer, "client disconnected"),

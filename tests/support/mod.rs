@@ -35,6 +35,10 @@ pub const TLS: bool = true;
 /// Gossip listen address (UDP; a free port).
 pub const GOSSIP_ADDR: &str = "127.0.0.1:0";
 
+/// HTTP (metrics, health) listen address: a free port, so nodes started by
+/// tests running in parallel do not compete for the default 8402.
+pub const HTTP_ADDR: &str = "127.0.0.1:0";
+
 /// Node name given to servers started by [`Server::start`].
 pub const NODE_NAME: &str = "e2e-node";
 
@@ -61,6 +65,8 @@ pub struct ServeOptions {
     pub rpc_addr: String,
     /// `--node-name`; `None` leaves it to the config file, env or default.
     pub node_name: Option<String>,
+    /// More arguments after the others (e.g. `--no-metrics`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -68,6 +74,7 @@ impl Default for ServeOptions {
         ServeOptions {
             rpc_addr: "127.0.0.1:0".to_string(),
             node_name: Some(NODE_NAME.to_string()),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -88,11 +95,14 @@ pub fn serve_args(data_dir: &Path, opts: &ServeOptions) -> Vec<OsString> {
         opts.rpc_addr.clone().into(),
         "--gossip-addr".into(),
         GOSSIP_ADDR.into(),
+        "--http-addr".into(),
+        HTTP_ADDR.into(),
     ]);
     if let Some(name) = &opts.node_name {
         args.push("--node-name".into());
         args.push(name.into());
     }
+    args.extend(opts.extra_args.iter().map(OsString::from));
     args
 }
 
@@ -324,6 +334,8 @@ pub struct Server {
     pub rpc: SocketAddr,
     pub gossip: SocketAddr,
     pub partition: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http: SocketAddr,
     pub data_dir: PathBuf,
     stdout: Lines,
     stderr: Captured,
@@ -371,6 +383,7 @@ impl Server {
             rpc: field("rpc").parse().expect("rpc address"),
             gossip: field("gossip").parse().expect("gossip address"),
             partition: field("partition"),
+            http: field("http").parse().expect("http address"),
             data_dir: data_dir.to_path_buf(),
             child,
             stdout,
@@ -451,4 +464,60 @@ pub fn run(mut cmd: Command, stdin: Option<Vec<u8>>, timeout: Duration) -> Outpu
             err.text()
         ),
     }
+}
+
+/// An HTTP answer: status, headers (lower-case names) and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` from `addr` over plain HTTP/1.1 (the server closes the
+/// connection after answering), with bounded waits.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
+    use std::net::TcpStream;
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: proglog-tests\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let bad = |what: &str| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {text:?}"))
+    };
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no blank line"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+        .and_then(|l| l.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }

@@ -1,0 +1,396 @@
+//! The node's Prometheus metrics: one [`Registry`] of typed families.
+//!
+//! Counted as things happen (cheap: atomic increments, a hash lookup per
+//! RPC call, nothing per record): RPC calls and their latency, records and
+//! bytes appended and read, open connections and streams, fsync latency.
+//! Read from the actors when scraped: per-partition offsets, segments,
+//! size, restarts, and membership.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::log::LogStats;
+use crate::rpc::ClusterView;
+
+/// `Content-Type` of [`Metrics::render`]: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// RPC latency buckets: 50 µs to 1.6 s, doubling.
+fn rpc_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(50e-6, 2.0, 16))
+}
+
+/// fsync latency buckets: 100 µs to 3.3 s, doubling.
+fn fsync_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(100e-6, 2.0, 16))
+}
+
+/// Which server-side stream a gauge counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `consumeStream`: records pushed to a client.
+    Consume,
+    /// `produceStream`: a client's sink of batches.
+    Produce,
+}
+
+/// Holds a gauge up by one until dropped.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// fsync latency histograms, handed to SegmentActors (observed on the
+/// blocking pool, where the sync runs).
+#[derive(Debug, Clone)]
+pub struct FsyncMetrics {
+    sync: Histogram,
+    seal: Histogram,
+}
+
+impl FsyncMetrics {
+    /// An `fdatasync` of the active segment (group commit, sync policy).
+    pub fn observe_sync(&self, took: Duration) {
+        self.sync.observe(took.as_secs_f64());
+    }
+
+    /// Sealing a segment (flush, sync of store and index, truncation).
+    pub fn observe_seal(&self, took: Duration) {
+        self.seal.observe(took.as_secs_f64());
+    }
+}
+
+/// Every metric of a node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: HistogramFamily<MethodLabels>,
+    records_appended: Counter,
+    bytes_appended: Counter,
+    records_read: Counter,
+    bytes_read: Counter,
+    open_connections: Gauge,
+    consume_streams: Gauge,
+    produce_streams: Gauge,
+    fsync: FsyncMetrics,
+    partition_lowest: Family<PartitionLabels, Gauge>,
+    partition_next: Family<PartitionLabels, Gauge>,
+    partition_segments: Family<PartitionLabels, Gauge>,
+    partition_bytes: Family<PartitionLabels, Gauge>,
+    partition_restarts: Family<PartitionLabels, Counter>,
+    partition_failed: Family<PartitionLabels, Gauge>,
+    members: Gauge,
+    peer_up: Family<PeerLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered under `proglog_`.
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("proglog");
+        let calls = Family::<CallLabels, Counter>::default();
+        r.register(
+            "rpc_calls",
+            "RPC calls by method and outcome: ok, the typed error's kind, rpc_error, or cancelled (the client left first)",
+            calls.clone(),
+        );
+        let latency: HistogramFamily<MethodLabels> = Family::new_with_constructor(rpc_histogram);
+        r.register_with_unit(
+            "rpc_duration",
+            "Time to answer an RPC call, by method (streams excluded)",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let counter = |r: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            r.register(name, help, c.clone());
+            c
+        };
+        let records_appended = counter(&mut r, "records_appended", "Records appended");
+        let bytes_appended = counter(&mut r, "bytes_appended", "Record bytes appended");
+        let records_read = counter(&mut r, "records_read", "Records read by consumers");
+        let bytes_read = counter(&mut r, "bytes_read", "Record bytes read by consumers");
+        let open_connections = Gauge::default();
+        r.register(
+            "rpc_open_connections",
+            "RPC connections open",
+            open_connections.clone(),
+        );
+        let streams = Family::<KindLabels, Gauge>::default();
+        r.register(
+            "rpc_open_streams",
+            "Streams open, by kind (consume, produce)",
+            streams.clone(),
+        );
+        let consume_streams = streams.get_or_create_owned(&KindLabels { kind: "consume" });
+        let produce_streams = streams.get_or_create_owned(&KindLabels { kind: "produce" });
+        let fsyncs: HistogramFamily<KindLabels> = Family::new_with_constructor(fsync_histogram);
+        r.register_with_unit(
+            "fsync_duration",
+            "Time of an fdatasync (sync) or of sealing a segment (seal)",
+            Unit::Seconds,
+            fsyncs.clone(),
+        );
+        let fsync = FsyncMetrics {
+            sync: fsyncs.get_or_create_owned(&KindLabels { kind: "sync" }),
+            seal: fsyncs.get_or_create_owned(&KindLabels { kind: "seal" }),
+        };
+        let gauges = |r: &mut Registry, name: &str, help: &str| {
+            let f = Family::<PartitionLabels, Gauge>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let partition_lowest = gauges(
+            &mut r,
+            "partition_lowest_offset",
+            "Oldest offset a partition holds",
+        );
+        let partition_next = gauges(
+            &mut r,
+            "partition_next_offset",
+            "Offset a partition's next record gets (its end)",
+        );
+        let partition_segments = gauges(&mut r, "partition_segments", "Segments of a partition");
+        let partition_bytes = Family::<PartitionLabels, Gauge>::default();
+        r.register_with_unit(
+            "partition_size",
+            "Store bytes of a partition",
+            Unit::Bytes,
+            partition_bytes.clone(),
+        );
+        let partition_restarts = Family::<PartitionLabels, Counter>::default();
+        r.register(
+            "partition_restarts",
+            "Segment actor restarts of a partition since it was opened",
+            partition_restarts.clone(),
+        );
+        let partition_failed = gauges(
+            &mut r,
+            "partition_failed",
+            "1 when a partition failed for good (writes refused)",
+        );
+        let members = Gauge::default();
+        r.register(
+            "membership_members",
+            "Live members of the cluster, this node included",
+            members.clone(),
+        );
+        let peer_up = Family::<PeerLabels, Gauge>::default();
+        r.register(
+            "membership_peer_up",
+            "Each known peer: 1 alive, 0 down",
+            peer_up.clone(),
+        );
+        Metrics {
+            registry: r,
+            calls,
+            latency,
+            records_appended,
+            bytes_appended,
+            records_read,
+            bytes_read,
+            open_connections,
+            consume_streams,
+            produce_streams,
+            fsync,
+            partition_lowest,
+            partition_next,
+            partition_segments,
+            partition_bytes,
+            partition_restarts,
+            partition_failed,
+            members,
+            peer_up,
+        }
+    }
+
+    /// Counts one RPC call; `took` is `None` for streams (their lifetime is
+    /// no latency).
+    pub fn rpc_call(&self, method: &'static str, outcome: &'static str, took: Option<Duration>) {
+        self.calls
+            .get_or_create(&CallLabels { method, outcome })
+            .inc();
+        if let Some(took) = took {
+            self.latency
+                .get_or_create(&MethodLabels { method })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// Records (and their bytes) appended by one call.
+    pub fn appended(&self, records: u64, bytes: u64) {
+        self.records_appended.inc_by(records);
+        self.bytes_appended.inc_by(bytes);
+    }
+
+    /// Records (and their bytes) read by one call or stream batch.
+    pub fn read(&self, records: u64, bytes: u64) {
+        self.records_read.inc_by(records);
+        self.bytes_read.inc_by(bytes);
+    }
+
+    /// Counts an open RPC connection until the guard is dropped.
+    pub fn connection_opened(&self) -> GaugeGuard {
+        self.open_connections.inc();
+        GaugeGuard(self.open_connections.clone())
+    }
+
+    /// Counts an open stream until the guard is dropped.
+    pub fn stream_opened(&self, kind: StreamKind) -> GaugeGuard {
+        let gauge = match kind {
+            StreamKind::Consume => &self.consume_streams,
+            StreamKind::Produce => &self.produce_streams,
+        };
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+
+    /// The fsync histograms (for SegmentActors, through [`register_fsync`]).
+    pub fn fsync(&self) -> FsyncMetrics {
+        self.fsync.clone()
+    }
+
+    /// Sets the scrape-time families from `partitions` (id and stats) and
+    /// `cluster`, then encodes everything as Prometheus text.
+    pub fn render(
+        &self,
+        partitions: &[(String, LogStats)],
+        cluster: Option<&ClusterView>,
+    ) -> String {
+        for family in [
+            &self.partition_lowest,
+            &self.partition_next,
+            &self.partition_segments,
+            &self.partition_bytes,
+            &self.partition_failed,
+        ] {
+            family.clear();
+        }
+        self.partition_restarts.clear();
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (id, stats) in partitions {
+            let l = PartitionLabels {
+                partition: id.clone(),
+            };
+            self.partition_lowest
+                .get_or_create(&l)
+                .set(as_i64(stats.lowest_offset));
+            self.partition_next
+                .get_or_create(&l)
+                .set(as_i64(stats.next_offset));
+            self.partition_segments
+                .get_or_create(&l)
+                .set(as_i64(stats.segments as u64));
+            self.partition_bytes
+                .get_or_create(&l)
+                .set(as_i64(stats.size_bytes));
+            self.partition_restarts
+                .get_or_create(&l)
+                .inc_by(stats.restarts);
+            self.partition_failed
+                .get_or_create(&l)
+                .set(i64::from(stats.failed.is_some()));
+        }
+        self.peer_up.clear();
+        let mut members = 0;
+        if let Some(cluster) = cluster {
+            members += i64::from(cluster.local.is_some());
+            for peer in &cluster.peers {
+                members += i64::from(peer.alive);
+                self.peer_up
+                    .get_or_create(&PeerLabels {
+                        peer: peer.name.clone(),
+                    })
+                    .set(i64::from(peer.alive));
+            }
+        }
+        self.members.set(members);
+        let mut out = String::with_capacity(8 << 10);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// fsync histograms by data directory: SegmentActors are started by their
+/// LogActor, which knows nothing of metrics; each looks its node's
+/// histograms up here once, by its directory, when it is created.
+static FSYNC_HOOKS: Mutex<Vec<(u64, PathBuf, FsyncMetrics)>> = Mutex::new(Vec::new());
+
+/// Keeps a [`register_fsync`] registration alive; dropping it unregisters.
+#[derive(Debug)]
+pub struct FsyncHook {
+    id: u64,
+}
+
+impl Drop for FsyncHook {
+    fn drop(&mut self) {
+        let mut hooks = FSYNC_HOOKS.lock().unwrap_or_else(|e| e.into_inner());
+        hooks.retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+/// Makes the segments under `data_dir` observe their fsyncs into `fsync`
+/// (those started from now on).
+pub fn register_fsync(data_dir: impl Into<PathBuf>, fsync: FsyncMetrics) -> FsyncHook {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut hooks = FSYNC_HOOKS.lock().unwrap_or_else(|e| e.into_inner());
+    hooks.push((id, data_dir.into(), fsync));
+    FsyncHook { id }
+}
+
+/// The fsync histograms registered for the data directory holding `dir`.
+pub(crate) fn fsync_metrics_for(dir: &Path) -> Option<FsyncMetrics> {
+    let hooks = FSYNC_HOOKS.lock().unwrap_or_else(|e| e.into_inner());
+    hooks
+        .iter()
+        .find(|(_, root, _)| dir.starts_with(root))
+        .map(|(_, _, fsync)| fsync.clone())
+}
