@@ -135,25 +135,9 @@ async fn accept_loop<A: Acceptor>(
     mut stopped: watch::Receiver<bool>,
     metrics: Option<Arc<Metrics>>,
 ) {
-    let mut backoff = std::time::Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped.changed() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => {
-                backoff = std::time::Duration::from_millis(5);
-                a
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off, do not spin.
-                tracing::warn!(error = %e, ?backoff, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                continue;
-            }
-        };
+    while let Some((tcp, peer)) =
+        super::transport::accept_or_stop(&listener, &mut stopped, "rpc").await
+    {
         if open.get() >= config.max_connections {
             tracing::warn!(%peer, limit = config.max_connections, "connection limit reached: closing new connection");
             drop(tcp);

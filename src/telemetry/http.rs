@@ -70,24 +70,9 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let open = Rc::new(Cell::new(0usize));
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped.changed() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(5);
-                a
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "HTTP accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    while let Some((tcp, peer)) =
+        crate::rpc::transport::accept_or_stop(&listener, &mut stopped, "http").await
+    {
         if open.get() >= MAX_CONNECTIONS {
             tracing::debug!(%peer, "HTTP connection limit reached: closing new connection");
             continue;
