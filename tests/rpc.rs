@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 struct Node {
     server: RpcServer,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn start_node(rpc: RpcConfig) -> Node {
@@ -34,7 +34,7 @@ async fn start_node(rpc: RpcConfig) -> Node {
         ..rpc
     };
     let server = RpcServer::start(rpc, ctx, PlainAcceptor).await.unwrap();
-    Node { server, _dir: dir }
+    Node { server, dir }
 }
 
 async fn connect(node: &Node) -> Client {
@@ -293,4 +293,36 @@ async fn the_batching_producer_keeps_order_and_reports_offsets() {
         ),
         (0, 1000, true)
     );
+}
+
+#[actix_rt::test]
+async fn a_damaged_record_is_reported_as_corruption_and_never_served() {
+    let node = start_node(RpcConfig::default()).await;
+    let client = connect(&node).await;
+    for value in [b"first".as_slice(), b"second", b"third"] {
+        client.produce(value).await.unwrap();
+    }
+    // Flip one byte of "second" in the store file (frames: 16-byte header + value,
+    // after the 8-byte file header).
+    let partitions = node.dir.path().join("partitions");
+    let partition = std::fs::read_dir(&partitions)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let store = partition.join(format!("{:020}.store", 0));
+    let at = 8 + (16 + 5) + 16 + 2;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&store)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"X", at as u64).unwrap();
+
+    match client.consume("", 1).await {
+        Err(ClientError::Corruption(message)) => assert!(message.contains("checksum"), "{message}"),
+        other => panic!("expected Corruption, got {other:?}"),
+    }
+    assert_eq!(client.consume("", 0).await.unwrap(), b"first");
+    assert_eq!(client.consume("", 2).await.unwrap(), b"third");
 }
