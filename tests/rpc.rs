@@ -24,6 +24,7 @@ async fn start_node(rpc: RpcConfig) -> Node {
     let partitions = Rc::new(Partitions::open(dir.path(), "node-t", config).unwrap());
     let ctx = Rc::new(ServiceContext {
         partitions,
+        in_flight: Default::default(),
         cluster: Rc::new(std::cell::RefCell::new(ClusterView::default())),
         authorizer: None,
         max_record_bytes: 1 << 20,

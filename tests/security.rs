@@ -76,6 +76,7 @@ async fn start_tls_node(pki: &Pki) -> Node {
         .unwrap();
     let ctx = Rc::new(ServiceContext {
         partitions,
+        in_flight: Default::default(),
         cluster: Rc::new(std::cell::RefCell::new(ClusterView::default())),
         authorizer: Some(Rc::new(acl)),
         max_record_bytes: 1 << 20,

@@ -18,6 +18,9 @@ use crate::rpc::{
 use crate::storage::StorageError;
 use crate::telemetry::{FsyncHook, HttpServer, Telemetry};
 
+/// How long a graceful shutdown waits for calls in progress.
+pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a node could not start (or stop) cleanly. Each names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -58,6 +61,8 @@ pub struct Agent {
     cluster: Rc<RefCell<ClusterView>>,
     telemetry: Rc<Telemetry>,
     http: HttpServer,
+    /// Calls in progress, drained on shutdown.
+    in_flight: Rc<crate::rpc::InFlight>,
     /// Keeps the segments' fsync histograms registered while the node runs.
     _fsync_hook: Option<FsyncHook>,
 }
@@ -229,8 +234,10 @@ impl Agent {
         .start();
         membership.do_send(Subscribe(watcher.recipient()));
 
+        let in_flight = Rc::new(crate::rpc::InFlight::default());
         let ctx = Rc::new(ServiceContext {
             partitions: partitions.clone(),
+            in_flight: in_flight.clone(),
             cluster: cluster.clone(),
             authorizer,
             max_record_bytes: config.max_record_bytes,
@@ -260,6 +267,7 @@ impl Agent {
             cluster,
             telemetry,
             http,
+            in_flight,
             _fsync_hook: fsync_hook,
         })
     }
@@ -297,7 +305,8 @@ impl Agent {
     }
 
     /// Stops the node: not ready any more (`/readyz` answers 503 while
-    /// `/healthz` still answers), no new connections, leave the cluster,
+    /// `/healthz` still answers), no new connections, calls in progress
+    /// finish (waiting at most [`SHUTDOWN_DRAIN`]), leave the cluster,
     /// then flush, sync and seal every partition (the next start needs no
     /// recovery); the HTTP server stops last.
     pub async fn shutdown(self) -> Result<(), AgentError> {
@@ -305,6 +314,17 @@ impl Agent {
         readiness.set_stopping(true);
         self.rpc.stop_accepting();
         readiness.set_rpc_listening(false);
+        // Let calls in progress finish (bounded), then leave and close.
+        if tokio::time::timeout(SHUTDOWN_DRAIN, self.in_flight.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                calls = self.in_flight.count(),
+                ?SHUTDOWN_DRAIN,
+                "calls still in progress: closing anyway"
+            );
+        }
         match self.membership.send(Leave).await {
             Ok(Ok(())) => tracing::info!("left the cluster"),
             Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster failed"),

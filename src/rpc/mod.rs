@@ -13,5 +13,6 @@ pub mod transport;
 
 pub use server::{Acceptor, PlainAcceptor, RpcConfig, RpcServer};
 pub use service::{
-    ACTION_CONSUME, ACTION_PRODUCE, Authorizer, ClusterView, LogService, ServerInfo, ServiceContext,
+    ACTION_CONSUME, ACTION_PRODUCE, Authorizer, ClusterView, InFlight, LogService, ServerInfo,
+    ServiceContext,
 };

@@ -45,12 +45,60 @@ pub trait Authorizer {
 /// What every connection's service object shares.
 pub struct ServiceContext {
     pub partitions: Rc<crate::log::Partitions>,
+    /// Calls in progress (streams excluded), so a shutdown can let them finish.
+    pub in_flight: Rc<InFlight>,
     pub cluster: Rc<RefCell<ClusterView>>,
     pub authorizer: Option<Rc<dyn Authorizer>>,
     /// Largest record accepted (checked before it reaches a LogActor).
     pub max_record_bytes: u32,
     /// Default and upper bound of a consumeStream batch, in bytes.
     pub max_stream_batch_bytes: u32,
+}
+
+/// Counts unary calls in progress; a graceful shutdown waits for it to reach
+/// zero (bounded) before it closes the partitions.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: std::cell::Cell<usize>,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Calls in progress now.
+    pub fn count(&self) -> usize {
+        self.count.get()
+    }
+
+    /// Resolves once no call is in progress (at once if none is).
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.get() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn enter(self: &Rc<Self>) -> InFlightGuard {
+        self.count.set(self.count.get() + 1);
+        InFlightGuard(self.clone())
+    }
+}
+
+/// One call in progress until dropped.
+struct InFlightGuard(Rc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let left = self.0.count.get().saturating_sub(1);
+        self.0.count.set(left);
+        if left == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// One client connection's view of the service: its identity goes with it.
@@ -166,6 +214,7 @@ impl LogService {
         method: Method,
         body: impl Future<Output = Result<Outcome, Error>>,
     ) -> Result<(), Error> {
+        let _in_flight = method.timed.then(|| self.ctx.in_flight.enter());
         let started = Instant::now();
         let mut counted = CallCount {
             metrics: self.metrics.as_deref(),
@@ -621,5 +670,29 @@ impl produce_sink::Server for ProduceSink {
                 Ok(Ok(()))
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_flight_is_idle_only_when_every_call_has_finished() {
+        let calls = Rc::new(InFlight::default());
+        calls.idle().await; // nothing in progress: at once
+        let first = calls.enter();
+        let second = calls.enter();
+        let idle = calls.idle();
+        tokio::pin!(idle);
+        assert!(futures::poll!(idle.as_mut()).is_pending());
+        drop(first);
+        assert!(
+            futures::poll!(idle.as_mut()).is_pending(),
+            "one call still runs"
+        );
+        drop(second);
+        assert!(futures::poll!(idle.as_mut()).is_ready());
+        assert_eq!(calls.count(), 0);
     }
 }
