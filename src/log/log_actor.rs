@@ -514,13 +514,20 @@ impl LogActor {
         if let Err(e) = self.check_range(msg.offset) {
             return Box::pin(ready(Err(e)));
         }
-        let read = self
-            .segment_for(msg.offset)
-            .addr
-            .send(SegRead { offset: msg.offset });
+        self.ask_segment(msg.offset, SegRead { offset: msg.offset })
+    }
+
+    /// Forwards `msg` to the SegmentActor holding `offset`; its answer is the reply.
+    fn ask_segment<M, T>(&self, offset: u64, msg: M) -> ResponseFuture<Result<T, LogError>>
+    where
+        M: Message<Result = Result<T, LogError>> + Send + 'static,
+        T: Send + 'static,
+        SegmentActor: Handler<M>,
+    {
+        let request = self.segment_for(offset).addr.send(msg);
         let partition = self.partition.clone();
         Box::pin(async move {
-            read.await.unwrap_or_else(|_| {
+            request.await.unwrap_or_else(|_| {
                 Err(LogError::unavailable(&partition, "segment actor went away"))
             })
         })
@@ -551,17 +558,12 @@ impl LogActor {
         if let Err(e) = self.check_range(msg.from) {
             return Box::pin(ready(Err(e)));
         }
-        let read = self.segment_for(msg.from).addr.send(SegReadBatch {
+        let read = SegReadBatch {
             from: msg.from,
             until: self.committed,
             max_bytes: msg.max_bytes,
-        });
-        let partition = self.partition.clone();
-        Box::pin(async move {
-            read.await.unwrap_or_else(|_| {
-                Err(LogError::unavailable(&partition, "segment actor went away"))
-            })
-        })
+        };
+        self.ask_segment(msg.from, read)
     }
 }
 
