@@ -275,3 +275,75 @@ fn print_config_shows_layered_settings() {
     assert_eq!(config["max-connections"].as_integer(), Some(9), "{config}");
     assert_eq!(config["sync"].as_str(), Some("never"), "{config}");
 }
+
+/// Runs `proglog servers` against `server` until its output satisfies
+/// `want` (membership changes arrive by gossip; there is no event to await
+/// from outside the process), at most 15 s.
+fn servers_until(server: &Server, what: &str, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = run(client("servers", &server.endpoint()), None, CLIENT_TIMEOUT)
+            .success()
+            .stdout;
+        if want(&out) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last `servers` output:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `servers` row of `name`, split into columns.
+fn server_row(out: &str, name: &str) -> Option<Vec<String>> {
+    out.lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|cols| cols.first().map(String::as_str) == Some(name))
+}
+
+#[test]
+fn nodes_joined_by_gossip_see_each_other_and_a_departure() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = Server::start_with(
+        dir_a.path(),
+        &ServeOptions {
+            node_name: Some("node-a".into()),
+            ..ServeOptions::default()
+        },
+    );
+    let mut b = Server::start_with(
+        dir_b.path(),
+        &ServeOptions {
+            node_name: Some("node-b".into()),
+            extra_args: vec!["--join".into(), a.gossip.to_string()],
+            ..ServeOptions::default()
+        },
+    );
+    let out = servers_until(&a, "node-b to appear on node-a", |out| {
+        server_row(out, "node-b").is_some_and(|r| r[2] == "true")
+    });
+    let row = server_row(&out, "node-b").unwrap();
+    assert_eq!(
+        row[1],
+        b.rpc.to_string(),
+        "node-a knows where to dial node-b"
+    );
+    let local = server_row(&out, "node-a").unwrap();
+    assert_eq!(
+        (local[2].as_str(), local[3].as_str()),
+        ("true", "true"),
+        "node-a lists itself, alive and local"
+    );
+    servers_until(&b, "node-a to appear on node-b", |out| {
+        server_row(out, "node-a").is_some_and(|r| r[2] == "true")
+    });
+
+    let (status, _) = b.stop();
+    assert!(status.success());
+    servers_until(&a, "node-b to be reported down after it left", |out| {
+        server_row(out, "node-b").is_some_and(|r| r[2] == "false")
+    });
+}

@@ -188,52 +188,9 @@ impl Agent {
         telemetry.watch_partitions(partitions.clone());
         telemetry.readiness().set_partitions_open(true);
 
-        let cluster = Rc::new(RefCell::new(ClusterView {
-            local: Some(ServerInfo {
-                name: config.node_name.clone(),
-                rpc_addr: config.advertise_rpc_addr.to_string(),
-                alive: true,
-                partition: partitions.own_id().to_string(),
-            }),
-            peers: Vec::new(),
-        }));
-
-        let cluster_key = match &config.cluster_key_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| AgentError::ClusterKey {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?),
-            None => None,
-        };
-        let membership_config = MembershipConfig {
-            node_name: config.node_name.clone(),
-            bind_addr: config.gossip_addr,
-            rpc_addr: config.advertise_rpc_addr,
-            seeds: config.join.clone(),
-            cluster_key,
-            ..MembershipConfig::default()
-        };
-        let membership =
-            MembershipActor::start(membership_config).map_err(|source| AgentError::Membership {
-                addr: config.gossip_addr,
-                source,
-            })?;
-        let gossip_addr = match membership.send(GetLocal).await {
-            Ok(local) => local.gossip_addr,
-            Err(_) => config.gossip_addr,
-        };
-        telemetry.watch_cluster(cluster.clone());
-        // A node with no seeds but itself forms its own cluster: joined at once.
-        if config.join.iter().all(|seed| *seed == gossip_addr) {
-            telemetry.readiness().set_membership_joined(true);
-        }
-        let watcher = ClusterWatcher {
-            view: cluster.clone(),
-            telemetry: telemetry.clone(),
-        }
-        .start();
-        membership.do_send(Subscribe(watcher.recipient()));
-
+        // The RPC listener binds first, so the address gossiped to peers is
+        // the real one even when port 0 was asked for.
+        let cluster = Rc::new(RefCell::new(ClusterView::default()));
         let in_flight = Rc::new(crate::rpc::InFlight::default());
         let ctx = Rc::new(ServiceContext {
             partitions: partitions.clone(),
@@ -257,6 +214,64 @@ impl Agent {
                     source,
                 })?;
         telemetry.readiness().set_rpc_listening(true);
+        let advertise_rpc_addr = match config.advertise_rpc_addr.port() {
+            0 => SocketAddr::new(config.advertise_rpc_addr.ip(), rpc.local_addr().port()),
+            _ => config.advertise_rpc_addr,
+        };
+        cluster.borrow_mut().local = Some(ServerInfo {
+            name: config.node_name.clone(),
+            rpc_addr: advertise_rpc_addr.to_string(),
+            alive: true,
+            partition: partitions.own_id().to_string(),
+        });
+
+        let cluster_key = match &config.cluster_key_file {
+            Some(path) => match std::fs::read(path) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    rpc.stop_accepting();
+                    return Err(AgentError::ClusterKey {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    });
+                }
+            },
+            None => None,
+        };
+        let membership_config = MembershipConfig {
+            node_name: config.node_name.clone(),
+            bind_addr: config.gossip_addr,
+            rpc_addr: advertise_rpc_addr,
+            seeds: config.join.clone(),
+            cluster_key,
+            ..MembershipConfig::default()
+        };
+        let membership = match MembershipActor::start(membership_config) {
+            Ok(membership) => membership,
+            Err(source) => {
+                rpc.stop_accepting();
+                return Err(AgentError::Membership {
+                    addr: config.gossip_addr,
+                    source,
+                });
+            }
+        };
+        let gossip_addr = match membership.send(GetLocal).await {
+            Ok(local) => local.gossip_addr,
+            Err(_) => config.gossip_addr,
+        };
+        telemetry.watch_cluster(cluster.clone());
+        // A node with no seeds but itself forms its own cluster: joined at once.
+        if config.join.iter().all(|seed| *seed == gossip_addr) {
+            telemetry.readiness().set_membership_joined(true);
+        }
+        let watcher = ClusterWatcher {
+            view: cluster.clone(),
+            telemetry: telemetry.clone(),
+        }
+        .start();
+        membership.do_send(Subscribe(watcher.recipient()));
+
         telemetry.readiness().set_started(true);
         Ok(Agent {
             config,
