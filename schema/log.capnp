@@ -100,6 +100,10 @@ struct PartitionInfo {
   isLeader @4 :Bool;       # this node leads it (else it holds a replica)
 }
 
+# A domain error. For a failed produce, each kind says whether the records
+# were NOT appended (sending them again is safe) or MAYBE appended (sending
+# them again may duplicate them): only `indeterminate` is "maybe"; every
+# other kind means "not appended".
 struct Error {
   message @0 :Text;        # human-readable, for logs
   kind :union {
@@ -107,10 +111,23 @@ struct Error {
     unknownPartition @2 :Text;
     recordTooLarge @3 :RecordTooLarge;
     permissionDenied @4 :PermissionDenied;
-    corruption @5 :Void;
-    unavailable @6 :Void;
+    corruption @5 :Void;   # damaged data on disk; never served
+    unavailable @6 :Void;  # not appended: restarting, failed, closed, or an
+                           # earlier batch of the same produce stream failed
     invalidArgument @7 :Void;
+    diskFull @8 :Void;     # not appended: the node's disk is full (or below
+                           # its free-space floor); retry after a while
+    readOnly @9 :Void;     # not appended: the partition's durable data is
+                           # damaged; it serves reads until an operator repairs it
+    indeterminate @10 :Void; # MAYBE appended: a write or fsync failed after
+                           # the records reached the file
+    recordsLost @11 :RecordsLost; # these offsets will never be served
   }
+}
+
+struct RecordsLost {
+  from @0 :UInt64;         # lost offsets are [from, to): read on from `to`
+  to @1 :UInt64;
 }
 
 struct OffsetOutOfRange {

@@ -38,8 +38,11 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Make a CA, node and client certificates (PEM) for mutual TLS.
     Certs(cli::certs::CertsArgs),
-    /// Measure the storage core on this machine's disk (no server needed).
+    /// Measure the partition engine on this machine's disk (no server needed).
     StorageBench(cli::storage_bench::Args),
+    /// Repair a damaged partition (node stopped): cut damaged data, record
+    /// the lost offsets. Destructive; try --dry-run first.
+    Repair(cli::repair::Args),
 }
 
 fn init_logging(level: Option<&str>, json: bool) {
@@ -70,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => cli::bench::run(args),
         Command::Certs(args) => cli::certs::run(args),
         Command::StorageBench(args) => cli::storage_bench::run(args),
+        Command::Repair(args) => cli::repair::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

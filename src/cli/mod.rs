@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod certs;
 pub mod client;
+pub mod repair;
 pub mod serve;
 pub mod storage_bench;
 

@@ -24,6 +24,19 @@ pub enum ClientError {
     Unavailable(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Not appended: the server's disk is full; retry later.
+    #[error("disk full on the server (not appended): {0}")]
+    DiskFull(String),
+    /// Not appended: the partition's durable data is damaged; reads work.
+    #[error("partition is read-only (not appended): {0}")]
+    ReadOnly(String),
+    /// Maybe appended: a write failed after the records reached the file;
+    /// sending them again may duplicate them.
+    #[error("outcome unknown (maybe appended): {0}")]
+    Indeterminate(String),
+    /// Offsets `[from, to)` will never be served; read on from `to`.
+    #[error("records [{from}, {to}) are lost: {message}")]
+    RecordsLost { from: u64, to: u64, message: String },
     /// The RPC itself failed (connection lost, protocol error).
     #[error("rpc: {0}")]
     Rpc(#[from] capnp::Error),
@@ -67,6 +80,20 @@ impl ClientError {
             WireError::Corruption => ClientError::Corruption(message),
             WireError::Unavailable => ClientError::Unavailable(message),
             WireError::InvalidArgument => ClientError::InvalidArgument(message),
+            WireError::DiskFull => ClientError::DiskFull(message),
+            WireError::ReadOnly => ClientError::ReadOnly(message),
+            WireError::Indeterminate => ClientError::Indeterminate(message),
+            WireError::RecordsLost { from, to } => ClientError::RecordsLost { from, to, message },
         })
+    }
+
+    /// For a failed produce: true when the records may have been appended,
+    /// so sending them again may duplicate them. Transport failures are
+    /// "maybe" too: the request may have reached the server.
+    pub fn maybe_appended(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Indeterminate(_) | ClientError::Rpc(_) | ClientError::Io(_)
+        )
     }
 }

@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// Delete segments older than this many seconds [default: keep all].
     #[arg(long, env = "PROGLOG_RETENTION_SECONDS")]
     pub retention_seconds: Option<u64>,
+    /// Refuse produce (typed disk-full error) while the data directory's file
+    /// system has less free space than this, bytes; 0 turns the floor off
+    /// [default: 67108864].
+    #[arg(long, env = "PROGLOG_MIN_FREE_BYTES")]
+    pub min_free_bytes: Option<u64>,
     /// Most client connections at once [default: 1024].
     #[arg(long, env = "PROGLOG_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -127,6 +132,7 @@ impl ServeArgs {
             max_index_bytes: self.max_index_bytes.or(lower.max_index_bytes),
             retention_bytes: self.retention_bytes.or(lower.retention_bytes),
             retention_seconds: self.retention_seconds.or(lower.retention_seconds),
+            min_free_bytes: self.min_free_bytes.or(lower.min_free_bytes),
             max_connections: self.max_connections.or(lower.max_connections),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             http_addr: self.http_addr.or(lower.http_addr),
@@ -181,6 +187,7 @@ pub struct NodeConfig {
     pub max_index_bytes: u64,
     pub retention_bytes: Option<u64>,
     pub retention_seconds: Option<u64>,
+    pub min_free_bytes: u64,
     pub max_connections: usize,
     pub max_message_bytes: usize,
     pub http_addr: SocketAddr,
@@ -283,6 +290,7 @@ impl NodeConfig {
             max_index_bytes: a.max_index_bytes.unwrap_or(log_defaults.max_index_bytes),
             retention_bytes: a.retention_bytes,
             retention_seconds: a.retention_seconds,
+            min_free_bytes: a.min_free_bytes.unwrap_or(log_defaults.min_free_bytes),
             max_connections: a.max_connections.unwrap_or(1024),
             max_message_bytes: a.max_message_bytes.unwrap_or(64 << 20),
             http_addr: a
@@ -347,6 +355,7 @@ impl NodeConfig {
                 max_bytes: self.retention_bytes,
                 max_age: self.retention_seconds.map(Duration::from_secs),
             },
+            min_free_bytes: self.min_free_bytes,
         })
     }
 

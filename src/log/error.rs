@@ -5,13 +5,24 @@ use crate::storage::StorageError;
 /// What a LogActor answers when it cannot do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// The storage core refused or failed (out of range, too large, corrupt, I/O).
+    /// The storage core refused or failed (out of range, too large, corrupt,
+    /// disk full, records lost, I/O).
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The actor serving this request failed and is being restarted, or went
-    /// away; the request was not carried out (an append was not acknowledged).
+    /// The actor serving this request failed and is being restarted, or an
+    /// earlier append it had queued failed: the request was not carried out
+    /// (an append was not appended; sending it again is safe).
     #[error("partition {partition} is unavailable: {reason}")]
     Unavailable { partition: String, reason: String },
+    /// An append whose outcome is unknown: its bytes may have reached the
+    /// file before the write, the `fdatasync` or the actor failed. It may be
+    /// served after recovery; sending it again may duplicate it.
+    #[error("partition {partition}: append may or may not have been written: {reason}")]
+    Indeterminate { partition: String, reason: String },
+    /// Durable data of the partition is damaged: it serves what is intact and
+    /// refuses writes until an operator runs `proglog repair`.
+    #[error("partition {partition} is read-only: {reason}")]
+    ReadOnly { partition: String, reason: String },
     /// The partition failed repeatedly and is no longer restarted; it needs
     /// an operator. Reads of its healthy segments may still work.
     #[error("partition {partition} has failed: {reason}")]
@@ -24,11 +35,36 @@ pub enum LogError {
     Closed(String),
 }
 
+/// Whether a failed append may have been written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Certainly not appended: sending it again cannot duplicate it.
+    No,
+    /// Maybe appended: sending it again may duplicate it.
+    Maybe,
+}
+
 impl LogError {
     pub(crate) fn unavailable(partition: &str, reason: impl Into<String>) -> LogError {
         LogError::Unavailable {
             partition: partition.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn indeterminate(partition: &str, reason: impl Into<String>) -> LogError {
+        LogError::Indeterminate {
+            partition: partition.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// For a failed append: whether its records may have been written.
+    pub fn appended(&self) -> Appended {
+        match self {
+            LogError::Indeterminate { .. } => Appended::Maybe,
+            LogError::Storage(StorageError::Io { .. }) => Appended::Maybe,
+            _ => Appended::No,
         }
     }
 }

@@ -1,6 +1,12 @@
 //! LogActor: one per partition. Owns the ordered SegmentActors, routes
 //! appends and reads to them, rolls the active segment, applies retention,
-//! and wakes readers waiting at the end of the log.
+//! keeps the partition's recovery point, and wakes readers waiting at the
+//! end of the log.
+//!
+//! States that refuse writes, each with a typed error: read-only (durable
+//! data is damaged: [`LogError::ReadOnly`]), disk full (until a probe sees
+//! space again: `StorageError::DiskFull`), failed (restart budget spent:
+//! [`LogError::PartitionFailed`]), closed.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -16,24 +22,43 @@ use super::error::LogError;
 use super::messages::*;
 use super::restart::RestartBudget;
 use super::segment_actor::{
-    AppendReply, CloseSegment, PanicNow, RemoveSegment, Seal, SegAppend, SegRead, SegReadBatch,
-    SegmentActor, SegmentEvent,
+    AppendReply, CloseSegment, PanicNow, RemoveSegment, Resume, Seal, SegAppend, SegRead,
+    SegReadBatch, SegmentActor, SegmentEvent, free_bytes,
 };
+use super::session::PoisonedSessions;
 use crate::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN};
 use crate::storage::{
-    DirLock, LogConfig, OpenReport, RecordBatch, Segment, StorageError, file_name, open_dir,
+    Checkpoint, DirLock, LogConfig, OpenReport, RecordBatch, Segment, StorageError, file_name,
+    open_dir,
 };
 
 /// How often the retention settings are applied, when any are set.
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the recovery point is written, when it moved.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often free space is checked while the partition is disk-full.
+pub const DISK_FULL_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// Free bytes needed to leave the disk-full state when no floor is set.
+const MIN_FREE_TO_RESUME: u64 = 1 << 20;
 
 /// A started SegmentActor and what the LogActor knows of its segment.
 struct SegmentHandle {
     base: u64,
-    /// Committed next offset (final once sealed).
-    next: u64,
+    /// Records below this are committed (readable as far as this segment goes).
+    committed: u64,
+    /// The segment's final end once it is sealed (or opened read-only).
+    end: Option<u64>,
+    /// Records below this are on disk.
+    synced: u64,
     size_bytes: u64,
     addr: Addr<SegmentActor>,
+}
+
+impl SegmentHandle {
+    /// Whether every record of this sealed segment is committed.
+    fn complete(&self) -> bool {
+        self.end.is_some_and(|end| self.committed >= end)
+    }
 }
 
 /// The actor that serves one partition. Start it with [`LogActor::start`].
@@ -50,6 +75,9 @@ pub struct LogActor {
     /// the SegmentActor could be asked to overfill.
     active_bytes: u64,
     active_entries: u64,
+    /// A roll sealed the active segment but could not create the next one
+    /// (full disk): the next append creates it at this offset first.
+    needs_segment: Option<u64>,
     /// Records below this offset are committed and served to readers.
     committed: u64,
     /// Readers waiting for an offset at or past `committed`.
@@ -58,6 +86,14 @@ pub struct LogActor {
     /// Restarts of this LogActor itself, for escalation.
     restart_budget: RestartBudget,
     failed: Option<String>,
+    /// Durable data is damaged: writes are refused until `proglog repair`.
+    read_only: Option<String>,
+    /// The disk is full: writes are refused until the probe sees space.
+    disk_full: Option<String>,
+    /// Recovery point and lost ranges; written when the point moves.
+    checkpoint: Checkpoint,
+    checkpoint_writing: bool,
+    poisoned: PoisonedSessions,
     closed: bool,
     report: OpenReport,
 }
@@ -65,7 +101,7 @@ pub struct LogActor {
 impl LogActor {
     /// Opens (recovering if needed) the partition directory `dir`. Errors
     /// (bad directory, foreign files, locked) come back here, before any
-    /// actor runs.
+    /// actor runs. Damage opens the partition read-only.
     pub fn open(
         partition: impl Into<String>,
         dir: impl Into<PathBuf>,
@@ -73,26 +109,31 @@ impl LogActor {
     ) -> Result<LogActor, StorageError> {
         let dir = dir.into();
         let opened = open_dir(&dir, &config)?;
-        let segments = opened.segments;
-        let active = segments.last().ok_or_else(|| {
+        let active = opened.segments.last().ok_or_else(|| {
             StorageError::corruption(&dir, 0, "log directory opened with no segment")
         })?;
-        let committed = active.next();
         let (active_bytes, active_entries) = (active.size_bytes(), active.len());
+        let read_only = damage_reason(&opened.damage);
         Ok(LogActor {
             partition: partition.into(),
             dir,
             config,
-            opened: segments,
+            committed: 0,
+            opened: opened.segments,
             segments: Vec::new(),
             lock: Some(opened.lock),
             active_bytes,
             active_entries,
-            committed,
+            needs_segment: None,
             waiters: Vec::new(),
             restarts: 0,
             restart_budget: RestartBudget::default(),
             failed: None,
+            read_only,
+            disk_full: None,
+            checkpoint: opened.checkpoint,
+            checkpoint_writing: false,
+            poisoned: PoisonedSessions::default(),
             closed: false,
             report: opened.report,
         })
@@ -103,6 +144,11 @@ impl LogActor {
         &self.report
     }
 
+    /// Why the partition is read-only, if it is.
+    pub fn read_only_reason(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
     /// Starts the actor under a supervisor on the current actix arbiter.
     pub fn start(self) -> Addr<LogActor> {
         actix::Supervisor::start(move |_| self)
@@ -110,21 +156,39 @@ impl LogActor {
 
     fn spawn_segment(&self, segment: Segment, ctx: &mut Context<Self>) -> SegmentHandle {
         let (base, next, size_bytes) = (segment.base(), segment.next(), segment.size_bytes());
+        let end = (!segment.is_writable()).then_some(next);
         let events = ctx.address().recipient();
-        let (partition, dir, config) = (
+        let (partition, dir, config, poisoned) = (
             self.partition.clone(),
             self.dir.clone(),
             self.config.clone(),
+            self.poisoned.clone(),
         );
         let addr = actix::Supervisor::start(move |_| {
-            SegmentActor::new(partition, dir, config, segment, events)
+            SegmentActor::new(partition, dir, config, segment, events, poisoned)
         });
         SegmentHandle {
             base,
-            next,
+            committed: next,
+            end,
+            synced: next,
             size_bytes,
             addr,
         }
+    }
+
+    /// Starts SegmentActors for segments opened from disk (everything in
+    /// them is committed and durable: recovery synced it).
+    fn adopt(&mut self, segments: Vec<Segment>, ctx: &mut Context<Self>) {
+        if let Some(active) = segments.last() {
+            self.active_bytes = active.size_bytes();
+            self.active_entries = active.len();
+        }
+        for segment in segments {
+            let handle = self.spawn_segment(segment, ctx);
+            self.segments.push(handle);
+        }
+        self.advance_committed();
     }
 
     fn active(&self) -> Option<&SegmentHandle> {
@@ -135,16 +199,60 @@ impl LogActor {
         self.segments.first().map_or(self.committed, |s| s.base)
     }
 
-    fn refuse(&self) -> Option<LogError> {
+    /// Why writes are refused now, if they are.
+    fn refuse_writes(&mut self) -> Option<LogError> {
         if self.closed {
             return Some(LogError::Closed(self.partition.clone()));
         }
-        self.failed
-            .as_ref()
-            .map(|reason| LogError::PartitionFailed {
+        if let Some(reason) = &self.failed {
+            return Some(LogError::PartitionFailed {
                 partition: self.partition.clone(),
                 reason: reason.clone(),
+            });
+        }
+        if let Some(reason) = &self.read_only {
+            return Some(LogError::ReadOnly {
+                partition: self.partition.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if self.disk_full.is_some() {
+            self.probe_free_space();
+        }
+        self.disk_full.as_ref().map(|reason| {
+            LogError::Storage(StorageError::DiskFull {
+                op: "append to",
+                path: self.dir.clone(),
+                reason: reason.clone(),
             })
+        })
+    }
+
+    /// Leaves the disk-full state when the file system has room again.
+    fn probe_free_space(&mut self) {
+        if self.disk_full.is_none() {
+            return;
+        }
+        let needed = self.config.min_free_bytes.max(MIN_FREE_TO_RESUME);
+        if let Ok(free) = free_bytes(&self.dir)
+            && free >= needed
+        {
+            tracing::info!(partition = %self.partition, free, "disk space is back: appends resume");
+            self.disk_full = None;
+        }
+    }
+
+    /// A full-disk error when the free-space floor is crossed, else `None`.
+    fn check_free_floor(&self) -> Option<StorageError> {
+        let floor = self.config.min_free_bytes;
+        match free_bytes(&self.dir) {
+            Ok(free) if floor > 0 && free < floor => Some(StorageError::DiskFull {
+                op: "create a segment in",
+                path: self.dir.clone(),
+                reason: format!("{free} bytes free, below the floor of {floor} (min-free-bytes)"),
+            }),
+            _ => None,
+        }
     }
 
     fn fits(&self, len: usize) -> bool {
@@ -152,8 +260,38 @@ impl LogActor {
             && self.active_bytes + (FRAME_HEADER_LEN + len) as u64 <= self.config.max_store_bytes
     }
 
+    /// Creates the segment a failed roll could not (after the disk filled).
+    fn create_missing_segment(&mut self, ctx: &mut Context<Self>) -> Result<(), LogError> {
+        let Some(base) = self.needs_segment else {
+            return Ok(());
+        };
+        if let Some(full) = self.check_free_floor() {
+            return Err(full.into());
+        }
+        let segment = Segment::create(&self.dir, base, &self.config)?;
+        let handle = self.spawn_segment(segment, ctx);
+        self.segments.push(handle);
+        self.active_bytes = FILE_HEADER_LEN as u64;
+        self.active_entries = 0;
+        self.needs_segment = None;
+        Ok(())
+    }
+
     /// Sends as many records as fit to the active segment; rolls for the rest.
-    fn dispatch(&mut self, mut records: Vec<Vec<u8>>, reply: AppendReply, ctx: &mut Context<Self>) {
+    fn dispatch(
+        &mut self,
+        mut records: Vec<Vec<u8>>,
+        session: Option<u64>,
+        reply: AppendReply,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(e) = self.create_missing_segment(ctx) {
+            if let Some(s) = session {
+                self.poisoned.insert(s);
+            }
+            let _ = reply.send(Err(e));
+            return;
+        }
         let mut fit = 0;
         while fit < records.len() && self.fits(records[fit].len()) {
             self.active_bytes += (FRAME_HEADER_LEN + records[fit].len()) as u64;
@@ -165,7 +303,11 @@ impl LogActor {
             return;
         };
         if fit == records.len() {
-            active.addr.do_send(SegAppend { records, reply });
+            active.addr.do_send(SegAppend {
+                records,
+                reply,
+                session,
+            });
             return;
         }
         let rest = records.split_off(fit);
@@ -178,17 +320,18 @@ impl LogActor {
             active.addr.do_send(SegAppend {
                 records,
                 reply: first_tx,
+                session,
             });
             let partition = self.partition.clone();
             actix_rt::spawn(async move {
-                let gone = || LogError::unavailable(&partition, "segment actor went away");
+                let gone = || LogError::indeterminate(&partition, "segment actor went away");
                 let first = first_rx.await.unwrap_or_else(|_| Err(gone()));
                 let rest = rest_rx.await.unwrap_or_else(|_| Err(gone()));
                 let _ = reply.send(first.and_then(|a| rest.map(|b: Range<u64>| a.start..b.end)));
             });
             rest_tx
         };
-        self.roll_then_dispatch(rest, rest_reply, ctx);
+        self.roll_then_dispatch(rest, session, rest_reply, ctx);
     }
 
     /// Seals the active segment, starts the next one at its real end, then
@@ -197,57 +340,91 @@ impl LogActor {
     fn roll_then_dispatch(
         &mut self,
         records: Vec<Vec<u8>>,
+        session: Option<u64>,
         reply: AppendReply,
         ctx: &mut Context<Self>,
     ) {
         let Some(active) = self.active() else { return };
         let seal = active.addr.send(Seal);
         ctx.wait(seal.into_actor(self).map(move |sealed, act, ctx| {
-            let next = match sealed {
-                Ok(Ok(next)) => next,
+            let sealed = match sealed {
+                Ok(Ok(sealed)) => sealed,
                 Ok(Err(e)) => {
                     let _ = reply.send(Err(e));
                     return;
                 }
                 Err(_) => {
-                    let _ = reply.send(Err(LogError::unavailable(&act.partition, "segment actor went away while rolling")));
+                    let _ = reply.send(Err(LogError::unavailable(
+                        &act.partition,
+                        "segment actor went away while rolling",
+                    )));
                     return;
                 }
             };
+            act.poisoned.extend(sealed.poisoned);
             if let Some(old) = act.segments.last_mut() {
-                old.next = next;
+                old.end = Some(sealed.next);
                 old.size_bytes = act.active_bytes;
             }
-            act.commit(next);
-            match Segment::create(&act.dir, next, &act.config) {
-                Ok(segment) => {
-                    tracing::debug!(partition = %act.partition, base = next, "rolled to a new segment");
-                    let handle = act.spawn_segment(segment, ctx);
-                    act.segments.push(handle);
-                    act.active_bytes = FILE_HEADER_LEN as u64;
-                    act.active_entries = 0;
-                    act.dispatch(records, reply, ctx);
-                }
-                Err(e) => {
-                    tracing::error!(partition = %act.partition, error = %e, "cannot create a new segment");
-                    let _ = reply.send(Err(e.into()));
-                }
-            }
+            act.needs_segment = Some(sealed.next);
+            tracing::debug!(partition = %act.partition, base = sealed.next, "rolling to a new segment");
+            act.dispatch(records, session, reply, ctx);
         }));
     }
 
-    /// Raises the committed offset and wakes the readers it satisfies.
-    fn commit(&mut self, next: u64) {
-        if next <= self.committed {
+    /// Recomputes the committed offset: readers see a segment's records
+    /// only once every segment before it is complete, so a roll never
+    /// exposes records the old segment's seal has not synced yet.
+    fn advance_committed(&mut self) {
+        let mut readable = self.segments.first().map_or(self.committed, |s| s.base);
+        for s in &self.segments {
+            readable = s.committed;
+            if !s.complete() {
+                break;
+            }
+        }
+        if readable > self.committed {
+            self.committed = readable;
+            self.wake_waiters();
+        }
+    }
+
+    /// Everything below this offset is on disk: the recovery point.
+    fn durable_point(&self) -> u64 {
+        let mut point = self.checkpoint.recovery_point;
+        for s in &self.segments {
+            point = point.max(s.synced.min(s.committed));
+            match s.end {
+                Some(end) if s.synced >= end => continue,
+                _ => break,
+            }
+        }
+        point
+    }
+
+    /// Writes the checkpoint on the blocking pool when the recovery point moved.
+    fn write_checkpoint(&mut self, ctx: &mut Context<Self>) {
+        let point = self.durable_point();
+        if self.checkpoint_writing || point <= self.checkpoint.recovery_point {
             return;
         }
-        self.committed = next;
-        if let Some(active) = self.segments.last_mut()
-            && active.base <= next
-        {
-            active.next = active.next.max(next);
-        }
-        self.wake_waiters();
+        let mut next = self.checkpoint.clone();
+        next.recovery_point = point;
+        self.checkpoint_writing = true;
+        let dir = self.dir.clone();
+        let job = actix_rt::task::spawn_blocking(move || next.store(&dir).map(|()| next));
+        ctx.spawn(job.into_actor(self).map(|joined, act, _| {
+            act.checkpoint_writing = false;
+            match joined {
+                Ok(Ok(written)) => act.checkpoint = written,
+                Ok(Err(e)) => {
+                    tracing::warn!(partition = %act.partition, error = %e, "cannot write the checkpoint")
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %act.partition, error = %e, "checkpoint task failed")
+                }
+            }
+        }));
     }
 
     fn wake_waiters(&mut self) {
@@ -271,6 +448,7 @@ impl LogActor {
         }
     }
 
+    /// The error for reading `offset`, if it is out of range or in a gap.
     fn check_range(&self, offset: u64) -> Result<(), LogError> {
         let (lowest, next) = (self.lowest(), self.committed);
         if offset < lowest || offset >= next {
@@ -281,7 +459,37 @@ impl LogActor {
             }
             .into());
         }
-        Ok(())
+        let segment = self.segment_for(offset);
+        let end = segment.end.unwrap_or(u64::MAX);
+        if offset < end {
+            return Ok(());
+        }
+        // Between two segments: a known lost range, or damage.
+        let resume = self
+            .segments
+            .iter()
+            .find(|s| s.base > offset)
+            .map_or(next, |s| s.base);
+        if let Some(lost) = self.checkpoint.lost_range_of(offset) {
+            return Err(StorageError::RecordsLost {
+                from: lost.range.start,
+                to: lost.range.end,
+                cause: match lost.cause {
+                    crate::storage::LostCause::PowerCut => "power cut beyond the recovery point",
+                    crate::storage::LostCause::Repair => "cut by repair",
+                },
+            }
+            .into());
+        }
+        Err(StorageError::corruption(
+            self.dir.join(file_name(segment.base, "store")),
+            0,
+            format!(
+                "record {offset} cannot be read: the partition is damaged from offset {end} to {resume} ({})",
+                self.read_only.as_deref().unwrap_or("see the start-up log")
+            ),
+        )
+        .into())
     }
 
     fn segment_for(&self, offset: u64) -> &SegmentHandle {
@@ -307,7 +515,7 @@ impl LogActor {
                 let reason = super::segment_actor::panic_message(&*panic);
                 tracing::error!(partition = %self.partition, %reason, "log actor failed: restarting it");
                 ctx.stop();
-                on_panic(LogError::unavailable(
+                on_panic(LogError::indeterminate(
                     &self.partition,
                     format!("log actor failed ({reason}) and is restarting"),
                 ))
@@ -325,16 +533,10 @@ impl LogActor {
             Ok(opened) => {
                 self.lock = Some(opened.lock);
                 self.report = opened.report;
-                if let Some(active) = opened.segments.last() {
-                    self.active_bytes = active.size_bytes();
-                    self.active_entries = active.len();
-                    let next = active.next();
-                    for segment in opened.segments {
-                        let handle = self.spawn_segment(segment, ctx);
-                        self.segments.push(handle);
-                    }
-                    self.commit(next);
-                }
+                self.checkpoint = opened.checkpoint;
+                self.read_only = damage_reason(&opened.damage);
+                self.needs_segment = None;
+                self.adopt(opened.segments, ctx);
                 tracing::warn!(partition = %self.partition, next = self.committed, "log actor restarted: partition reopened");
             }
             Err(e) => {
@@ -359,6 +561,22 @@ impl LogActor {
         }
         n
     }
+
+    fn handle_of(&mut self, base: u64) -> Option<&mut SegmentHandle> {
+        self.segments.iter_mut().find(|s| s.base == base)
+    }
+}
+
+/// One line naming every damage found, for errors, `/readyz` and stats.
+fn damage_reason(damage: &[crate::storage::Damage]) -> Option<String> {
+    if damage.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = damage.iter().map(ToString::to_string).collect();
+    Some(format!(
+        "damaged durable data: {}; run `proglog repair` (see the README)",
+        list.join("; ")
+    ))
 }
 
 impl Actor for LogActor {
@@ -366,9 +584,10 @@ impl Actor for LogActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1024);
-        for segment in std::mem::take(&mut self.opened) {
-            let handle = self.spawn_segment(segment, ctx);
-            self.segments.push(handle);
+        let opened = std::mem::take(&mut self.opened);
+        self.adopt(opened, ctx);
+        if let Some(reason) = &self.read_only {
+            tracing::error!(partition = %self.partition, %reason, "partition is read-only");
         }
         let retention = self.config.retention;
         if retention.max_bytes.is_some() || retention.max_age.is_some() {
@@ -376,6 +595,8 @@ impl Actor for LogActor {
                 ctx.notify(ApplyRetention)
             });
         }
+        ctx.run_interval(CHECKPOINT_INTERVAL, |act, ctx| act.write_checkpoint(ctx));
+        ctx.run_interval(DISK_FULL_PROBE_INTERVAL, |act, _| act.probe_free_space());
     }
 }
 
@@ -429,10 +650,49 @@ impl Handler<SegmentEvent> for LogActor {
 impl LogActor {
     fn on_segment_event(&mut self, event: SegmentEvent, _ctx: &mut Context<Self>) {
         match event {
-            SegmentEvent::Committed { next } => self.commit(next),
-            SegmentEvent::Restarted { base, next, reason } => {
+            SegmentEvent::Committed { base, next } => {
+                if let Some(h) = self.handle_of(base) {
+                    h.committed = h.committed.max(next);
+                }
+                self.advance_committed();
+            }
+            SegmentEvent::Synced { base, next } => {
+                if let Some(h) = self.handle_of(base) {
+                    h.synced = h.synced.max(next);
+                }
+            }
+            SegmentEvent::RolledBack {
+                base,
+                size_bytes,
+                entries,
+                error,
+                poisoned,
+            } => {
+                self.poisoned.extend(poisoned);
+                tracing::warn!(partition = %self.partition, base, %error, "disk full: appends refused until space returns");
+                self.disk_full = Some(error.to_string());
+                self.resume_segment(base, size_bytes, entries);
+            }
+            SegmentEvent::Restarted {
+                base,
+                next,
+                size_bytes,
+                entries,
+                reason,
+                poisoned,
+            } => {
                 self.restarts += 1;
+                self.poisoned.extend(poisoned);
                 tracing::warn!(partition = %self.partition, base, next, %reason, "segment restarted");
+                if let Some(h) = self.handle_of(base) {
+                    h.committed = h.committed.max(next);
+                    h.synced = h.synced.max(next);
+                    if h.end.is_some() {
+                        h.end = Some(next.max(h.end.unwrap_or(next)));
+                    }
+                }
+                self.resume_segment(base, size_bytes, entries);
+                self.advance_committed();
             }
             SegmentEvent::Failed { base, reason } => {
                 let is_active = self.active().is_some_and(|a| a.base == base);
@@ -446,6 +706,27 @@ impl LogActor {
                     });
                 }
             }
+            SegmentEvent::Damaged { base, reason } => {
+                tracing::error!(partition = %self.partition, base, %reason, "damaged durable data found by a read: the partition is now read-only");
+                self.read_only.get_or_insert_with(|| {
+                    format!("damaged durable data: {reason}; run `proglog repair` (see the README)")
+                });
+            }
+        }
+    }
+
+    /// After a rollback or restart of segment `base`: its real size replaces
+    /// the estimate (every append sent before is refused by it), then it
+    /// takes appends again.
+    fn resume_segment(&mut self, base: u64, size_bytes: u64, entries: u64) {
+        let is_active =
+            self.active().is_some_and(|a| a.base == base) && self.needs_segment.is_none();
+        if is_active {
+            self.active_bytes = size_bytes;
+            self.active_entries = entries;
+        }
+        if let Some(h) = self.handle_of(base) {
+            h.addr.do_send(Resume);
         }
     }
 }
@@ -468,8 +749,17 @@ impl LogActor {
         msg: Append,
         ctx: &mut Context<Self>,
     ) -> <Self as Handler<Append>>::Result {
-        if let Some(e) = self.refuse() {
+        if let Some(e) = self.refuse_writes() {
+            if let Some(s) = msg.session {
+                self.poisoned.insert(s);
+            }
             return Box::pin(ready(Err(e)));
+        }
+        if self.poisoned.contains(msg.session) {
+            return Box::pin(ready(Err(LogError::unavailable(
+                &self.partition,
+                "an earlier batch of this produce stream failed; later batches are not appended",
+            ))));
         }
         let max = self.config.max_record_bytes;
         if let Some(r) = msg.records.iter().find(|r| r.len() > max as usize) {
@@ -484,11 +774,11 @@ impl LogActor {
             return Box::pin(ready(Ok(at..at)));
         }
         let (tx, rx) = oneshot::channel();
-        self.dispatch(msg.records, tx, ctx);
+        self.dispatch(msg.records, msg.session, tx, ctx);
         let partition = self.partition.clone();
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
-                Err(LogError::unavailable(
+                Err(LogError::indeterminate(
                     &partition,
                     "append was dropped by a failing segment actor",
                 ))
@@ -588,8 +878,11 @@ impl LogActor {
         if msg.offset < self.committed {
             return Box::pin(ready(Ok(self.committed)));
         }
-        if let Some(e) = self.refuse() {
-            return Box::pin(ready(Err(e)));
+        if self.closed || self.failed.is_some() {
+            let e = self.refuse_writes();
+            return Box::pin(ready(Err(
+                e.unwrap_or_else(|| LogError::Closed(self.partition.clone()))
+            )));
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push((msg.offset, tx));
@@ -612,14 +905,16 @@ impl LogActor {
         msg: Truncate,
         _ctx: &mut Context<Self>,
     ) -> <Self as Handler<Truncate>>::Result {
-        if let Some(e) = self.refuse() {
-            return Err(e);
+        if self.closed || self.failed.is_some() {
+            return Err(self
+                .refuse_writes()
+                .unwrap_or_else(|| LogError::Closed(self.partition.clone())));
         }
         let lowest = msg.lowest.min(self.committed);
         let n = self
             .segments
             .iter()
-            .take_while(|s| s.next <= lowest)
+            .take_while(|s| s.complete() && s.committed <= lowest)
             .count();
         Ok(self.remove_oldest(n))
     }
@@ -639,8 +934,10 @@ impl LogActor {
         _msg: ApplyRetention,
         _ctx: &mut Context<Self>,
     ) -> <Self as Handler<ApplyRetention>>::Result {
-        if let Some(e) = self.refuse() {
-            return Err(e);
+        if self.closed || self.failed.is_some() {
+            return Err(self
+                .refuse_writes()
+                .unwrap_or_else(|| LogError::Closed(self.partition.clone())));
         }
         let mut ages = Vec::with_capacity(self.segments.len());
         for s in &self.segments {
@@ -685,6 +982,9 @@ impl Handler<Stats> for LogActor {
                 },
             restarts: self.restarts,
             failed: self.failed.clone(),
+            read_only: self.read_only.clone(),
+            disk_full: self.disk_full.clone(),
+            recovery_point: self.durable_point(),
         })
     }
 }

@@ -14,14 +14,37 @@ use crate::storage::RecordBatch;
 #[rtype(result = "Result<Range<u64>, LogError>")]
 pub struct Append {
     pub records: Vec<Vec<u8>>,
+    /// The produce stream this batch belongs to. Once a batch of a session
+    /// fails, every later batch of it is refused (not appended), so a
+    /// stream's records never land out of order behind a failed batch.
+    pub session: Option<u64>,
 }
 
 impl Append {
     pub fn one(record: Vec<u8>) -> Append {
+        Append::batch(vec![record])
+    }
+
+    pub fn batch(records: Vec<Vec<u8>>) -> Append {
         Append {
-            records: vec![record],
+            records,
+            session: None,
         }
     }
+
+    /// A batch of the produce stream `session` (see [`new_session`]).
+    pub fn in_session(records: Vec<Vec<u8>>, session: u64) -> Append {
+        Append {
+            records,
+            session: Some(session),
+        }
+    }
+}
+
+/// A fresh produce-session id, unique in this process.
+pub fn new_session() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Reads one record.
@@ -83,6 +106,12 @@ pub struct LogStats {
     pub restarts: u64,
     /// Set when the partition failed for good.
     pub failed: Option<String>,
+    /// Set when durable data is damaged: writes are refused until repair.
+    pub read_only: Option<String>,
+    /// Set while the disk is full: writes are refused until space returns.
+    pub disk_full: Option<String>,
+    /// Every record below this offset is on disk.
+    pub recovery_point: u64,
 }
 
 /// Flushes, syncs and seals every segment, stops the actors and releases the

@@ -21,8 +21,11 @@ mod messages;
 mod partitions;
 mod restart;
 mod segment_actor;
+mod session;
 
-pub use error::LogError;
-pub use log_actor::{LogActor, RETENTION_CHECK_INTERVAL};
+pub use error::{Appended, LogError};
+pub use log_actor::{
+    CHECKPOINT_INTERVAL, DISK_FULL_PROBE_INTERVAL, LogActor, RETENTION_CHECK_INTERVAL,
+};
 pub use messages::*;
 pub use partitions::{NodeIdentity, Partitions};

@@ -1,5 +1,6 @@
 //! SegmentActor: owns one [`Segment`]; appends with group commit, reads,
-//! seals; restarted through the recovery path when it fails.
+//! seals; takes back appends a full disk refused; restarted through the
+//! recovery path when it fails.
 
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -11,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::error::LogError;
 use super::restart::RestartBudget;
+use super::session::PoisonedSessions;
 use crate::storage::{LogConfig, RecordBatch, Segment, StorageError, SyncPolicy};
 use crate::telemetry::FsyncMetrics;
 
@@ -24,6 +26,8 @@ pub(crate) type AppendReply = oneshot::Sender<Result<Range<u64>, LogError>>;
 pub(crate) struct SegAppend {
     pub records: Vec<Vec<u8>>,
     pub reply: AppendReply,
+    /// The produce stream it belongs to, whose order must hold.
+    pub session: Option<u64>,
 }
 
 #[derive(Message)]
@@ -41,10 +45,17 @@ pub(crate) struct SegReadBatch {
     pub max_bytes: usize,
 }
 
-/// Makes the segment read-only (after its pending appends are committed);
-/// answers its real next offset, where the next segment starts.
+/// What a [`Seal`] answers.
+pub(crate) struct Sealed {
+    /// The segment's real next offset: where the next segment starts.
+    pub next: u64,
+    /// Sessions whose appends failed here: the next segment refuses them too.
+    pub poisoned: Vec<u64>,
+}
+
+/// Makes the segment read-only (after its pending appends are committed).
 #[derive(Message)]
-#[rtype(result = "Result<u64, LogError>")]
+#[rtype(result = "Result<Sealed, LogError>")]
 pub(crate) struct Seal;
 
 /// Seals (if active) and releases the files; the actor then only answers errors.
@@ -56,6 +67,12 @@ pub(crate) struct CloseSegment;
 #[derive(Message)]
 #[rtype(result = "Result<(), LogError>")]
 pub(crate) struct RemoveSegment;
+
+/// From the LogActor, after it has taken in a `RolledBack` or `Restarted`
+/// event: appends sent before this were refused, appends after it are taken.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Resume;
 
 /// Self-sent after a burst of appends: one flush (and sync) for all of them.
 #[derive(Message)]
@@ -71,21 +88,51 @@ pub(crate) struct PanicNow;
 #[rtype(result = "()")]
 pub(crate) enum SegmentEvent {
     /// Records below `next` are committed (flushed, synced per policy) and may be served.
-    Committed { next: u64 },
-    /// The actor failed and reopened its segment through recovery.
+    Committed { base: u64, next: u64 },
+    /// Records below `next` are on disk (an `fdatasync` or the seal covered them).
+    Synced { base: u64, next: u64 },
+    /// A full disk (or the free-space floor) refused the appends since the
+    /// last commit: they were taken back and answered "disk full". The
+    /// segment holds `entries` records in `size_bytes`; it refuses appends
+    /// until [`Resume`].
+    RolledBack {
+        base: u64,
+        size_bytes: u64,
+        entries: u64,
+        error: StorageError,
+        poisoned: Vec<u64>,
+    },
+    /// The actor failed and reopened its segment through recovery; it
+    /// refuses appends until [`Resume`].
     Restarted {
         base: u64,
         next: u64,
+        size_bytes: u64,
+        entries: u64,
         reason: String,
+        poisoned: Vec<u64>,
     },
     /// The actor failed too often (or could not reopen): it gives up.
     Failed { base: u64, reason: String },
+    /// A read found damaged data in this segment (now marked for a full
+    /// scan at the next open).
+    Damaged { base: u64, reason: String },
+}
+
+/// Why appends are refused until the LogActor sends [`Resume`].
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// A full disk took back the appends before them.
+    DiskFull(String),
+    /// The actor failed and restarted.
+    Restarted(String),
 }
 
 /// An append waiting for its commit.
 struct Pending {
     reply: AppendReply,
     offsets: Range<u64>,
+    session: Option<u64>,
 }
 
 pub(crate) struct SegmentActor {
@@ -106,16 +153,26 @@ pub(crate) struct SegmentActor {
     next_sync: Vec<Pending>,
     sync_in_flight: bool,
     commit_scheduled: bool,
+    /// The segment's next offset at the last successful flush: what a
+    /// failed write rolls back to.
+    flushed_next: u64,
     /// Bytes were flushed since the last completed sync.
     unsynced: bool,
+    /// Records below this offset are on disk (synced by this actor, or
+    /// durable when it was opened): a reopen never cuts below it.
+    synced_next: u64,
     last_sync: Instant,
+    /// Set after a rollback or a restart until the LogActor's [`Resume`].
+    refusing: Option<Refusal>,
+    poisoned: PoisonedSessions,
     restarts: RestartBudget,
     failed: Option<String>,
     /// Closed or removed on purpose: answer errors, do not come back.
     retired: bool,
+    /// A read already reported damage here (reported once).
+    damage_reported: bool,
     panic_next: bool,
-    /// fsync latency histograms of the node whose data directory holds
-    /// `dir` (looked up once at creation); `None` when metrics are off.
+    /// fsync latency histograms of the node; `None` when metrics are off.
     fsync: Option<FsyncMetrics>,
 }
 
@@ -126,11 +183,14 @@ impl SegmentActor {
         config: LogConfig,
         segment: Segment,
         events: Recipient<SegmentEvent>,
+        poisoned: PoisonedSessions,
     ) -> SegmentActor {
         SegmentActor {
             partition,
             base: segment.base(),
             writable: segment.is_writable(),
+            flushed_next: segment.next(),
+            synced_next: segment.next(),
             segment: Some(segment),
             config,
             events,
@@ -141,9 +201,12 @@ impl SegmentActor {
             commit_scheduled: false,
             unsynced: false,
             last_sync: Instant::now(),
+            refusing: None,
+            poisoned,
             restarts: RestartBudget::default(),
             failed: None,
             retired: false,
+            damage_reported: false,
             panic_next: false,
             fsync: crate::telemetry::fsync_metrics_for(&dir),
             dir,
@@ -162,13 +225,14 @@ impl SegmentActor {
     }
 
     /// Runs storage work on the segment. A panic, or an error from a write
-    /// (`fatal`), fails the actor: every waiting append is answered with an
-    /// error and the actor stops, so its supervisor reopens the segment
-    /// through recovery. Read errors are only answered.
+    /// (`write`), fails the actor: every waiting append is answered and the
+    /// actor stops, so its supervisor reopens the segment through recovery.
+    /// A full disk is not a failure: the appends since the last commit are
+    /// taken back and answered "disk full". Read errors are only answered.
     fn guarded<T>(
         &mut self,
         ctx: &mut Context<Self>,
-        fatal: bool,
+        write: bool,
         work: impl FnOnce(&mut Segment) -> Result<T, StorageError>,
     ) -> Result<T, LogError> {
         let panic_next = std::mem::take(&mut self.panic_next);
@@ -183,16 +247,26 @@ impl SegmentActor {
         }));
         match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if !fatal => Err(e.into()),
+            Ok(Err(e)) if !write => {
+                if e.is_corruption() {
+                    self.report_damage(&e);
+                }
+                Err(e.into())
+            }
+            Ok(Err(e)) if e.is_disk_full() => {
+                let answer = disk_full_copy(&e);
+                self.take_back(ctx, e);
+                Err(answer.into())
+            }
             Ok(Err(e)) => {
                 let reason = e.to_string();
                 self.fail(ctx, &reason);
-                Err(e.into())
+                Err(LogError::indeterminate(&self.partition, reason))
             }
             Err(panic) => {
                 let reason = panic_message(&*panic);
                 self.fail(ctx, &format!("panic: {reason}"));
-                Err(LogError::unavailable(
+                Err(LogError::indeterminate(
                     &self.partition,
                     format!("segment actor failed ({reason}) and is restarting"),
                 ))
@@ -200,23 +274,78 @@ impl SegmentActor {
         }
     }
 
-    /// Drops the segment (unflushed records die, as in a crash: none of them
-    /// was acknowledged), answers every waiting append with an error and stops.
+    /// A read met damaged data: the segment is flagged for a full scan at the
+    /// next open, and the LogActor turns the partition read-only.
+    fn report_damage(&mut self, e: &StorageError) {
+        if std::mem::replace(&mut self.damage_reported, true) {
+            return;
+        }
+        if let Some(segment) = self.segment.as_mut()
+            && let Err(mark) = segment.mark_suspect()
+        {
+            tracing::error!(partition = %self.partition, base = self.base, error = %mark, "cannot flag the damaged segment for a scan");
+        }
+        self.events.do_send(SegmentEvent::Damaged {
+            base: self.base,
+            reason: e.to_string(),
+        });
+    }
+
+    /// Takes back every append since the last successful flush after a full
+    /// disk refused a write: the file is cut back, so "not appended" is true.
+    /// The appends are answered "disk full" and the actor refuses more until
+    /// the LogActor has taken in the event and sends [`Resume`].
+    fn take_back(&mut self, ctx: &mut Context<Self>, error: StorageError) {
+        let Some(segment) = self.segment.as_mut() else {
+            return;
+        };
+        if let Err(e) = segment.rollback(self.flushed_next) {
+            self.fail(ctx, &format!("taking back appends after {error}: {e}"));
+            return;
+        }
+        tracing::warn!(partition = %self.partition, base = self.base, %error, "disk full: appends since the last commit were taken back");
+        let (size_bytes, entries) = (segment.size_bytes(), segment.len());
+        for p in self.pending.drain(..) {
+            if let Some(s) = p.session {
+                self.poisoned.insert(s);
+            }
+            let _ = p.reply.send(Err(disk_full_copy(&error).into()));
+        }
+        self.commit_scheduled = false;
+        self.refusing = Some(Refusal::DiskFull(error.to_string()));
+        self.events.do_send(SegmentEvent::RolledBack {
+            base: self.base,
+            size_bytes,
+            entries,
+            error,
+            poisoned: self.poisoned.to_vec(),
+        });
+    }
+
+    /// Drops the segment (its cached pages too: after a failed write or
+    /// `fdatasync` only the disk is the truth), answers every waiting append
+    /// with an indeterminate error and stops, so the supervisor reopens it.
     fn fail(&mut self, ctx: &mut Context<Self>, reason: &str) {
         tracing::error!(partition = %self.partition, base = self.base, reason, "segment actor failed");
-        self.segment = None;
+        if let Some(segment) = self.segment.take() {
+            segment.drop_cached_pages();
+        }
         let error = || {
-            LogError::unavailable(
+            LogError::indeterminate(
                 &self.partition,
-                format!("segment failed before the append was committed: {reason}"),
+                format!("segment failed before the append was acknowledged: {reason}"),
             )
         };
-        for p in self
+        let waiting: Vec<Pending> = self
             .pending
             .drain(..)
             .chain(self.syncing.drain(..))
             .chain(self.next_sync.drain(..))
-        {
+            .collect();
+        for p in waiting {
+            if let Some(s) = p.session {
+                self.poisoned.insert(s);
+            }
             let _ = p.reply.send(Err(error()));
         }
         self.sync_in_flight = false;
@@ -248,7 +377,30 @@ impl SegmentActor {
         for p in done {
             let _ = p.reply.send(Ok(p.offsets));
         }
-        self.events.do_send(SegmentEvent::Committed { next });
+        self.events.do_send(SegmentEvent::Committed {
+            base: self.base,
+            next,
+        });
+    }
+
+    /// Whether the file system has less free space than the floor.
+    fn below_free_floor(&self) -> Option<StorageError> {
+        let floor = self.config.min_free_bytes;
+        if floor == 0 {
+            return None;
+        }
+        match free_bytes(&self.dir) {
+            Ok(free) if free < floor => Some(StorageError::DiskFull {
+                op: "append to",
+                path: self.dir.clone(),
+                reason: format!("{free} bytes free, below the floor of {floor} (min-free-bytes)"),
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read free space");
+                None
+            }
+        }
     }
 
     /// Starts an `fdatasync` on the blocking pool for `self.syncing`; the
@@ -258,6 +410,7 @@ impl SegmentActor {
             return;
         };
         let file = segment.sync_handle();
+        let upto = self.flushed_next;
         self.sync_in_flight = true;
         self.unsynced = false;
         let started = Instant::now();
@@ -282,22 +435,70 @@ impl SegmentActor {
                 Ok(()) => {
                     let done = std::mem::take(&mut act.syncing);
                     act.acknowledge(done);
+                    act.synced_next = act.synced_next.max(upto);
+                    act.events.do_send(SegmentEvent::Synced {
+                        base: act.base,
+                        next: upto,
+                    });
                     if !act.next_sync.is_empty() {
                         act.syncing = std::mem::take(&mut act.next_sync);
                         act.start_sync(ctx);
                     }
                 }
+                // Never retried into success: the pages the kernel failed to
+                // write may now be marked clean. Reopen from the disk.
                 Err(reason) => act.fail(ctx, &format!("fdatasync failed: {reason}")),
             }
         }));
     }
 
-    /// Reopens the segment through the recovery path.
+    /// Reopens the segment through the recovery path (from the disk: the
+    /// cached pages were dropped), then syncs it, so what it serves from now
+    /// on is durable whatever the policy.
     fn reopen(&mut self) -> Result<(), StorageError> {
-        let (segment, _) = Segment::open(&self.dir, self.base, &self.config, self.writable)?;
+        let (mut segment, _) = Segment::open(
+            &self.dir,
+            self.base,
+            &self.config,
+            self.writable,
+            self.synced_next,
+        )?;
+        if segment.is_writable() {
+            segment.sync()?;
+        }
+        self.flushed_next = segment.next();
+        self.synced_next = segment.next();
         self.segment = Some(segment);
         Ok(())
     }
+}
+
+/// A disk-full error like `e`, for each of the appends it refused.
+fn disk_full_copy(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::DiskFull { op, path, reason } => StorageError::DiskFull {
+            op,
+            path: path.clone(),
+            reason: reason.clone(),
+        },
+        other => StorageError::DiskFull {
+            op: "append",
+            path: PathBuf::new(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Bytes available to this process on the file system holding `dir`.
+pub(crate) fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stat` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -353,12 +554,19 @@ impl Supervised for SegmentActor {
         }
         match self.reopen() {
             Ok(()) => {
-                let next = self.segment.as_ref().map_or(self.base, Segment::next);
+                let (next, size_bytes, entries) = self
+                    .segment
+                    .as_ref()
+                    .map_or((self.base, 0, 0), |s| (s.next(), s.size_bytes(), s.len()));
                 tracing::warn!(partition = %self.partition, base = self.base, next, "segment actor restarted");
+                self.refusing = Some(Refusal::Restarted(reason.clone()));
                 self.events.do_send(SegmentEvent::Restarted {
                     base: self.base,
                     next,
+                    size_bytes,
+                    entries,
                     reason,
+                    poisoned: self.poisoned.to_vec(),
                 });
             }
             Err(e) => {
@@ -382,6 +590,31 @@ impl Handler<SegAppend> for SegmentActor {
             let _ = msg.reply.send(Err(self.unavailable()));
             return;
         }
+        if let Some(refusal) = &self.refusing {
+            let error = match refusal {
+                Refusal::DiskFull(reason) => LogError::Storage(StorageError::DiskFull {
+                    op: "append to",
+                    path: self.dir.clone(),
+                    reason: reason.clone(),
+                }),
+                Refusal::Restarted(reason) => LogError::unavailable(
+                    &self.partition,
+                    format!("an append queued before this one failed ({reason}); not appended"),
+                ),
+            };
+            if let Some(s) = msg.session {
+                self.poisoned.insert(s);
+            }
+            let _ = msg.reply.send(Err(error));
+            return;
+        }
+        if self.poisoned.contains(msg.session) {
+            let _ = msg.reply.send(Err(LogError::unavailable(
+                &self.partition,
+                "an earlier batch of this produce stream failed; later batches are not appended",
+            )));
+            return;
+        }
         let records = msg.records;
         let result = self.guarded(ctx, true, |segment| {
             let mut offsets: Option<Range<u64>> = None;
@@ -402,10 +635,14 @@ impl Handler<SegAppend> for SegmentActor {
                 self.pending.push(Pending {
                     reply: msg.reply,
                     offsets,
+                    session: msg.session,
                 });
                 self.schedule_commit(ctx);
             }
             Err(e) => {
+                if let Some(s) = msg.session {
+                    self.poisoned.insert(s);
+                }
                 let _ = msg.reply.send(Err(e));
             }
         }
@@ -420,8 +657,15 @@ impl Handler<Commit> for SegmentActor {
         if self.pending.is_empty() {
             return;
         }
+        if let Some(full) = self.below_free_floor() {
+            self.take_back(ctx, full);
+            return;
+        }
         if self.guarded(ctx, true, Segment::flush).is_err() {
-            return; // failed: pending appends were answered with the error
+            return; // pending appends were answered with the error
+        }
+        if let Some(segment) = self.segment.as_ref() {
+            self.flushed_next = segment.next();
         }
         self.unsynced = true;
         let flushed = std::mem::take(&mut self.pending);
@@ -433,6 +677,14 @@ impl Handler<Commit> for SegmentActor {
             self.syncing = flushed;
             self.start_sync(ctx);
         }
+    }
+}
+
+impl Handler<Resume> for SegmentActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Resume, _ctx: &mut Context<Self>) {
+        self.refusing = None;
     }
 }
 
@@ -457,12 +709,14 @@ impl Handler<SegReadBatch> for SegmentActor {
 }
 
 impl Handler<Seal> for SegmentActor {
-    type Result = Result<u64, LogError>;
+    type Result = Result<Sealed, LogError>;
 
     /// Answers the real end offset at once (the next segment can start
     /// there), then syncs and seals on the blocking pool: flushing a whole
     /// segment can take a while and must not hold up the actor thread. The
     /// mailbox of this one segment waits meanwhile (reads of it queue up).
+    /// Its last records are committed (served, and under `sync=always`
+    /// acknowledged) only once the seal has synced them.
     fn handle(&mut self, _: Seal, ctx: &mut Context<Self>) -> Self::Result {
         // Commit what is pending first, so no append is left unanswered.
         <Self as Handler<Commit>>::handle(self, Commit, ctx);
@@ -483,24 +737,34 @@ impl Handler<Seal> for SegmentActor {
             }
             (segment, result)
         });
-        ctx.wait(job.into_actor(self).map(|joined, act, ctx| match joined {
-            Ok((segment, Ok(()))) => {
-                act.segment = Some(segment);
-                // The seal synced everything: appends waiting for a sync are safe.
-                let done: Vec<Pending> = act
-                    .syncing
-                    .drain(..)
-                    .chain(act.next_sync.drain(..))
-                    .collect();
-                act.acknowledge(done);
-            }
-            Ok((segment, Err(e))) => {
-                act.segment = Some(segment);
-                act.fail(ctx, &format!("sealing failed: {e}"));
-            }
-            Err(e) => act.fail(ctx, &format!("sealing task failed: {e}")),
-        }));
-        Ok(next)
+        let base = self.base;
+        ctx.wait(
+            job.into_actor(self)
+                .map(move |joined, act, ctx| match joined {
+                    Ok((segment, Ok(()))) => {
+                        act.segment = Some(segment);
+                        // The seal synced everything: appends waiting for a sync are safe.
+                        let done: Vec<Pending> = act
+                            .syncing
+                            .drain(..)
+                            .chain(act.next_sync.drain(..))
+                            .collect();
+                        act.acknowledge(done);
+                        act.synced_next = act.synced_next.max(next);
+                        act.events.do_send(SegmentEvent::Committed { base, next });
+                        act.events.do_send(SegmentEvent::Synced { base, next });
+                    }
+                    Ok((segment, Err(e))) => {
+                        act.segment = Some(segment);
+                        act.fail(ctx, &format!("sealing failed: {e}"));
+                    }
+                    Err(e) => act.fail(ctx, &format!("sealing task failed: {e}")),
+                }),
+        );
+        Ok(Sealed {
+            next,
+            poisoned: self.poisoned.to_vec(),
+        })
     }
 }
 

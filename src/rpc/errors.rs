@@ -25,6 +25,13 @@ pub enum WireError {
     Corruption,
     Unavailable,
     InvalidArgument,
+    DiskFull,
+    ReadOnly,
+    Indeterminate,
+    RecordsLost {
+        from: u64,
+        to: u64,
+    },
 }
 
 impl WireError {
@@ -38,7 +45,18 @@ impl WireError {
             WireError::Corruption => "corruption",
             WireError::Unavailable => "unavailable",
             WireError::InvalidArgument => "invalid_argument",
+            WireError::DiskFull => "disk_full",
+            WireError::ReadOnly => "read_only",
+            WireError::Indeterminate => "indeterminate",
+            WireError::RecordsLost { .. } => "records_lost",
         }
+    }
+
+    /// For a failed produce: true when the records may have been appended
+    /// (sending them again may duplicate them); false when they certainly
+    /// were not.
+    pub fn maybe_appended(&self) -> bool {
+        matches!(self, WireError::Indeterminate)
     }
 }
 
@@ -61,6 +79,15 @@ pub fn classify(e: &LogError) -> WireError {
             }
         }
         LogError::Storage(StorageError::Corruption { .. }) => WireError::Corruption,
+        LogError::Storage(StorageError::DiskFull { .. }) => WireError::DiskFull,
+        LogError::Storage(StorageError::RecordsLost { from, to, .. }) => WireError::RecordsLost {
+            from: *from,
+            to: *to,
+        },
+        LogError::Storage(StorageError::Io { .. }) | LogError::Indeterminate { .. } => {
+            WireError::Indeterminate
+        }
+        LogError::ReadOnly { .. } => WireError::ReadOnly,
         LogError::UnknownPartition(id) => WireError::UnknownPartition(id.clone()),
         LogError::Storage(_)
         | LogError::Unavailable { .. }
@@ -103,6 +130,14 @@ pub fn write_error(mut builder: error::Builder<'_>, kind: &WireError, message: &
         WireError::Corruption => k.set_corruption(()),
         WireError::Unavailable => k.set_unavailable(()),
         WireError::InvalidArgument => k.set_invalid_argument(()),
+        WireError::DiskFull => k.set_disk_full(()),
+        WireError::ReadOnly => k.set_read_only(()),
+        WireError::Indeterminate => k.set_indeterminate(()),
+        WireError::RecordsLost { from, to } => {
+            let mut r = k.init_records_lost();
+            r.set_from(*from);
+            r.set_to(*to);
+        }
     }
 }
 
@@ -148,6 +183,16 @@ pub fn read_error(reader: error::Reader<'_>) -> capnp::Result<(WireError, String
         Which::Corruption(()) => WireError::Corruption,
         Which::Unavailable(()) => WireError::Unavailable,
         Which::InvalidArgument(()) => WireError::InvalidArgument,
+        Which::DiskFull(()) => WireError::DiskFull,
+        Which::ReadOnly(()) => WireError::ReadOnly,
+        Which::Indeterminate(()) => WireError::Indeterminate,
+        Which::RecordsLost(r) => {
+            let r = r?;
+            WireError::RecordsLost {
+                from: r.get_from(),
+                to: r.get_to(),
+            }
+        }
     };
     Ok((kind, message))
 }

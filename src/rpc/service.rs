@@ -302,8 +302,9 @@ impl LogService {
         Ok(())
     }
 
-    /// Appends to the own partition; counts what was appended.
-    async fn append_values(&self, values: Vec<Vec<u8>>) -> AppendOutcome {
+    /// Appends to the own partition; counts what was appended. Batches of
+    /// one produce stream share a `session`, so none lands behind a failed one.
+    async fn append_values(&self, values: Vec<Vec<u8>>, session: Option<u64>) -> AppendOutcome {
         self.check_sizes(values.iter().map(Vec::as_slice))?;
         let (id, log) = self.partition("", ACTION_PRODUCE)?;
         let count = values.len() as u32;
@@ -311,7 +312,13 @@ impl LogService {
             Some(_) => values.iter().map(Vec::len).sum::<usize>() as u64,
             None => 0,
         };
-        match log.send(Append { records: values }).await {
+        match log
+            .send(Append {
+                records: values,
+                session,
+            })
+            .await
+        {
             Ok(Ok(range)) => {
                 note(&id, range.start, count.into());
                 if let Some(m) = &self.metrics {
@@ -326,7 +333,7 @@ impl LogService {
 
     /// Appends to the own partition; fills a `Produced`.
     async fn append(&self, values: Vec<Vec<u8>>, out: produced::Builder<'_>) -> Outcome {
-        let outcome = self.append_values(values).await;
+        let outcome = self.append_values(values, None).await;
         let label = match &outcome {
             Ok(_) => Ok(()),
             Err((kind, _)) => Err(kind.kind()),
@@ -453,6 +460,7 @@ impl log::Server for LogService {
         self.call(PRODUCE_STREAM, async {
             let sink = ProduceSink {
                 service: self.clone(),
+                session: crate::log::new_session(),
                 results: RefCell::new(Vec::new()),
                 _open: self
                     .metrics
@@ -627,10 +635,15 @@ fn owner_of(id: &str, cluster: &ClusterView) -> String {
 
 /// Server side of a produce stream: each write is one batch append, awaited
 /// before the next is taken, so the client's flow-control window bounds
-/// what is buffered here.
+/// what is buffered here. The stream is one produce session: once a write
+/// fails, later writes are refused (not appended), so its records stay in
+/// the order written.
 struct ProduceSink {
     service: CapRc<LogService>,
-    results: RefCell<Vec<AppendOutcome>>,
+    session: u64,
+    /// One slot per write, in the order the writes arrived (a slot is
+    /// filled when its append completes, whatever the completion order).
+    results: RefCell<Vec<Option<AppendOutcome>>>,
     /// Counts the stream as open while the client holds the sink.
     _open: Option<GaugeGuard>,
 }
@@ -644,12 +657,19 @@ impl produce_sink::Server for ProduceSink {
                 for v in list.iter() {
                     values.push(v?.to_vec());
                 }
-                let outcome = self.service.append_values(values).await;
+                let slot = {
+                    let mut results = self.results.borrow_mut();
+                    results.push(None);
+                    results.len() - 1
+                };
+                let outcome = self.service.append_values(values, Some(self.session)).await;
                 let label = match &outcome {
                     Ok(_) => Ok(()),
                     Err((kind, _)) => Err(kind.kind()),
                 };
-                self.results.borrow_mut().push(outcome);
+                if let Some(entry) = self.results.borrow_mut().get_mut(slot) {
+                    *entry = Some(outcome);
+                }
                 Ok(label)
             })
             .await
@@ -665,6 +685,12 @@ impl produce_sink::Server for ProduceSink {
                 let done = std::mem::take(&mut *self.results.borrow_mut());
                 let mut list = results.get().init_results(done.len() as u32);
                 for (i, outcome) in done.into_iter().enumerate() {
+                    let outcome = outcome.unwrap_or_else(|| {
+                        Err((
+                            WireError::Indeterminate,
+                            "the write had not completed when finish was called".into(),
+                        ))
+                    });
                     write_produced(list.reborrow().get(i as u32), outcome);
                 }
                 Ok(Ok(()))

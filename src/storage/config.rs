@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::error::{Result, StorageError};
-use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, INDEX_ENTRY_LEN};
+use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, INDEX_ENTRY_LEN, MAX_RECORD_BYTES};
 
 /// When appended bytes are forced from the page cache to the disk.
 ///
@@ -106,7 +106,10 @@ impl Retention {
     }
 }
 
-/// Settings of a [`crate::storage::Log`].
+/// Default of [`LogConfig::min_free_bytes`]: 64 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+
+/// Settings of one partition's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// A segment's store file is rolled before it would exceed this many bytes
@@ -123,6 +126,12 @@ pub struct LogConfig {
     pub sync: SyncPolicy,
     /// Deletion of old segments. Default: keep everything.
     pub retention: Retention,
+    /// Appends are refused with a typed disk-full error while the file
+    /// system holding the log has less than this many bytes free, so the
+    /// node keeps room for its own metadata (checkpoints, index growth,
+    /// seals) and never meets ENOSPC in the middle of a write. 0 turns the
+    /// floor off. Default: 64 MiB.
+    pub min_free_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -134,6 +143,7 @@ impl Default for LogConfig {
             max_record_bytes: 1 << 20,
             sync: SyncPolicy::default(),
             retention: Retention::default(),
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -144,6 +154,12 @@ impl LogConfig {
         let bad = |msg: String| Err(StorageError::InvalidConfig(msg));
         if self.max_record_bytes == 0 {
             return bad("max_record_bytes must be at least 1".into());
+        }
+        if self.max_record_bytes > MAX_RECORD_BYTES {
+            return bad(format!(
+                "max_record_bytes ({}) is above the format's limit of {MAX_RECORD_BYTES} bytes",
+                self.max_record_bytes
+            ));
         }
         let min_store = (FILE_HEADER_LEN + FRAME_HEADER_LEN) as u64 + self.max_record_bytes as u64;
         if self.max_store_bytes < min_store {

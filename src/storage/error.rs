@@ -51,6 +51,26 @@ pub enum StorageError {
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
 
+    /// The file system is full (ENOSPC or EDQUOT), or its free space fell
+    /// below the configured floor. Nothing of the failed write was kept: the
+    /// records were not appended and may be sent again once space returns.
+    #[error("disk full: {op} {path}: {reason}")]
+    DiskFull {
+        op: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+
+    /// The records `[from, to)` will never be served: lost to a power cut
+    /// beyond the recovery point or cut by `proglog repair` (see the
+    /// partition's checkpoint). Reading resumes at `to`.
+    #[error("records [{from}, {to}) are lost ({cause}); the log resumes at {to}")]
+    RecordsLost {
+        from: u64,
+        to: u64,
+        cause: &'static str,
+    },
+
     /// The log was closed, or failed earlier and refuses further writes.
     #[error("log is closed")]
     Closed,
@@ -60,9 +80,21 @@ pub enum StorageError {
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 impl StorageError {
+    /// Wraps an OS error of `op` on `path`; a full file system becomes
+    /// [`StorageError::DiskFull`], so callers can tell it from a failing disk.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
-        move |source| StorageError::Io { op, path, source }
+        move |source| {
+            if is_disk_full(&source) {
+                StorageError::DiskFull {
+                    op,
+                    path,
+                    reason: source.to_string(),
+                }
+            } else {
+                StorageError::Io { op, path, source }
+            }
+        }
     }
 
     pub(crate) fn corruption(
@@ -81,4 +113,14 @@ impl StorageError {
     pub fn is_corruption(&self) -> bool {
         matches!(self, StorageError::Corruption { .. })
     }
+
+    /// True when the file system is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::DiskFull { .. })
+    }
+}
+
+/// ENOSPC (no space left) or EDQUOT (quota exceeded).
+pub(crate) fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }

@@ -16,6 +16,11 @@ pub const FRAME_HEADER_LEN: usize = 16;
 /// Bytes of one index entry.
 pub const INDEX_ENTRY_LEN: usize = 12;
 
+/// Largest record the format admits (1 GiB). Recovery judges a frame by this
+/// format fact, never by today's `max_record_bytes` setting: lowering the
+/// setting must not make records written under the old one look invalid.
+pub const MAX_RECORD_BYTES: u32 = 1 << 30;
+
 /// Current on-disk format version of both files.
 pub const FORMAT_VERSION: u16 = 1;
 pub(crate) const STORE_MAGIC: [u8; 4] = *b"PLGS";
@@ -94,6 +99,11 @@ impl FrameHeader {
             crc: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
             offset: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
         }
+    }
+
+    /// Whether the length field is possible at all under the format.
+    pub fn len_is_possible(&self) -> bool {
+        self.len <= MAX_RECORD_BYTES
     }
 
     /// Bytes the whole frame occupies in the store.

@@ -53,6 +53,12 @@ impl Index {
         let mut header = [0u8; FILE_HEADER_LEN];
         file.read_exact_at(&mut header, 0)
             .map_err(StorageError::io("read header of", path))?;
+        if header.iter().all(|b| *b == 0) {
+            // Its size reached the disk before its header did (a power cut
+            // while it was created or grown): the index is derived data,
+            // rebuild it from the store.
+            return Ok(IndexState::NeedsRebuild);
+        }
         let flags = frame::parse_file_header(&header, INDEX_MAGIC).map_err(|reason| {
             StorageError::UnsupportedFormat {
                 path: path.to_path_buf(),
@@ -108,9 +114,11 @@ impl Index {
             .metadata()
             .map_err(StorageError::io("stat", &path))?
             .len();
-        if current != len {
+        if current > len {
             file.set_len(len)
                 .map_err(StorageError::io("resize", &path))?;
+        } else if current < len {
+            allocate(&file, len).map_err(StorageError::io("allocate", &path))?;
         }
         // SAFETY: the file is owned by this process's log (guarded by the
         // directory lock) and is never truncated while mapped: `close` drops
@@ -134,6 +142,11 @@ impl Index {
         self.entries
     }
 
+    /// Forgets the entries from `entries` on (appends taken back).
+    pub(crate) fn truncate_entries(&mut self, entries: u64) {
+        self.entries = self.entries.min(entries);
+    }
+
     pub(crate) fn is_full(&self) -> bool {
         self.entries >= self.capacity
     }
@@ -145,6 +158,17 @@ impl Index {
         self.map[at..at + INDEX_ENTRY_LEN]
             .copy_from_slice(&frame::encode_entry(relative, position));
         self.entries += 1;
+    }
+
+    /// Clears the clean flag on disk (synced), so the next open rebuilds the
+    /// index from the store.
+    pub(crate) fn mark_dirty(&self) -> Result<()> {
+        self.file
+            .write_all_at(&frame::file_header(INDEX_MAGIC, 0), 0)
+            .map_err(StorageError::io("write header of", &self.path))?;
+        self.file
+            .sync_data()
+            .map_err(StorageError::io("fdatasync", &self.path))
     }
 
     /// Entry `i` as (relative offset, store position), if it exists.
@@ -183,6 +207,19 @@ impl Index {
             .map_err(StorageError::io("mmap", &self.path))?;
         self.capacity = self.entries;
         Ok(())
+    }
+}
+
+/// Grows `file` to `len` bytes with blocks really allocated
+/// (`posix_fallocate`), so writing an entry through the map can never meet a
+/// full disk: a sparse file would raise SIGBUS there instead of an error.
+fn allocate(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: a plain call on a file descriptor `file` owns.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
 }
 

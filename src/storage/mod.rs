@@ -1,21 +1,25 @@
 //! The storage core: plain synchronous Rust, no actors.
 //!
-//! A [`Log`] is a directory of segments; a segment is a store file of
-//! checksummed frames plus a memory-mapped index of fixed entries. See
-//! [`frame`] for the byte layout and [`Log`] for the durability contract.
-//! Actors (`crate::log`) wrap this; it knows nothing of them.
+//! A partition is a directory of segments ([`open_dir`]); a segment is a
+//! store file of checksummed frames plus a memory-mapped index of fixed
+//! entries. See [`frame`] for the byte layout and [`checkpoint`] for the
+//! recovery point that keeps recovery from destroying durable data. Actors
+//! (`crate::log`) drive this, and are the only engine: rolling, commit and
+//! retention live there.
 
 mod batch;
+pub mod checkpoint;
 mod config;
+mod dir;
 mod error;
 pub mod frame;
 mod index;
-mod log;
 mod segment;
 mod store;
 
 pub use batch::RecordBatch;
-pub use config::{LogConfig, Retention, SyncPolicy};
+pub use checkpoint::{Checkpoint, LostCause, LostRange};
+pub use config::{DEFAULT_MIN_FREE_BYTES, LogConfig, Retention, SyncPolicy};
+pub use dir::{DirLock, OpenReport, OpenedDir, RepairCut, RepairReport, open_dir, repair};
 pub use error::{Result, StorageError};
-pub use log::{DirLock, Log, LogReader, OpenReport, OpenedDir, RetentionReport, open_dir};
-pub use segment::{Opened, Segment, file_name};
+pub use segment::{Damage, Opened, Segment, file_name};

@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::batch::RecordBatch;
+use super::checkpoint::sync_dir;
 use super::config::LogConfig;
 use super::error::{Result, StorageError};
-use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, FrameHeader};
+use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, FrameHeader, MAX_RECORD_BYTES};
 use super::index::{Index, IndexState};
 use super::store::Store;
 
@@ -20,13 +21,42 @@ pub fn file_name(base: u64, ext: &str) -> String {
 }
 
 /// How a segment came to be open, for logging and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
     /// Its index was clean and agreed with the store: nothing was scanned.
     Clean,
-    /// Its index was rebuilt from the store; `truncated_bytes` of torn or
-    /// invalid tail were cut from the store.
+    /// Its index was rebuilt from the store; `truncated_bytes` of torn tail,
+    /// all of it beyond the recovery point, were cut from the store.
     Recovered { truncated_bytes: u64 },
+    /// A frame that was known durable is damaged: the segment serves the
+    /// records before it, read-only, and nothing was cut.
+    Damaged(Damage),
+}
+
+/// Where and why durable data is damaged. The partition then refuses writes
+/// until an operator runs `proglog repair`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The file holding the damage.
+    pub path: PathBuf,
+    /// Byte position of the first bad frame (or of the missing data).
+    pub position: u64,
+    /// First offset that cannot be served.
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at byte {} (offset {}): {}",
+            self.path.display(),
+            self.position,
+            self.offset,
+            self.reason
+        )
+    }
 }
 
 /// One segment, usable on its own: the LogActor gives each to a SegmentActor.
@@ -37,49 +67,67 @@ pub struct Segment {
     store: Store,
     index: Index,
     max_store_bytes: u64,
-    max_record_bytes: u32,
     /// Only the active (last) segment takes appends.
     writable: bool,
+    /// Set when the store holds damaged bytes from here on: reads stop here.
+    damaged_at: Option<u64>,
 }
 
 impl Segment {
-    /// Creates a new, empty, writable segment starting at `base`.
+    /// Creates a new, empty, writable segment starting at `base`. A failure
+    /// (a full disk above all) leaves no file behind.
     pub fn create(dir: &Path, base: u64, config: &LogConfig) -> Result<Segment> {
         let store_path = dir.join(file_name(base, "store"));
-        let store = Store::create(&store_path)?;
-        let index =
-            match Index::create(&dir.join(file_name(base, "index")), config.index_capacity()) {
-                Ok(index) => index,
-                Err(e) => {
+        let index_path = dir.join(file_name(base, "index"));
+        let created = Store::create(&store_path).and_then(|store| {
+            let index = Index::create(&index_path, config.index_capacity())?;
+            Ok((store, index))
+        });
+        let (store, index) = match created {
+            Ok(files) => files,
+            Err(e) => {
+                // Only remove what this call created: EEXIST means the files are someone's data.
+                if !matches!(&e, StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists)
+                {
+                    let _ = std::fs::remove_file(&index_path);
                     let _ = std::fs::remove_file(&store_path);
-                    return Err(e);
+                    let _ = sync_dir(dir);
                 }
-            };
+                return Err(e);
+            }
+        };
+        // The new file names must survive a power cut before anything in them is acknowledged.
+        sync_dir(dir)?;
         Ok(Segment {
             base,
             next: base,
             store,
             index,
             max_store_bytes: config.max_store_bytes,
-            max_record_bytes: config.max_record_bytes,
             writable: true,
+            damaged_at: None,
         })
     }
 
     /// Opens an existing segment. A clean index whose last entry matches the
     /// end of the store is trusted as is (no scan); otherwise the index is
-    /// rebuilt from the store and any torn or invalid tail of the store is cut.
-    /// `writable` opens it as the active segment.
+    /// rebuilt from the store. Every record below `recovery_point`, and every
+    /// record of a sealed segment, is known durable: a bad frame there is
+    /// [`Opened::Damaged`] and nothing is cut. A torn tail beyond it is what a
+    /// crash or power cut leaves, and is cut. Frame validity is judged by the
+    /// format alone, never by the current configuration. `writable` opens it
+    /// as the active segment.
     pub fn open(
         dir: &Path,
         base: u64,
         config: &LogConfig,
         writable: bool,
+        recovery_point: u64,
     ) -> Result<(Segment, Opened)> {
         let store_path = dir.join(file_name(base, "store"));
         let index_path = dir.join(file_name(base, "index"));
-        let store = Store::open(&store_path, writable)?;
-        let clean = match Index::inspect(&index_path)? {
+        let store = Store::open(&store_path)?;
+        let (store, durable_below) = match Index::inspect(&index_path)? {
             IndexState::Clean { entries } => {
                 let index = Index::open(&index_path, entries, entries)?;
                 let mut segment = Segment {
@@ -88,106 +136,114 @@ impl Segment {
                     store,
                     index,
                     max_store_bytes: config.max_store_bytes,
-                    max_record_bytes: config.max_record_bytes,
                     writable: false,
+                    damaged_at: None,
                 };
                 if segment.tail_is_consistent() {
                     if writable {
-                        segment.index = Index::open(&index_path, entries, config.index_capacity())?;
-                        segment.writable = true;
+                        segment.make_writable(&index_path, config)?;
                     }
                     return Ok((segment, Opened::Clean));
                 }
                 tracing::warn!(index = %index_path.display(), "index marked clean disagrees with its store: rebuilding it");
-                segment.store
+                // A sealed segment was synced whole: all of it is durable.
+                (segment.store, base + entries)
             }
-            IndexState::NeedsRebuild => store,
+            IndexState::NeedsRebuild => (store, recovery_point),
         };
-        Self::rebuild(clean, &index_path, base, config, writable)
+        Self::rebuild(store, &index_path, base, config, writable, durable_below)
     }
 
-    /// Rebuilds the index by scanning every frame of the store; cuts the store
-    /// at the first frame that is torn, fails its checksum or is out of sequence.
+    /// Reopens the index of a clean segment for appends, with its full
+    /// capacity. On a full disk the segment opens as full instead, so the
+    /// next append rolls and gets the typed disk-full error there.
+    fn make_writable(&mut self, index_path: &Path, config: &LogConfig) -> Result<()> {
+        let entries = self.index.entries();
+        match Index::open(index_path, entries, config.index_capacity()) {
+            Ok(index) => self.index = index,
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!(index = %index_path.display(), error = %e, "no space to grow the index: the segment takes no more appends");
+            }
+            Err(e) => return Err(e),
+        }
+        self.writable = true;
+        Ok(())
+    }
+
+    /// Rebuilds the index by scanning every frame of the store. At the first
+    /// frame that is torn, fails its checksum or is out of sequence: below
+    /// `durable_below` it is damage (reported, nothing cut); beyond it, it is
+    /// a torn tail and the store is cut there.
     fn rebuild(
         mut store: Store,
         index_path: &Path,
         base: u64,
         config: &LogConfig,
         writable: bool,
+        durable_below: u64,
     ) -> Result<(Segment, Opened)> {
         let size = store.size();
-        let mut positions: Vec<u64> = Vec::new();
-        let mut pos = FILE_HEADER_LEN as u64;
-        let mut window: Vec<u8> = Vec::new();
-        let mut window_start = pos;
-        loop {
-            if pos + FRAME_HEADER_LEN as u64 > size {
-                break;
-            }
-            let in_window = |start: u64, len: u64, wstart: u64, wlen: usize| {
-                start >= wstart && start + len <= wstart + wlen as u64
+        let (positions, end, bad_frame) = scan_frames(&store, base)?;
+        let next = base + positions.len() as u64;
+        let damaged = next < durable_below && end < size;
+        let opened = if damaged {
+            let damage = Damage {
+                path: store.path().to_path_buf(),
+                position: end,
+                offset: next,
+                reason: format!(
+                    "{bad_frame}, but every record below offset {durable_below} was synced to disk"
+                ),
             };
-            if !in_window(pos, FRAME_HEADER_LEN as u64, window_start, window.len()) {
-                let n = (size - pos).min(SCAN_CHUNK_BYTES as u64) as usize;
-                window.resize(n, 0);
-                store.read_at(pos, &mut window)?;
-                window_start = pos;
+            tracing::error!(%damage, "damaged record in durable data: the partition opens read-only");
+            Opened::Damaged(damage)
+        } else {
+            let truncated_bytes = size - end;
+            if truncated_bytes > 0 {
+                tracing::warn!(
+                    store = %store.path().display(),
+                    valid_records = positions.len(),
+                    truncated_bytes,
+                    reason = %bad_frame,
+                    "cutting torn tail (beyond the recovery point) from store"
+                );
+                store.truncate(end)?;
             }
-            let at = (pos - window_start) as usize;
-            let Some(head) = window[at..].first_chunk::<FRAME_HEADER_LEN>() else {
-                break;
-            };
-            let header = FrameHeader::decode(head);
-            let expected = base + positions.len() as u64;
-            if header.len > config.max_record_bytes
-                || header.offset != expected
-                || pos + header.frame_len() > size
-            {
-                break;
+            Opened::Recovered { truncated_bytes }
+        };
+        let writable = writable && !damaged;
+        let exact = positions.len() as u64;
+        let index = if writable {
+            match Index::create(index_path, config.index_capacity().max(exact)) {
+                Err(e) if e.is_disk_full() => {
+                    tracing::warn!(index = %index_path.display(), error = %e, "no space for a full index: the segment takes no more appends");
+                    Index::create(index_path, exact)?
+                }
+                other => other?,
             }
-            if !in_window(pos, header.frame_len(), window_start, window.len()) {
-                let n = (size - pos).min(SCAN_CHUNK_BYTES.max(header.frame_len() as usize) as u64)
-                    as usize;
-                window.resize(n, 0);
-                store.read_at(pos, &mut window)?;
-                window_start = pos;
-            }
-            let at = (pos - window_start) as usize;
-            let record = &window[at + FRAME_HEADER_LEN..at + header.frame_len() as usize];
-            if !header.matches(record) {
-                break;
-            }
-            positions.push(pos);
-            pos += header.frame_len();
-        }
-        let truncated_bytes = size - pos;
-        if truncated_bytes > 0 {
-            tracing::warn!(
-                store = %store.path().display(),
-                valid_records = positions.len(),
-                truncated_bytes,
-                "cutting torn or invalid tail from store"
-            );
-            store.truncate(pos)?;
-        }
-        let capacity = config.index_capacity().max(positions.len() as u64);
-        let mut index = Index::create(index_path, capacity)?;
-        for (i, p) in positions.iter().enumerate() {
-            index.append(i as u32, *p);
-        }
+        } else {
+            Index::create(index_path, exact)?
+        };
         let mut segment = Segment {
             base,
-            next: base + positions.len() as u64,
+            next,
             store,
             index,
             max_store_bytes: config.max_store_bytes,
-            max_record_bytes: config.max_record_bytes,
             writable: true,
+            damaged_at: damaged.then_some(end),
         };
-        if !writable {
+        for (i, p) in positions.iter().enumerate() {
+            segment.index.append(i as u32, *p);
+        }
+        if damaged {
+            // The index of the good prefix is kept; the store is left untouched.
+            segment.index.seal()?;
+            segment.writable = false;
+        } else if !writable {
             segment.seal()?;
         }
-        Ok((segment, Opened::Recovered { truncated_bytes }))
+        Ok((segment, opened))
     }
 
     /// The O(1) check that lets a clean open skip the scan: the first entry
@@ -207,14 +263,50 @@ impl Segment {
             return false;
         }
         let frame_len = size - pos;
-        if frame_len < FRAME_HEADER_LEN as u64
-            || frame_len > FRAME_HEADER_LEN as u64 + self.max_record_bytes as u64
-        {
+        if frame_len < FRAME_HEADER_LEN as u64 || frame_len > MAX_FRAME_BYTES {
             return false;
         }
         let mut bytes = vec![0u8; frame_len as usize];
         self.store.read_at(pos, &mut bytes).is_ok()
             && self.store.check_frame(pos, &bytes, self.next - 1).is_ok()
+    }
+
+    /// Takes back the records from `next` on (appended, never acknowledged):
+    /// the store is cut where they began and the index forgets them. Used
+    /// when their write failed, so "not appended" stays true.
+    pub fn rollback(&mut self, next: u64) -> Result<()> {
+        if next >= self.next || next < self.base {
+            return Ok(());
+        }
+        let i = next - self.base;
+        let position = self
+            .index
+            .entry(i)
+            .map_or(self.store.size(), |(_, position)| position);
+        self.store.truncate(position)?;
+        self.index.truncate_entries(i);
+        self.next = next;
+        Ok(())
+    }
+
+    /// Bytes of the store file as the kernel has it (write buffer excluded).
+    pub fn flushed_bytes(&self) -> u64 {
+        self.store.flushed_len()
+    }
+
+    /// Drops the store's cached pages (after a failed `fdatasync`).
+    pub fn drop_cached_pages(&self) {
+        self.store.drop_cached_pages();
+    }
+
+    /// Where the damage begins, if this segment holds damaged data.
+    pub fn damaged_at(&self) -> Option<u64> {
+        self.damaged_at
+    }
+
+    /// End of the bytes that may be read: the store's end, or the damage.
+    fn data_end(&self) -> u64 {
+        self.damaged_at.unwrap_or_else(|| self.store.size())
     }
 
     pub fn base(&self) -> u64 {
@@ -296,14 +388,15 @@ impl Segment {
                 "index entry {i} holds relative offset {rel}"
             )));
         }
+        if offset >= self.next {
+            return Err(corrupt(format!("no index entry for offset {offset}")));
+        }
         let end = match self.index.entry(i + 1) {
             Some((_, next_pos)) => next_pos,
-            None => self.store.size(),
+            None => self.data_end(),
         };
         let frame_len = end.saturating_sub(pos);
-        if frame_len < FRAME_HEADER_LEN as u64
-            || frame_len > FRAME_HEADER_LEN as u64 + self.max_record_bytes as u64
-        {
+        if frame_len < FRAME_HEADER_LEN as u64 || frame_len > MAX_FRAME_BYTES {
             return Err(corrupt(format!(
                 "index gives record {offset} an impossible frame length {frame_len}"
             )));
@@ -331,7 +424,7 @@ impl Segment {
         take_first: bool,
     ) -> Result<()> {
         let (pos, first_len) = self.locate(from)?;
-        let available = self.store.size() - pos;
+        let available = self.data_end() - pos;
         let budget = if take_first {
             (max_bytes as u64).max(first_len)
         } else {
@@ -382,11 +475,6 @@ impl Segment {
         Ok(())
     }
 
-    /// Copies raw frame bytes `[position, position + out.len())` (for the raw reader).
-    pub(crate) fn read_raw(&self, position: u64, out: &mut [u8]) -> Result<()> {
-        self.store.read_at(position, out)
-    }
-
     /// Makes the segment read-only and durable: store synced, index cut to
     /// its entries and marked clean, so the next open trusts it without a scan.
     pub fn seal(&mut self) -> Result<()> {
@@ -413,8 +501,82 @@ impl Segment {
         drop(self);
         std::fs::remove_file(&store_path).map_err(StorageError::io("remove", &store_path))?;
         std::fs::remove_file(&index_path).map_err(StorageError::io("remove", &index_path))?;
-        Ok(())
+        match store_path.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
     }
+
+    /// Marks the segment suspect after a read found damage in it: its index
+    /// is flagged not-clean on disk, so the next open scans the whole store
+    /// and finds the damage again instead of trusting the index.
+    pub fn mark_suspect(&mut self) -> Result<()> {
+        self.index.mark_dirty()
+    }
+}
+
+/// The largest frame the format admits.
+const MAX_FRAME_BYTES: u64 = FRAME_HEADER_LEN as u64 + MAX_RECORD_BYTES as u64;
+
+/// Scans a store's frames from its header on, while each is whole, in
+/// sequence from `base` and matches its checksum. Returns the positions of
+/// the good frames, where the good bytes end, and what stopped the scan.
+pub(crate) fn scan_frames(store: &Store, base: u64) -> Result<(Vec<u64>, u64, String)> {
+    let size = store.size();
+    let mut positions: Vec<u64> = Vec::new();
+    let mut pos = FILE_HEADER_LEN as u64;
+    let mut window: Vec<u8> = Vec::new();
+    let mut window_start = pos;
+    let in_window = |start: u64, len: u64, wstart: u64, wlen: usize| {
+        start >= wstart && start + len <= wstart + wlen as u64
+    };
+    let stop = loop {
+        if pos == size {
+            break "end of file".to_string();
+        }
+        if pos + FRAME_HEADER_LEN as u64 > size {
+            break format!("torn frame header at byte {pos}");
+        }
+        if !in_window(pos, FRAME_HEADER_LEN as u64, window_start, window.len()) {
+            let n = (size - pos).min(SCAN_CHUNK_BYTES as u64) as usize;
+            window.resize(n, 0);
+            store.read_at(pos, &mut window)?;
+            window_start = pos;
+        }
+        let at = (pos - window_start) as usize;
+        let Some(head) = window[at..].first_chunk::<FRAME_HEADER_LEN>() else {
+            break format!("torn frame header at byte {pos}");
+        };
+        let header = FrameHeader::decode(head);
+        let expected = base + positions.len() as u64;
+        if !header.len_is_possible() {
+            break format!("impossible record length {} at byte {pos}", header.len);
+        }
+        if header.offset != expected {
+            break format!(
+                "frame at byte {pos} holds offset {}, expected {expected}",
+                header.offset
+            );
+        }
+        if pos + header.frame_len() > size {
+            break format!("torn frame of record {expected} at byte {pos}");
+        }
+        if !in_window(pos, header.frame_len(), window_start, window.len()) {
+            let n =
+                (size - pos).min(SCAN_CHUNK_BYTES.max(header.frame_len() as usize) as u64) as usize;
+            window.resize(n, 0);
+            store.read_at(pos, &mut window)?;
+            window_start = pos;
+        }
+        let at = (pos - window_start) as usize;
+        let record = &window[at + FRAME_HEADER_LEN..at + header.frame_len() as usize];
+        if !header.matches(record) {
+            break format!("checksum mismatch in record {expected} at byte {pos}");
+        }
+        positions.push(pos);
+        pos += header.frame_len();
+    };
+    Ok((positions, pos, stop))
 }
 
 #[cfg(test)]
@@ -465,7 +627,7 @@ mod tests {
         s.seal().unwrap();
         assert!(!s.fits(1));
         drop(s);
-        let (s, how) = Segment::open(dir.path(), 5, &cfg, true).unwrap();
+        let (s, how) = Segment::open(dir.path(), 5, &cfg, true, 0).unwrap();
         assert_eq!(how, Opened::Clean);
         assert_eq!((s.base(), s.next()), (5, 7));
         assert_eq!(s.read(6).unwrap(), b"bb");

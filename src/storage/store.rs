@@ -50,11 +50,50 @@ impl Store {
         })
     }
 
-    /// Opens an existing store file and checks its header.
-    ///
-    /// A file shorter than its header can only be a segment whose creation was
-    /// cut short by a crash; with `repair_short` it is rewritten as empty.
-    pub(crate) fn open(path: &Path, repair_short: bool) -> Result<Store> {
+    /// Whether the file at `path` holds no header: shorter than one, or a
+    /// header of zeros. Only a crash or power cut during a segment's creation
+    /// leaves such a file (its size reached the disk, its bytes did not).
+    pub(crate) fn is_blank(path: &Path) -> Result<bool> {
+        let file = File::open(path).map_err(StorageError::io("open", path))?;
+        let len = file
+            .metadata()
+            .map_err(StorageError::io("stat", path))?
+            .len();
+        if len < FILE_HEADER_LEN as u64 {
+            return Ok(true);
+        }
+        let mut header = [0u8; FILE_HEADER_LEN];
+        file.read_exact_at(&mut header, 0)
+            .map_err(StorageError::io("read header of", path))?;
+        Ok(header.iter().all(|b| *b == 0))
+    }
+
+    /// Rewrites a blank store file (see [`Store::is_blank`]) as an empty
+    /// store with its header, synced.
+    pub(crate) fn rewrite_blank(path: &Path) -> Result<Store> {
+        tracing::warn!(path = %path.display(), "store file without a header (creation cut short): rewriting it empty");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(StorageError::io("open", path))?;
+        file.set_len(0)
+            .map_err(StorageError::io("truncate", path))?;
+        file.write_all_at(&frame::file_header(STORE_MAGIC, 0), 0)
+            .map_err(StorageError::io("write header of", path))?;
+        file.sync_all().map_err(StorageError::io("fsync", path))?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            flushed: FILE_HEADER_LEN as u64,
+            unsynced: false,
+        })
+    }
+
+    /// Opens an existing store file and checks its header: a file that is
+    /// not a store of this format is refused, never rewritten.
+    pub(crate) fn open(path: &Path) -> Result<Store> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -64,24 +103,13 @@ impl Store {
             .metadata()
             .map_err(StorageError::io("stat", path))?
             .len();
-        let mut store = Store {
+        let store = Store {
             path: path.to_path_buf(),
             file: Arc::new(file),
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             flushed: len,
             unsynced: false,
         };
-        if len < FILE_HEADER_LEN as u64 && repair_short {
-            tracing::warn!(path = %path.display(), len, "store file shorter than its header: rewriting it empty");
-            store.truncate(0)?;
-            store
-                .file
-                .write_all_at(&frame::file_header(STORE_MAGIC, 0), 0)
-                .map_err(StorageError::io("write header of", path))?;
-            store.flushed = FILE_HEADER_LEN as u64;
-            store.unsynced = true;
-            return Ok(store);
-        }
         let mut header = [0u8; FILE_HEADER_LEN];
         let n = (len as usize).min(FILE_HEADER_LEN);
         store
@@ -95,6 +123,20 @@ impl Store {
             }
         })?;
         Ok(store)
+    }
+
+    /// Asks the kernel to drop this file's cached pages, so what is read next
+    /// comes from the disk. After a failed `fdatasync` the kernel may have
+    /// marked pages clean that never reached the disk (the PostgreSQL
+    /// "fsyncgate" lesson): the page cache is no longer the truth.
+    pub(crate) fn drop_cached_pages(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain advisory call on a file descriptor this store owns.
+        let rc =
+            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            tracing::warn!(path = %self.path.display(), errno = rc, "posix_fadvise(DONTNEED) failed");
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -152,7 +194,13 @@ impl Store {
         Arc::clone(&self.file)
     }
 
-    /// Cuts the file to `len` bytes (recovery of a torn tail).
+    /// Length of the file as the kernel has it (buffered frames excluded).
+    pub(crate) fn flushed_len(&self) -> u64 {
+        self.flushed
+    }
+
+    /// Cuts the file to `len` bytes and drops buffered frames (recovery of a
+    /// torn tail, or taking back appends whose write failed).
     pub(crate) fn truncate(&mut self, len: u64) -> Result<()> {
         self.buf.clear();
         self.file
@@ -301,7 +349,7 @@ mod tests {
         store.sync().unwrap();
         let size = store.size();
         drop(store);
-        let store = Store::open(&path, false).unwrap();
+        let store = Store::open(&path).unwrap();
         assert_eq!(store.size(), size);
         assert_eq!(store.read_record(pos, size - pos, 7).unwrap(), b"persisted");
     }
@@ -326,7 +374,7 @@ mod tests {
         let path = dir.path().join("s.store");
         std::fs::write(&path, b"GIF89a-not-a-store").unwrap();
         assert!(matches!(
-            Store::open(&path, false),
+            Store::open(&path),
             Err(StorageError::UnsupportedFormat { .. })
         ));
     }

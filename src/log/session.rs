@@ -1,0 +1,65 @@
+//! Produce sessions whose order must hold.
+//!
+//! A produce stream sends many batches without waiting for each answer. If
+//! one of them fails, a later one of the same stream must not be appended
+//! behind the gap (the client would see its records out of order when it
+//! retries the failed one). Each stream is a session; once any batch of a
+//! session fails, the session is poisoned and every later batch of it is
+//! refused as not appended.
+
+use std::collections::{HashSet, VecDeque};
+
+/// Sessions remembered at most; the oldest is forgotten first. Bounded so
+/// no client can grow it: a session is poisoned only by a failure.
+const MAX_POISONED: usize = 4096;
+
+/// A bounded set of poisoned session ids.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PoisonedSessions {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+}
+
+impl PoisonedSessions {
+    pub(crate) fn insert(&mut self, session: u64) {
+        if self.set.insert(session) {
+            self.order.push_back(session);
+            if self.order.len() > MAX_POISONED
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, session: Option<u64>) -> bool {
+        session.is_some_and(|s| self.set.contains(&s))
+    }
+
+    pub(crate) fn extend(&mut self, sessions: impl IntoIterator<Item = u64>) {
+        for s in sessions {
+            self.insert(s);
+        }
+    }
+
+    pub(crate) fn to_vec(&self) -> Vec<u64> {
+        self.order.iter().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisoned_sessions_are_bounded_and_forget_the_oldest() {
+        let mut p = PoisonedSessions::default();
+        for s in 0..(MAX_POISONED as u64 + 10) {
+            p.insert(s);
+        }
+        assert!(!p.contains(Some(0)));
+        assert!(p.contains(Some(MAX_POISONED as u64 + 9)));
+        assert!(!p.contains(None));
+        assert_eq!(p.to_vec().len(), MAX_POISONED);
+    }
+}
