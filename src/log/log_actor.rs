@@ -88,6 +88,8 @@ pub struct LogActor {
     failed: Option<String>,
     /// Durable data is damaged: writes are refused until `proglog repair`.
     read_only: Option<String>,
+    /// The lowest damaged offset found at open (reads there get corruption).
+    damaged_from: Option<u64>,
     /// The disk is full: writes are refused until the probe sees space.
     disk_full: Option<String>,
     /// Recovery point and lost ranges; written when the point moves.
@@ -114,6 +116,7 @@ impl LogActor {
         })?;
         let (active_bytes, active_entries) = (active.size_bytes(), active.len());
         let read_only = damage_reason(&opened.damage);
+        let damaged_from = opened.damage.iter().map(|d| d.offset).min();
         Ok(LogActor {
             partition: partition.into(),
             dir,
@@ -130,6 +133,7 @@ impl LogActor {
             restart_budget: RestartBudget::default(),
             failed: None,
             read_only,
+            damaged_from,
             disk_full: None,
             checkpoint: opened.checkpoint,
             checkpoint_writing: false,
@@ -196,7 +200,8 @@ impl LogActor {
     }
 
     fn lowest(&self) -> u64 {
-        self.segments.first().map_or(self.committed, |s| s.base)
+        let first = self.segments.first().map_or(self.committed, |s| s.base);
+        self.damaged_from.map_or(first, |d| d.min(first))
     }
 
     /// Why writes are refused now, if they are.
@@ -451,6 +456,20 @@ impl LogActor {
     /// The error for reading `offset`, if it is out of range or in a gap.
     fn check_range(&self, offset: u64) -> Result<(), LogError> {
         let (lowest, next) = (self.lowest(), self.committed);
+        let damaged = |why: String| -> LogError {
+            StorageError::corruption(
+                &self.dir,
+                0,
+                format!(
+                    "record {offset} cannot be read: {why} ({})",
+                    self.read_only.as_deref().unwrap_or("see the start-up log")
+                ),
+            )
+            .into()
+        };
+        if offset >= next && self.read_only.is_some() {
+            return Err(damaged(format!("the partition is damaged from offset {next} on")));
+        }
         if offset < lowest || offset >= next {
             return Err(StorageError::OffsetOutOfRange {
                 offset,
@@ -461,9 +480,10 @@ impl LogActor {
         }
         let segment = self.segment_for(offset);
         let end = segment.end.unwrap_or(u64::MAX);
-        if offset < end {
+        if offset >= segment.base && offset < end {
             return Ok(());
         }
+        let end = if offset < segment.base { lowest } else { end };
         // Between two segments: a known lost range, or damage.
         let resume = self
             .segments
@@ -481,15 +501,9 @@ impl LogActor {
             }
             .into());
         }
-        Err(StorageError::corruption(
-            self.dir.join(file_name(segment.base, "store")),
-            0,
-            format!(
-                "record {offset} cannot be read: the partition is damaged from offset {end} to {resume} ({})",
-                self.read_only.as_deref().unwrap_or("see the start-up log")
-            ),
-        )
-        .into())
+        Err(damaged(format!(
+            "the partition is damaged from offset {end} to {resume}"
+        )))
     }
 
     fn segment_for(&self, offset: u64) -> &SegmentHandle {
@@ -535,6 +549,7 @@ impl LogActor {
                 self.report = opened.report;
                 self.checkpoint = opened.checkpoint;
                 self.read_only = damage_reason(&opened.damage);
+                self.damaged_from = opened.damage.iter().map(|d| d.offset).min();
                 self.needs_segment = None;
                 self.adopt(opened.segments, ctx);
                 tracing::warn!(partition = %self.partition, next = self.committed, "log actor restarted: partition reopened");

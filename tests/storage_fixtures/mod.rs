@@ -1,7 +1,16 @@
-//! Log settings and records shared by the crash and recovery tests.
+//! Log settings, records and a synchronous handle on the node's partition
+//! engine (LogActor + SegmentActors), shared by the storage tests.
+#![allow(dead_code)]
 
+use std::ops::Range;
+use std::path::Path;
+
+use actix::Addr;
+use proglog::log::{
+    Append, ApplyRetention, Close, LogActor, LogError, LogStats, Read, ReadBatch, Stats, Truncate,
+};
 use proglog::storage::frame::{FILE_HEADER_LEN, INDEX_ENTRY_LEN};
-use proglog::storage::{Log, LogConfig, SyncPolicy};
+use proglog::storage::{LogConfig, OpenReport, RecordBatch, StorageError, SyncPolicy};
 
 /// Small segments (16 KiB, 200 entries) so tests roll them.
 pub fn config(sync: SyncPolicy) -> LogConfig {
@@ -10,6 +19,7 @@ pub fn config(sync: SyncPolicy) -> LogConfig {
         max_index_bytes: (FILE_HEADER_LEN + 200 * INDEX_ENTRY_LEN) as u64,
         max_record_bytes: 1024,
         sync,
+        min_free_bytes: 0,
         ..LogConfig::default()
     }
 }
@@ -21,12 +31,130 @@ pub fn record_for(offset: u64) -> Vec<u8> {
     (0..len).map(|i| (offset as usize * 31 + i) as u8).collect()
 }
 
-pub fn assert_all_records_intact(log: &Log) {
-    for offset in log.lowest_offset()..log.next_offset() {
-        assert_eq!(
-            log.read(offset).unwrap(),
-            record_for(offset),
-            "record {offset}"
-        );
+/// A partition served by the same actors `proglog serve` runs, driven
+/// synchronously: every call runs the actix System until it is answered.
+/// Dropping it without [`Partition::close`] is a crash of the process: the
+/// actors go away without sealing anything.
+pub struct Partition {
+    system: actix_rt::SystemRunner,
+    log: Addr<LogActor>,
+    report: OpenReport,
+    read_only: Option<String>,
+}
+
+impl Partition {
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Partition, StorageError> {
+        let system = actix_rt::System::new();
+        let actor = LogActor::open("p", dir, config)?;
+        let report = actor.open_report().clone();
+        let read_only = actor.read_only_reason().map(str::to_string);
+        let log = system.block_on(async move { actor.start() });
+        Ok(Partition {
+            system,
+            log,
+            report,
+            read_only,
+        })
     }
+
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// Why the partition opened read-only, if it did.
+    pub fn read_only_at_open(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
+    pub fn append(&self, record: &[u8]) -> Result<u64, LogError> {
+        self.append_batch(&[record]).map(|r| r.start)
+    }
+
+    pub fn append_batch<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<Range<u64>, LogError> {
+        let records = records.iter().map(|r| r.as_ref().to_vec()).collect();
+        let log = self.log.clone();
+        self.system
+            .block_on(async move { log.send(Append::batch(records)).await.unwrap() })
+    }
+
+    pub fn read(&self, offset: u64) -> Result<Vec<u8>, LogError> {
+        let log = self.log.clone();
+        self.system
+            .block_on(async move { log.send(Read { offset }).await.unwrap() })
+    }
+
+    pub fn read_batch(&self, from: u64, max_bytes: usize) -> Result<RecordBatch, LogError> {
+        let log = self.log.clone();
+        self.system.block_on(async move {
+            log.send(ReadBatch { from, max_bytes }).await.unwrap()
+        })
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let log = self.log.clone();
+        self.system
+            .block_on(async move { log.send(Stats).await.unwrap() })
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.stats().next_offset
+    }
+
+    pub fn lowest_offset(&self) -> u64 {
+        self.stats().lowest_offset
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.stats().segments
+    }
+
+    pub fn truncate(&self, lowest: u64) -> Result<usize, LogError> {
+        let log = self.log.clone();
+        let n = self
+            .system
+            .block_on(async move { log.send(Truncate { lowest }).await.unwrap() });
+        self.settle();
+        n
+    }
+
+    pub fn apply_retention(&self) -> Result<usize, LogError> {
+        let log = self.log.clone();
+        let n = self
+            .system
+            .block_on(async move { log.send(ApplyRetention).await.unwrap() });
+        self.settle();
+        n
+    }
+
+    /// Lets messages sent with `do_send` (segment removal) be handled.
+    fn settle(&self) {
+        self.system.block_on(async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+
+    /// Flushes, syncs and seals everything: the next open scans nothing.
+    pub fn close(self) -> Result<(), LogError> {
+        let log = self.log.clone();
+        self.system
+            .block_on(async move { log.send(Close).await.unwrap() })
+    }
+
+    /// Stops as a killed process would: nothing is sealed.
+    pub fn crash(self) {
+        drop(self);
+    }
+
+    pub fn assert_all_records_intact(&self) {
+        for offset in self.lowest_offset()..self.next_offset() {
+            assert_eq!(self.read(offset).unwrap(), record_for(offset), "record {offset}");
+        }
+    }
+}
+
+/// True for a storage corruption error.
+pub fn is_corruption(e: &LogError) -> bool {
+    matches!(e, LogError::Storage(s) if s.is_corruption())
 }
