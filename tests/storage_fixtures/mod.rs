@@ -42,6 +42,12 @@ pub struct Partition {
     read_only: Option<String>,
 }
 
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition").field("report", &self.report).finish()
+    }
+}
+
 impl Partition {
     pub fn open(dir: &Path, config: LogConfig) -> Result<Partition, StorageError> {
         let system = actix_rt::System::new();
