@@ -76,11 +76,17 @@ fn reading_outside_the_log_is_out_of_range() {
     assert!(lowest > 0);
     assert!(matches!(
         log.read(lowest - 1),
-        Err(LogError::Storage(StorageError::OffsetOutOfRange { next: 7, .. }))
+        Err(LogError::Storage(StorageError::OffsetOutOfRange {
+            next: 7,
+            ..
+        }))
     ));
     assert!(matches!(
         log.read(7),
-        Err(LogError::Storage(StorageError::OffsetOutOfRange { offset: 7, .. }))
+        Err(LogError::Storage(StorageError::OffsetOutOfRange {
+            offset: 7,
+            ..
+        }))
     ));
     assert!(matches!(
         log.read_batch(8, 100),
@@ -137,7 +143,11 @@ fn an_acknowledged_append_survives_a_crash_of_the_process() {
         log.crash();
     }
     let log = Partition::open(dir.path(), small_config()).unwrap();
-    assert_eq!(log.open_report().recovered_segments, 1, "no clean close: rebuilt");
+    assert_eq!(
+        log.open_report().recovered_segments,
+        1,
+        "no clean close: rebuilt"
+    );
     assert_eq!(log.read(0).unwrap(), b"kept");
 }
 
@@ -261,7 +271,10 @@ fn a_record_over_the_maximum_is_refused() {
     let log = Partition::open(dir.path(), small_config()).unwrap();
     let err = log.append(&[0u8; 65]).unwrap_err();
     assert!(
-        matches!(err, LogError::Storage(StorageError::RecordTooLarge { size: 65, max: 64 })),
+        matches!(
+            err,
+            LogError::Storage(StorageError::RecordTooLarge { size: 65, max: 64 })
+        ),
         "{err}"
     );
     let err = log

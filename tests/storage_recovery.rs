@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 mod storage_fixtures;
 
-use proglog::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, INDEX_ENTRY_LEN};
 use proglog::log::LogError;
+use proglog::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, INDEX_ENTRY_LEN};
 use proglog::storage::{LogConfig, StorageError, SyncPolicy};
 use storage_fixtures::{Partition, config, is_corruption, record_for};
 
@@ -89,7 +89,11 @@ fn a_sealed_store_cut_inside_its_last_frame_opens_read_only_and_cuts_nothing() {
     let log = Partition::open(dir.path(), config(SyncPolicy::Never)).unwrap();
     let reason = log.read_only_at_open().expect("read-only").to_string();
     assert!(reason.contains(&store.display().to_string()), "{reason}");
-    assert_eq!(std::fs::metadata(&store).unwrap().len(), len - 3, "nothing cut");
+    assert_eq!(
+        std::fs::metadata(&store).unwrap().len(),
+        len - 3,
+        "nothing cut"
+    );
     for offset in 0..19 {
         assert_eq!(log.read(offset).unwrap(), record_for(offset));
     }
@@ -202,7 +206,11 @@ fn a_lost_tail_in_a_synced_older_segment_opens_read_only_and_deletes_nothing() {
     ));
     drop(log);
     assert!(std::fs::read_dir(dir.path()).unwrap().count() >= files_before);
-    assert_eq!(std::fs::metadata(&store).unwrap().len(), len - 5, "nothing cut");
+    assert_eq!(
+        std::fs::metadata(&store).unwrap().len(),
+        len - 5,
+        "nothing cut"
+    );
 }
 
 /// A power cut while rolling, under the default sync policy: the older
@@ -220,7 +228,8 @@ fn an_older_segment_emptied_by_a_power_cut_beyond_the_recovery_point_is_recorded
         .unwrap()
         .filter_map(|e| {
             let name = e.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".store").map(|s| s.parse::<u64>().unwrap())
+            name.strip_suffix(".store")
+                .map(|s| s.parse::<u64>().unwrap())
         })
         .collect();
     bases.sort();
@@ -249,9 +258,16 @@ fn an_older_segment_emptied_by_a_power_cut_beyond_the_recovery_point_is_recorded
         other => panic!("expected records lost, got {other:?}"),
     }
     assert_eq!(log.read(last).unwrap(), record_for(last));
-    assert_eq!(log.append(&record_for(next)).unwrap(), next, "no offset reused");
+    assert_eq!(
+        log.append(&record_for(next)).unwrap(),
+        next,
+        "no offset reused"
+    );
     let checkpoint = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
-    assert!(checkpoint.contains(&format!("lost {victim} {last} power-cut")), "{checkpoint}");
+    assert!(
+        checkpoint.contains(&format!("lost {victim} {last} power-cut")),
+        "{checkpoint}"
+    );
 }
 
 /// The same cut below the recovery point is damage: read-only, nothing deleted.
@@ -358,7 +374,10 @@ fn a_flipped_byte_is_reported_as_corruption_and_other_records_still_read() {
     let log = Partition::open(dir.path(), config(SyncPolicy::Never)).unwrap();
     assert!(log.read_only_at_open().is_some());
     assert_eq!(log.read(4).unwrap(), record_for(4));
-    assert!(is_corruption(&log.read(29).unwrap_err()), "past the damage: corruption, not out of range");
+    assert!(
+        is_corruption(&log.read(29).unwrap_err()),
+        "past the damage: corruption, not out of range"
+    );
     drop(log);
 
     // The explicit repair: a dry run changes nothing, the real run cuts the
@@ -369,7 +388,11 @@ fn a_flipped_byte_is_reported_as_corruption_and_other_records_still_read() {
     assert_eq!(dry.cuts.len(), 1);
     assert_eq!(dry.cuts[0].position, at as u64);
     assert_eq!(dry.cuts[0].lost.start, 5);
-    assert_eq!(std::fs::read(&store).unwrap(), before, "dry run changes nothing");
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        before,
+        "dry run changes nothing"
+    );
     let done = proglog::storage::repair(dir.path(), &config(SyncPolicy::Never), false).unwrap();
     assert_eq!(done.cuts, dry.cuts);
     assert_eq!(done.next_offset, 30);

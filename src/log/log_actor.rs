@@ -468,7 +468,9 @@ impl LogActor {
             .into()
         };
         if offset >= next && self.read_only.is_some() {
-            return Err(damaged(format!("the partition is damaged from offset {next} on")));
+            return Err(damaged(format!(
+                "the partition is damaged from offset {next} on"
+            )));
         }
         if offset < lowest || offset >= next {
             return Err(StorageError::OffsetOutOfRange {
@@ -567,14 +569,28 @@ impl LogActor {
         }
     }
 
-    /// Removes the `n` oldest segments (never the active one).
-    fn remove_oldest(&mut self, n: usize) -> usize {
+    /// Removes the `n` oldest segments (never the active one); the answer
+    /// comes once their files are deleted, so a crash right after cannot
+    /// bring them back.
+    fn remove_oldest(&mut self, n: usize) -> ResponseFuture<Result<usize, LogError>> {
         let n = n.min(self.segments.len().saturating_sub(1));
-        for handle in self.segments.drain(..n) {
-            tracing::info!(partition = %self.partition, base = handle.base, "deleting segment");
-            handle.addr.do_send(RemoveSegment);
-        }
-        n
+        let removals: Vec<_> = self
+            .segments
+            .drain(..n)
+            .map(|handle| {
+                tracing::info!(partition = %self.partition, base = handle.base, "deleting segment");
+                handle.addr.send(RemoveSegment)
+            })
+            .collect();
+        let partition = self.partition.clone();
+        Box::pin(async move {
+            for removed in join_all(removals).await {
+                removed.unwrap_or_else(|_| {
+                    Err(LogError::unavailable(&partition, "segment actor went away"))
+                })?;
+            }
+            Ok(n)
+        })
     }
 
     fn handle_of(&mut self, base: u64) -> Option<&mut SegmentHandle> {
@@ -598,6 +614,11 @@ impl Actor for LogActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // actix runs `started` of a never-polled actor when its runtime
+            // is being dropped (a restart caught by shutdown): nothing to start.
+            return;
+        }
         ctx.set_mailbox_capacity(1024);
         let opened = std::mem::take(&mut self.opened);
         self.adopt(opened, ctx);
@@ -907,10 +928,14 @@ impl LogActor {
 }
 
 impl Handler<Truncate> for LogActor {
-    type Result = Result<usize, LogError>;
+    type Result = ResponseFuture<Result<usize, LogError>>;
 
     fn handle(&mut self, msg: Truncate, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(ctx, move |act, ctx| act.on_truncate(msg, ctx), Err)
+        self.guarded(
+            ctx,
+            move |act, ctx| act.on_truncate(msg, ctx),
+            |e| -> Self::Result { Box::pin(ready(Err(e))) },
+        )
     }
 }
 
@@ -921,9 +946,10 @@ impl LogActor {
         _ctx: &mut Context<Self>,
     ) -> <Self as Handler<Truncate>>::Result {
         if self.closed || self.failed.is_some() {
-            return Err(self
+            let e = self
                 .refuse_writes()
-                .unwrap_or_else(|| LogError::Closed(self.partition.clone())));
+                .unwrap_or_else(|| LogError::Closed(self.partition.clone()));
+            return Box::pin(ready(Err(e)));
         }
         let lowest = msg.lowest.min(self.committed);
         let n = self
@@ -931,15 +957,19 @@ impl LogActor {
             .iter()
             .take_while(|s| s.complete() && s.committed <= lowest)
             .count();
-        Ok(self.remove_oldest(n))
+        self.remove_oldest(n)
     }
 }
 
 impl Handler<ApplyRetention> for LogActor {
-    type Result = Result<usize, LogError>;
+    type Result = ResponseFuture<Result<usize, LogError>>;
 
     fn handle(&mut self, msg: ApplyRetention, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(ctx, move |act, ctx| act.on_apply_retention(msg, ctx), Err)
+        self.guarded(
+            ctx,
+            move |act, ctx| act.on_apply_retention(msg, ctx),
+            |e| -> Self::Result { Box::pin(ready(Err(e))) },
+        )
     }
 }
 
@@ -950,16 +980,18 @@ impl LogActor {
         _ctx: &mut Context<Self>,
     ) -> <Self as Handler<ApplyRetention>>::Result {
         if self.closed || self.failed.is_some() {
-            return Err(self
+            let e = self
                 .refuse_writes()
-                .unwrap_or_else(|| LogError::Closed(self.partition.clone())));
+                .unwrap_or_else(|| LogError::Closed(self.partition.clone()));
+            return Box::pin(ready(Err(e)));
         }
         let mut ages = Vec::with_capacity(self.segments.len());
         for s in &self.segments {
             let path = self.dir.join(file_name(s.base, "store"));
-            let modified = std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .map_err(StorageError::io("stat", &path))?;
+            let modified = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+                Ok(modified) => modified,
+                Err(e) => return Box::pin(ready(Err(StorageError::io("stat", &path)(e).into()))),
+            };
             ages.push((s.size_bytes, modified));
         }
         if let Some(active) = ages.last_mut() {
@@ -969,7 +1001,7 @@ impl LogActor {
             .config
             .retention
             .segments_to_delete(&ages, SystemTime::now());
-        Ok(self.remove_oldest(n))
+        self.remove_oldest(n)
     }
 }
 

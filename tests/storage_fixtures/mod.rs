@@ -7,7 +7,8 @@ use std::path::Path;
 
 use actix::Addr;
 use proglog::log::{
-    Append, ApplyRetention, Close, LogActor, LogError, LogStats, Read, ReadBatch, Stats, Truncate,
+    Append, ApplyRetention, Close, InjectLogFault, InjectSegmentFault, LogActor, LogError,
+    LogStats, Read, ReadBatch, Stats, Truncate,
 };
 use proglog::storage::frame::{FILE_HEADER_LEN, INDEX_ENTRY_LEN};
 use proglog::storage::{LogConfig, OpenReport, RecordBatch, StorageError, SyncPolicy};
@@ -36,15 +37,18 @@ pub fn record_for(offset: u64) -> Vec<u8> {
 /// Dropping it without [`Partition::close`] is a crash of the process: the
 /// actors go away without sealing anything.
 pub struct Partition {
-    system: actix_rt::SystemRunner,
+    // Dropped before the System that runs it.
     log: Addr<LogActor>,
+    system: actix_rt::SystemRunner,
     report: OpenReport,
     read_only: Option<String>,
 }
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Partition").field("report", &self.report).finish()
+        f.debug_struct("Partition")
+            .field("report", &self.report)
+            .finish()
     }
 }
 
@@ -56,8 +60,8 @@ impl Partition {
         let read_only = actor.read_only_reason().map(str::to_string);
         let log = system.block_on(async move { actor.start() });
         Ok(Partition {
-            system,
             log,
+            system,
             report,
             read_only,
         })
@@ -91,9 +95,8 @@ impl Partition {
 
     pub fn read_batch(&self, from: u64, max_bytes: usize) -> Result<RecordBatch, LogError> {
         let log = self.log.clone();
-        self.system.block_on(async move {
-            log.send(ReadBatch { from, max_bytes }).await.unwrap()
-        })
+        self.system
+            .block_on(async move { log.send(ReadBatch { from, max_bytes }).await.unwrap() })
     }
 
     pub fn stats(&self) -> LogStats {
@@ -141,6 +144,18 @@ impl Partition {
         });
     }
 
+    /// Makes the active SegmentActor panic (its supervisor restarts it).
+    pub fn inject_segment_fault(&self) {
+        self.log.do_send(InjectSegmentFault);
+        self.settle();
+    }
+
+    /// Makes the LogActor panic (its supervisor reopens the partition).
+    pub fn inject_log_fault(&self) {
+        self.log.do_send(InjectLogFault);
+        self.settle();
+    }
+
     /// Flushes, syncs and seals everything: the next open scans nothing.
     pub fn close(self) -> Result<(), LogError> {
         let log = self.log.clone();
@@ -155,7 +170,11 @@ impl Partition {
 
     pub fn assert_all_records_intact(&self) {
         for offset in self.lowest_offset()..self.next_offset() {
-            assert_eq!(self.read(offset).unwrap(), record_for(offset), "record {offset}");
+            assert_eq!(
+                self.read(offset).unwrap(),
+                record_for(offset),
+                "record {offset}"
+            );
         }
     }
 }
