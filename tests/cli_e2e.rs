@@ -12,28 +12,8 @@ use std::time::{Duration, Instant};
 
 use support::{
     CLIENT_TIMEOUT, Captured, ChildGuard, EXIT_TIMEOUT, Lines, ServeOptions, Server, client,
-    proglog, run, serve_args,
+    consume_all, parse_records, proglog, run, serve_args,
 };
-
-/// Parses `consume --format json` output into (offset, value) pairs.
-fn parse_records(stdout: &str) -> Vec<(u64, String)> {
-    stdout
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-            let offset = v["offset"].as_u64().unwrap_or_else(|| panic!("{line:?}"));
-            let value = v["value"].as_str().unwrap_or_else(|| panic!("{line:?}"));
-            (offset, value.to_string())
-        })
-        .collect()
-}
-
-fn consume_all(server: &Server) -> Vec<(u64, String)> {
-    let mut cmd = client("consume", &server.endpoint());
-    cmd.args(["--from", "0", "--format", "json"]);
-    parse_records(&run(cmd, None, CLIENT_TIMEOUT).success().stdout)
-}
 
 fn offsets(stdout: &str) -> Vec<u64> {
     stdout

@@ -224,6 +224,15 @@ impl ChildGuard {
         assert!(status.success(), "kill -TERM {} failed", self.name);
     }
 
+    /// Kills the process with SIGKILL: no handler, no clean shutdown.
+    pub fn sigkill(&self) {
+        let status = Command::new("kill")
+            .args(["-KILL", &self.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL {} failed", self.name);
+    }
+
     /// The exit status if the process has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
@@ -520,4 +529,25 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
         headers,
         body: body.to_string(),
     })
+}
+
+/// Parses `consume --format json` output into (offset, value) pairs.
+pub fn parse_records(stdout: &str) -> Vec<(u64, String)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            let offset = v["offset"].as_u64().unwrap_or_else(|| panic!("{line:?}"));
+            let value = v["value"].as_str().unwrap_or_else(|| panic!("{line:?}"));
+            (offset, value.to_string())
+        })
+        .collect()
+}
+
+/// Every record of the node's own partition, as (offset, value).
+pub fn consume_all(server: &Server) -> Vec<(u64, String)> {
+    let mut cmd = client("consume", &server.endpoint());
+    cmd.args(["--from", "0", "--format", "json"]);
+    parse_records(&run(cmd, None, CLIENT_TIMEOUT).success().stdout)
 }

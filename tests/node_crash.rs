@@ -1,0 +1,159 @@
+//! SIGKILL of a running `proglog serve` while a client produces, with small
+//! segments so kills land during rolls too: after a restart every
+//! acknowledged record is there byte for byte, offsets are contiguous, and
+//! appends resume at the end. Under the default sync policy and `always`.
+
+mod support;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use support::{Captured, ChildGuard, EXIT_TIMEOUT, ServeOptions, Server, client, consume_all};
+
+const ROUNDS: usize = 3;
+
+fn value(round: usize, i: usize) -> String {
+    // Lengths vary so frames straddle buffer and segment boundaries.
+    format!("r{round}-{i}-{}", "x".repeat(i % 97))
+}
+
+/// Produces from a `proglog produce --json` fed line by line, until the
+/// server is SIGKILLed after a random number of acks; returns the acked
+/// (offset, value) pairs.
+fn produce_until_killed(
+    server: &mut Server,
+    round: usize,
+    kill_after: usize,
+) -> Vec<(u64, String)> {
+    let mut cmd = client("produce", &server.endpoint());
+    cmd.arg("--json").stdin(Stdio::piped());
+    let mut producer = ChildGuard::spawn("proglog produce --json", &mut cmd);
+    let mut stdin = producer.take_stdin();
+    std::thread::spawn(move || {
+        let mut out = std::io::BufWriter::with_capacity(16 << 10, &mut stdin);
+        for i in 0..5_000_000 {
+            if writeln!(out, "{}", value(round, i)).is_err() {
+                return;
+            }
+        }
+    });
+    let (ack_tx, ack_rx) = mpsc::channel::<u64>();
+    let producer_out = producer.take_stdout();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(producer_out).lines() {
+            let Ok(line) = line else { break };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                break;
+            };
+            let Some(offset) = v["offset"].as_u64() else {
+                break;
+            };
+            if ack_tx.send(offset).is_err() {
+                break;
+            }
+        }
+    });
+    let mut producer_err = Captured::spawn(producer.take_stderr());
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.len() < kill_after {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ack_rx.recv_timeout(left) {
+            Ok(offset) => acked.push(offset),
+            Err(e) => panic!("only {} acks ({e}): {}", acked.len(), producer_err.text()),
+        }
+    }
+    server.child.sigkill();
+    loop {
+        match ack_rx.recv_timeout(EXIT_TIMEOUT) {
+            Ok(offset) => acked.push(offset),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("producer still acking after SIGKILL"),
+        }
+    }
+    let status = server
+        .child
+        .wait_exit(EXIT_TIMEOUT)
+        .expect("killed server exits");
+    assert_eq!(status.code(), None, "killed by a signal");
+    let _ = producer.wait_exit(EXIT_TIMEOUT);
+    let _ = producer_err.finish();
+    // The k-th ack is the k-th line's.
+    acked
+        .into_iter()
+        .enumerate()
+        .map(|(k, offset)| (offset, value(round, k)))
+        .collect()
+}
+
+fn kill_and_recover(sync: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ServeOptions {
+        extra_args: vec![
+            "--sync".into(),
+            sync.into(),
+            "--max-segment-bytes".into(),
+            "65536".into(),
+            "--max-record-bytes".into(),
+            "1024".into(),
+            "--max-message-bytes".into(),
+            "1048576".into(),
+            "--min-free-bytes".into(),
+            "0".into(),
+        ],
+        ..ServeOptions::default()
+    };
+    let mut rng = rand::rng();
+    let mut acked_all: Vec<(u64, String)> = Vec::new();
+    for round in 0..ROUNDS {
+        let mut server = Server::start_with(dir.path(), &opts);
+        let kill_after = rng.random_range(500..8000);
+        let acked = produce_until_killed(&mut server, round, kill_after);
+        eprintln!(
+            "sync={sync} round {round}: {} acks, killed after {kill_after}",
+            acked.len()
+        );
+        acked_all.extend(acked);
+    }
+    let mut server = Server::start_with(dir.path(), &opts);
+    let stored = consume_all(&server);
+    let offsets: Vec<u64> = stored.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (0..stored.len() as u64).collect::<Vec<_>>(),
+        "offsets are contiguous after {ROUNDS} kills"
+    );
+    for (offset, value) in &acked_all {
+        let Some((_, got)) = stored.get(*offset as usize) else {
+            panic!(
+                "acknowledged offset {offset} lost ({} records stored)",
+                stored.len()
+            );
+        };
+        assert_eq!(got, value, "value at acknowledged offset {offset}");
+    }
+    let mut cmd = client("produce", &server.endpoint());
+    cmd.arg("after the kills");
+    let out = support::run(cmd, None, support::CLIENT_TIMEOUT).success();
+    assert_eq!(
+        out.stdout.trim(),
+        stored.len().to_string(),
+        "appends resume at the end"
+    );
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn sigkill_under_default_sync_loses_no_acknowledged_record() {
+    kill_and_recover("interval");
+}
+
+#[test]
+fn sigkill_under_sync_always_loses_no_acknowledged_record() {
+    kill_and_recover("always");
+}
