@@ -8,7 +8,7 @@ use actix::Addr;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proglog::log::{Append, LogActor, Read, ReadBatch, WaitFor};
-use proglog::storage::{Log, LogConfig, SyncPolicy};
+use proglog::storage::{LogConfig, Segment, SyncPolicy};
 
 const RECORD: usize = 256;
 const ROUNDS: usize = 5;
@@ -30,14 +30,23 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
-/// Storage core: batches of 1024 x 256 B appended directly. Records/s.
+/// Storage core: batches of 1024 x 256 B appended to segments directly
+/// (a new segment when one is full), one flush per batch. Records/s.
 fn core_batched(n_batches: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(SyncPolicy::Never)).unwrap();
+    let cfg = config(SyncPolicy::Never);
+    let mut segment = Segment::create(dir.path(), 0, &cfg).unwrap();
     let batch: Vec<Vec<u8>> = (0..1024).map(|_| vec![0x11; RECORD]).collect();
     let start = Instant::now();
     for _ in 0..n_batches {
-        log.append_batch(&batch).unwrap();
+        for r in &batch {
+            if !segment.fits(r.len()) {
+                let next = segment.next();
+                segment = Segment::create(dir.path(), next, &cfg).unwrap();
+            }
+            segment.append(r).unwrap();
+        }
+        segment.flush().unwrap();
     }
     (n_batches * 1024) as f64 / start.elapsed().as_secs_f64()
 }
@@ -58,9 +67,7 @@ async fn actor_batched(n_batches: usize) -> f64 {
         if inflight.len() >= 4 {
             inflight.next().await.unwrap().unwrap().unwrap();
         }
-        inflight.push(log.send(Append {
-            records: batch.clone(),
-        }));
+        inflight.push(log.send(Append::batch(batch.clone())));
     }
     while let Some(r) = inflight.next().await {
         r.unwrap().unwrap();
@@ -140,12 +147,7 @@ async fn read_latency_beside_fsyncing_partition(load: bool) -> (Vec<Duration>, f
     let b = start_log(dir_b.path(), SyncPolicy::Never);
     let batch: Vec<Vec<u8>> = (0..1000).map(|_| vec![0x44; RECORD]).collect();
     for _ in 0..10 {
-        b.send(Append {
-            records: batch.clone(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        b.send(Append::batch(batch.clone())).await.unwrap().unwrap();
     }
     let stop = std::rc::Rc::new(std::cell::Cell::new(false));
     let writer = {
@@ -216,7 +218,7 @@ fn main() {
             let log = start_log(dir.path(), SyncPolicy::Never);
             let batch: Vec<Vec<u8>> = (0..1024).map(|_| vec![0x66; RECORD]).collect();
             for _ in 0..400 {
-                log.send(Append { records: batch.clone() }).await.unwrap().unwrap();
+                log.send(Append::batch(batch.clone())).await.unwrap().unwrap();
             }
             stream.push(actor_stream(&log, 400 * 1024).await);
             eprintln!("round {} done", round + 1);

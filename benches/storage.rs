@@ -1,18 +1,61 @@
-//! Criterion benchmarks of the storage core, with the disk and memcpy
-//! measured in the same run as references. `cargo bench --bench storage`.
+//! Criterion benchmarks of the storage core's segment (the unit each
+//! SegmentActor drives), with the disk and memcpy measured in the same run as
+//! references. `cargo bench --bench storage`. The whole engine (actors,
+//! rolls, group commit) is measured by `benches/log_actors.rs`.
 
 use std::hint::black_box;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use proglog::storage::{Log, LogConfig, SyncPolicy};
+use proglog::storage::{LogConfig, Segment, SyncPolicy};
 
 fn config(sync: SyncPolicy) -> LogConfig {
     LogConfig {
         sync,
         max_record_bytes: 64 << 10,
+        max_store_bytes: 1 << 30,
         ..LogConfig::default()
+    }
+}
+
+/// A segment taking appends; replaced by a fresh one when full (the bench
+/// measures appends, not rolls).
+struct Appender {
+    dir: tempfile::TempDir,
+    segment: Segment,
+    config: LogConfig,
+}
+
+impl Appender {
+    fn new(sync: SyncPolicy) -> Appender {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(sync);
+        let segment = Segment::create(dir.path(), 0, &config).unwrap();
+        Appender {
+            dir,
+            segment,
+            config,
+        }
+    }
+
+    fn append(&mut self, record: &[u8]) -> u64 {
+        if !self.segment.fits(record.len()) {
+            let next = self.segment.next();
+            self.segment = Segment::create(self.dir.path(), next, &self.config).unwrap();
+        }
+        let offset = self.segment.append(record).unwrap();
+        if self.config.sync == SyncPolicy::Always {
+            self.segment.sync().unwrap();
+        }
+        offset
+    }
+
+    fn append_batch(&mut self, batch: &[Vec<u8>]) {
+        for r in batch {
+            self.append(r);
+        }
+        self.segment.flush().unwrap();
     }
 }
 
@@ -71,55 +114,51 @@ fn appends(c: &mut Criterion) {
         // flushes once per burst of messages.
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(format!("single_{size}B_sync_never"), |b| {
-            let dir = tempfile::tempdir().unwrap();
-            let mut log = Log::open(dir.path(), config(SyncPolicy::Never)).unwrap();
+            let mut log = Appender::new(SyncPolicy::Never);
             let mut n = 0u64;
             b.iter(|| {
-                black_box(log.append(&record).unwrap());
+                black_box(log.append(&record));
                 n += 1;
                 if n.is_multiple_of(64) {
-                    log.flush().unwrap();
+                    log.segment.flush().unwrap();
                 }
             })
         });
         // Single appends each followed by its own flush (one write syscall each).
         g.bench_function(format!("single_flushed_{size}B_sync_never"), |b| {
-            let dir = tempfile::tempdir().unwrap();
-            let mut log = Log::open(dir.path(), config(SyncPolicy::Never)).unwrap();
+            let mut log = Appender::new(SyncPolicy::Never);
             b.iter(|| {
-                black_box(log.append(&record).unwrap());
-                log.flush().unwrap();
+                black_box(log.append(&record));
+                log.segment.flush().unwrap();
             })
         });
         let batch_len = (256 << 10) / size;
         let batch: Vec<Vec<u8>> = (0..batch_len).map(|_| record.clone()).collect();
         g.throughput(Throughput::Bytes((size * batch_len) as u64));
         g.bench_function(format!("batch_{batch_len}x{size}B_sync_never"), |b| {
-            let dir = tempfile::tempdir().unwrap();
-            let mut log = Log::open(dir.path(), config(SyncPolicy::Never)).unwrap();
-            b.iter(|| black_box(log.append_batch(&batch).unwrap()))
+            let mut log = Appender::new(SyncPolicy::Never);
+            b.iter(|| log.append_batch(&batch))
         });
     }
     let record = vec![0x5au8; 256];
     g.throughput(Throughput::Bytes(256));
     g.sample_size(20);
     g.bench_function("single_256B_sync_always", |b| {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = Log::open(dir.path(), config(SyncPolicy::Always)).unwrap();
-        b.iter(|| black_box(log.append(&record).unwrap()))
+        let mut log = Appender::new(SyncPolicy::Always);
+        b.iter(|| black_box(log.append(&record)))
     });
     g.finish();
 }
 
 fn reads(c: &mut Criterion) {
     const N: u64 = 400_000;
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = Log::open(dir.path(), config(SyncPolicy::Never)).unwrap();
+    let mut appender = Appender::new(SyncPolicy::Never);
     let record = vec![0x33u8; 256];
+    let batch: Vec<Vec<u8>> = (0..1000).map(|_| record.clone()).collect();
     for _ in 0..N / 1000 {
-        let batch: Vec<&[u8]> = (0..1000).map(|_| &record[..]).collect();
-        log.append_batch(&batch).unwrap();
+        appender.append_batch(&batch);
     }
+    let log = &appender.segment;
     let mut g = c.benchmark_group("read");
     g.measurement_time(Duration::from_secs(8));
     // Sequential: 1 MiB batches from the start to the end of the log.
@@ -130,7 +169,9 @@ fn reads(c: &mut Criterion) {
             let mut from = 0;
             let mut n = 0;
             while from < N {
-                let batch = log.read_batch(from, 1 << 20).unwrap();
+                let mut batch = proglog::storage::RecordBatch::default();
+                log.read_batch_into(from, N, 1 << 20, &mut batch, true)
+                    .unwrap();
                 n += batch.len();
                 from = batch.next_offset().unwrap();
             }

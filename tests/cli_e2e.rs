@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     CLIENT_TIMEOUT, Captured, ChildGuard, EXIT_TIMEOUT, Lines, ServeOptions, Server, client,
-    consume_all, parse_records, proglog, run, serve_args,
+    consume_all, proglog, run, serve_args,
 };
 
 fn offsets(stdout: &str) -> Vec<u64> {

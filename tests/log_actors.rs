@@ -29,7 +29,7 @@ async fn append(
     log: &Addr<LogActor>,
     records: Vec<Vec<u8>>,
 ) -> Result<std::ops::Range<u64>, LogError> {
-    log.send(Append { records }).await.unwrap()
+    log.send(Append::batch(records)).await.unwrap()
 }
 
 async fn read(log: &Addr<LogActor>, offset: u64) -> Result<Vec<u8>, LogError> {
