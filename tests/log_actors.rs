@@ -236,6 +236,8 @@ async fn a_panicking_segment_actor_is_restarted_and_loses_no_acknowledged_record
 
     // Appends in flight on both sides of the fault.
     let mut acked: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut maybe: Vec<Vec<u8>> = Vec::new();
+    let mut refused: Vec<Vec<u8>> = Vec::new();
     let mut failed = 0;
     let before: Vec<_> = (100..120)
         .map(|i| (i, log.send(Append::one(record(i)))))
@@ -247,7 +249,18 @@ async fn a_panicking_segment_actor_is_restarted_and_loses_no_acknowledged_record
     for (i, fut) in before.into_iter().chain(after) {
         match fut.await.unwrap() {
             Ok(range) => acked.push((range.start, record(i))),
-            Err(LogError::Unavailable { .. }) => failed += 1,
+            // In flight when the actor failed: maybe written.
+            Err(e @ LogError::Indeterminate { .. }) => {
+                assert_eq!(e.appended(), Appended::Maybe);
+                maybe.push(record(i));
+                failed += 1;
+            }
+            // Queued behind the failure and refused: certainly not written.
+            Err(e @ LogError::Unavailable { .. }) => {
+                assert_eq!(e.appended(), Appended::No);
+                refused.push(record(i));
+                failed += 1;
+            }
             Err(e) => panic!("unexpected error {e}"),
         }
     }
@@ -267,6 +280,21 @@ async fn a_panicking_segment_actor_is_restarted_and_loses_no_acknowledged_record
     }
     for i in 0..5 {
         assert_eq!(read(&log, i).await.unwrap(), record(i));
+    }
+    // Nothing refused was written; nothing is there twice.
+    let next = log.send(Stats).await.unwrap().next_offset;
+    let mut seen = std::collections::HashSet::new();
+    for offset in 0..next {
+        let bytes = read(&log, offset).await.unwrap();
+        assert!(
+            !refused.contains(&bytes),
+            "a refused append was written at {offset}"
+        );
+        assert!(seen.insert(bytes.clone()), "written twice: {offset}");
+        assert!(
+            offset < 5 || acked.iter().any(|(_, b)| b == &bytes) || maybe.contains(&bytes),
+            "unknown record at {offset}"
+        );
     }
     // Appends continue right after the committed end.
     let next = log.send(Stats).await.unwrap().next_offset;

@@ -367,6 +367,13 @@ impl LogActor {
                 }
             };
             act.poisoned.extend(sealed.poisoned);
+            if sealed.still_active {
+                // The estimate counted appends that were refused: it is empty.
+                act.active_bytes = FILE_HEADER_LEN as u64;
+                act.active_entries = 0;
+                act.dispatch(records, session, reply, ctx);
+                return;
+            }
             if let Some(old) = act.segments.last_mut() {
                 old.end = Some(sealed.next);
                 old.size_bytes = act.active_bytes;

@@ -51,6 +51,9 @@ pub(crate) struct Sealed {
     pub next: u64,
     /// Sessions whose appends failed here: the next segment refuses them too.
     pub poisoned: Vec<u64>,
+    /// The segment was empty (its appends were refused or taken back): it
+    /// was not sealed and stays the active segment.
+    pub still_active: bool,
 }
 
 /// Makes the segment read-only (after its pending appends are committed).
@@ -720,10 +723,18 @@ impl Handler<Seal> for SegmentActor {
     fn handle(&mut self, _: Seal, ctx: &mut Context<Self>) -> Self::Result {
         // Commit what is pending first, so no append is left unanswered.
         <Self as Handler<Commit>>::handle(self, Commit, ctx);
-        let next = self.guarded(ctx, true, |segment| {
+        let (next, empty) = self.guarded(ctx, true, |segment| {
             segment.flush()?;
-            Ok(segment.next())
+            Ok((segment.next(), segment.is_empty()))
         })?;
+        if empty {
+            // Nothing to seal: a new segment here would have the same base.
+            return Ok(Sealed {
+                next,
+                poisoned: self.poisoned.to_vec(),
+                still_active: true,
+            });
+        }
         self.writable = false;
         let Some(mut segment) = self.segment.take() else {
             return Err(self.unavailable());
@@ -764,6 +775,7 @@ impl Handler<Seal> for SegmentActor {
         Ok(Sealed {
             next,
             poisoned: self.poisoned.to_vec(),
+            still_active: false,
         })
     }
 }
