@@ -532,7 +532,15 @@ impl Actor for SegmentActor {
 
 impl Supervised for SegmentActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        if self.retired || self.failed.is_some() {
+        if self.retired {
+            return;
+        }
+        if self.failed.is_some() {
+            // Already given up on writes: keep serving reads.
+            self.writable = false;
+            if let Err(e) = self.reopen() {
+                tracing::error!(partition = %self.partition, base = self.base, error = %e, "cannot reopen the failed segment for reads");
+            }
             return;
         }
         let reason = "restarted after a failure".to_string();
