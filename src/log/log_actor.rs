@@ -265,6 +265,16 @@ impl LogActor {
             && self.active_bytes + (FRAME_HEADER_LEN + len) as u64 <= self.config.max_store_bytes
     }
 
+    /// Whether `records` fit in an empty segment, all together.
+    fn fits_in_a_new_segment(&self, records: &[Vec<u8>]) -> bool {
+        let bytes: u64 = records
+            .iter()
+            .map(|r| (FRAME_HEADER_LEN + r.len()) as u64)
+            .sum();
+        (records.len() as u64) <= self.config.index_capacity()
+            && FILE_HEADER_LEN as u64 + bytes <= self.config.max_store_bytes
+    }
+
     /// Creates the segment a failed roll could not (after the disk filled).
     fn create_missing_segment(&mut self, ctx: &mut Context<Self>) -> Result<(), LogError> {
         let Some(base) = self.needs_segment else {
@@ -303,6 +313,15 @@ impl LogActor {
             self.active_entries += 1;
             fit += 1;
         }
+        if fit > 0 && fit < records.len() && self.fits_in_a_new_segment(&records) {
+            // Roll first rather than split the batch: a batch split across
+            // segments could end half appended if creating the next segment fails.
+            for r in &records[..fit] {
+                self.active_bytes -= (FRAME_HEADER_LEN + r.len()) as u64;
+                self.active_entries -= 1;
+            }
+            fit = 0;
+        }
         let Some(active) = self.active() else {
             let _ = reply.send(Err(LogError::Closed(self.partition.clone())));
             return;
@@ -331,8 +350,21 @@ impl LogActor {
             actix_rt::spawn(async move {
                 let gone = || LogError::indeterminate(&partition, "segment actor went away");
                 let first = first_rx.await.unwrap_or_else(|_| Err(gone()));
-                let rest = rest_rx.await.unwrap_or_else(|_| Err(gone()));
-                let _ = reply.send(first.and_then(|a| rest.map(|b: Range<u64>| a.start..b.end)));
+                let rest: Result<Range<u64>, LogError> =
+                    rest_rx.await.unwrap_or_else(|_| Err(gone()));
+                let answer = match (first, rest) {
+                    (Ok(a), Ok(b)) => Ok(a.start..b.end),
+                    (Err(e), _) => Err(e),
+                    // The first part is in the log: the batch is half appended.
+                    (Ok(a), Err(e)) => Err(LogError::indeterminate(
+                        &partition,
+                        format!(
+                            "a batch larger than a segment was split: offsets {}..{} were appended, the rest failed: {e}",
+                            a.start, a.end
+                        ),
+                    )),
+                };
+                let _ = reply.send(answer);
             });
             rest_tx
         };

@@ -223,7 +223,7 @@ fn parse_request_line(head: &[u8]) -> Result<(&str, &str), Response> {
 async fn route(path: &str, telemetry: &Telemetry) -> Response {
     match path {
         "/healthz" => Response::text(200, "OK", "ok\n"),
-        "/readyz" => match telemetry.readiness().check() {
+        "/readyz" => match telemetry.check_ready().await {
             Ok(()) => Response::text(200, "OK", "ready\n"),
             Err(why) => Response::text(503, "Service Unavailable", format!("not ready: {why}\n")),
         },

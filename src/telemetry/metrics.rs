@@ -45,6 +45,12 @@ struct PartitionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    partition: String,
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
 }
@@ -120,6 +126,8 @@ pub struct Metrics {
     partition_bytes: Family<PartitionLabels, Gauge>,
     partition_restarts: Family<PartitionLabels, Counter>,
     partition_failed: Family<PartitionLabels, Gauge>,
+    partition_writes_refused: Family<RefusalLabels, Gauge>,
+    partition_recovery_point: Family<PartitionLabels, Gauge>,
     members: Gauge,
     peer_up: Family<PeerLabels, Gauge>,
 }
@@ -215,6 +223,17 @@ impl Metrics {
             "partition_failed",
             "1 when a partition failed for good (writes refused)",
         );
+        let partition_writes_refused = Family::<RefusalLabels, Gauge>::default();
+        r.register(
+            "partition_writes_refused",
+            "1 while a partition refuses writes, by cause: failed (restart budget spent), read_only (damaged durable data: run proglog repair), disk_full (until space returns)",
+            partition_writes_refused.clone(),
+        );
+        let partition_recovery_point = gauges(
+            &mut r,
+            "partition_recovery_point",
+            "Offset below which every record of a partition is known on disk",
+        );
         let members = Gauge::default();
         r.register(
             "membership_members",
@@ -245,6 +264,8 @@ impl Metrics {
             partition_bytes,
             partition_restarts,
             partition_failed,
+            partition_writes_refused,
+            partition_recovery_point,
             members,
             peer_up,
         }
@@ -313,6 +334,8 @@ impl Metrics {
             family.clear();
         }
         self.partition_restarts.clear();
+        self.partition_writes_refused.clear();
+        self.partition_recovery_point.clear();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         for (id, stats) in partitions {
             let l = PartitionLabels {
@@ -336,6 +359,23 @@ impl Metrics {
             self.partition_failed
                 .get_or_create(&l)
                 .set(i64::from(stats.failed.is_some()));
+            self.partition_recovery_point
+                .get_or_create(&l)
+                .set(as_i64(stats.recovery_point));
+            for (cause, on) in [
+                ("failed", stats.failed.is_some()),
+                ("read_only", stats.read_only.is_some()),
+                ("disk_full", stats.disk_full.is_some()),
+            ] {
+                if on {
+                    self.partition_writes_refused
+                        .get_or_create(&RefusalLabels {
+                            partition: id.clone(),
+                            cause: cause.to_string(),
+                        })
+                        .set(1);
+                }
+            }
         }
         self.peer_up.clear();
         let mut members = 0;

@@ -126,11 +126,8 @@ impl Telemetry {
         *self.cluster.borrow_mut() = Some(cluster);
     }
 
-    /// The `/metrics` page: asks every partition's LogActor for its stats
-    /// (a partition that does not answer in time is left out), reads the
-    /// cluster view, encodes. `None` when metrics are off.
-    pub async fn render_metrics(&self) -> Option<String> {
-        let metrics = self.metrics.as_ref()?;
+    /// Every partition's stats (a partition that does not answer in time is left out).
+    async fn partition_stats(&self) -> Vec<(String, crate::log::LogStats)> {
         let logs: Vec<_> = match &*self.partitions.borrow() {
             Some(p) => p
                 .ids()
@@ -144,11 +141,35 @@ impl Telemetry {
                 _ => None,
             }
         });
-        let stats: Vec<_> = futures::future::join_all(asks)
+        futures::future::join_all(asks)
             .await
             .into_iter()
             .flatten()
-            .collect();
+            .collect()
+    }
+
+    /// `/readyz`: the start-up flags, then every partition: one that failed
+    /// for good or is read-only (damaged durable data) makes the node not
+    /// ready, with the partition and the cause in the answer.
+    pub async fn check_ready(&self) -> Result<(), String> {
+        self.readiness.check().map_err(str::to_string)?;
+        for (id, stats) in self.partition_stats().await {
+            if let Some(reason) = &stats.failed {
+                return Err(format!("partition {id} has failed: {reason}"));
+            }
+            if let Some(reason) = &stats.read_only {
+                return Err(format!("partition {id} is read-only: {reason}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `/metrics` page: asks every partition's LogActor for its stats
+    /// (a partition that does not answer in time is left out), reads the
+    /// cluster view, encodes. `None` when metrics are off.
+    pub async fn render_metrics(&self) -> Option<String> {
+        let metrics = self.metrics.as_ref()?;
+        let stats = self.partition_stats().await;
         let cluster = self.cluster.borrow().clone();
         let view = cluster.as_ref().map(|c| c.borrow());
         Some(metrics.render(&stats, view.as_deref()))
