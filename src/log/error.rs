@@ -63,7 +63,9 @@ impl LogError {
     pub fn appended(&self) -> Appended {
         match self {
             LogError::Indeterminate { .. } => Appended::Maybe,
-            LogError::Storage(StorageError::Io { .. }) => Appended::Maybe,
+            // Write failures after bytes may have reached the file are
+            // turned into `Indeterminate` where they happen; any other
+            // error refused the append before it was written.
             _ => Appended::No,
         }
     }

@@ -413,6 +413,7 @@ impl SegmentActor {
             return;
         };
         let file = segment.sync_handle();
+        let path = segment.store_path().to_path_buf();
         let upto = self.flushed_next;
         self.sync_in_flight = true;
         self.unsynced = false;
@@ -420,7 +421,7 @@ impl SegmentActor {
         let fsync = self.fsync.clone();
         let job = actix_rt::task::spawn_blocking(move || {
             let timer = Instant::now();
-            let result = file.sync_data();
+            let result = crate::storage::disk::sync(&file, &path, true);
             if let Some(fsync) = fsync {
                 fsync.observe_sync(timer.elapsed());
             }

@@ -84,9 +84,7 @@ pub fn classify(e: &LogError) -> WireError {
             from: *from,
             to: *to,
         },
-        LogError::Storage(StorageError::Io { .. }) | LogError::Indeterminate { .. } => {
-            WireError::Indeterminate
-        }
+        LogError::Indeterminate { .. } => WireError::Indeterminate,
         LogError::ReadOnly { .. } => WireError::ReadOnly,
         LogError::UnknownPartition(id) => WireError::UnknownPartition(id.clone()),
         LogError::Storage(_)

@@ -128,7 +128,7 @@ impl Checkpoint {
         let mut file = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
         file.write_all(text.as_bytes())
             .map_err(StorageError::io("write", &tmp))?;
-        file.sync_all().map_err(StorageError::io("fsync", &tmp))?;
+        super::disk::sync(&file, &tmp, false).map_err(StorageError::io("fsync", &tmp))?;
         drop(file);
         std::fs::rename(&tmp, &path).map_err(StorageError::io("rename", &path))?;
         sync_dir(dir)
@@ -155,9 +155,7 @@ impl Checkpoint {
 
 /// `fsync`s a directory, so a created, renamed or deleted entry in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StorageError::io("fsync directory", dir))
+    super::disk::sync_dir(dir).map_err(StorageError::io("fsync directory", dir))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::{MmapMut, MmapOptions};
 
+use super::disk;
 use super::error::{Result, StorageError};
 use super::frame::{self, FILE_HEADER_LEN, INDEX_ENTRY_LEN, INDEX_FLAG_CLEAN, INDEX_MAGIC};
 
@@ -102,8 +103,7 @@ impl Index {
         if writable {
             file.write_all_at(&frame::file_header(INDEX_MAGIC, 0), 0)
                 .map_err(StorageError::io("write header of", path))?;
-            file.sync_data()
-                .map_err(StorageError::io("fdatasync", path))?;
+            disk::sync(&file, path, true).map_err(StorageError::io("fdatasync", path))?;
         }
         Self::map(path.to_path_buf(), file, entries, capacity.max(entries))
     }
@@ -118,7 +118,7 @@ impl Index {
             file.set_len(len)
                 .map_err(StorageError::io("resize", &path))?;
         } else if current < len {
-            allocate(&file, len).map_err(StorageError::io("allocate", &path))?;
+            disk::allocate(&file, &path, len).map_err(StorageError::io("allocate", &path))?;
         }
         // SAFETY: the file is owned by this process's log (guarded by the
         // directory lock) and is never truncated while mapped: `close` drops
@@ -166,9 +166,7 @@ impl Index {
         self.file
             .write_all_at(&frame::file_header(INDEX_MAGIC, 0), 0)
             .map_err(StorageError::io("write header of", &self.path))?;
-        self.file
-            .sync_data()
-            .map_err(StorageError::io("fdatasync", &self.path))
+        disk::sync(&self.file, &self.path, true).map_err(StorageError::io("fdatasync", &self.path))
     }
 
     /// Entry `i` as (relative offset, store position), if it exists.
@@ -199,27 +197,12 @@ impl Index {
         self.file
             .write_all_at(&frame::file_header(INDEX_MAGIC, INDEX_FLAG_CLEAN), 0)
             .map_err(StorageError::io("write header of", &self.path))?;
-        self.file
-            .sync_all()
-            .map_err(StorageError::io("fsync", &self.path))?;
+        disk::sync(&self.file, &self.path, false).map_err(StorageError::io("fsync", &self.path))?;
         // SAFETY: as in `map`; the file now has exactly `len` bytes.
         self.map = unsafe { MmapOptions::new().len(len as usize).map_mut(&self.file) }
             .map_err(StorageError::io("mmap", &self.path))?;
         self.capacity = self.entries;
         Ok(())
-    }
-}
-
-/// Grows `file` to `len` bytes with blocks really allocated
-/// (`posix_fallocate`), so writing an entry through the map can never meet a
-/// full disk: a sparse file would raise SIGBUS there instead of an error.
-fn allocate(file: &File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
-    // SAFETY: a plain call on a file descriptor `file` owns.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
 }
 

@@ -11,6 +11,7 @@ mod batch;
 pub mod checkpoint;
 mod config;
 mod dir;
+pub mod disk;
 mod error;
 pub mod frame;
 mod index;

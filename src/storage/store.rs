@@ -5,6 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::disk;
 use super::error::{Result, StorageError};
 use super::frame::{self, FILE_HEADER_LEN, FRAME_HEADER_LEN, FrameHeader, STORE_MAGIC};
 
@@ -32,6 +33,7 @@ pub(crate) struct Store {
 impl Store {
     /// Creates a new store file with its header. Fails if the file exists.
     pub(crate) fn create(path: &Path) -> Result<Store> {
+        disk::before_create(path).map_err(StorageError::io("create", path))?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -39,7 +41,7 @@ impl Store {
             .open(path)
             .map_err(StorageError::io("create", path))?;
         let header = frame::file_header(STORE_MAGIC, 0);
-        file.write_all_at(&header, 0)
+        disk::write_at(&file, path, &header, 0)
             .map_err(StorageError::io("write header of", path))?;
         Ok(Store {
             path: path.to_path_buf(),
@@ -81,7 +83,7 @@ impl Store {
             .map_err(StorageError::io("truncate", path))?;
         file.write_all_at(&frame::file_header(STORE_MAGIC, 0), 0)
             .map_err(StorageError::io("write header of", path))?;
-        file.sync_all().map_err(StorageError::io("fsync", path))?;
+        disk::sync(&file, path, false).map_err(StorageError::io("fsync", path))?;
         Ok(Store {
             path: path.to_path_buf(),
             file: Arc::new(file),
@@ -169,8 +171,7 @@ impl Store {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all_at(&self.buf, self.flushed)
+        disk::write_at(&self.file, &self.path, &self.buf, self.flushed)
             .map_err(StorageError::io("write", &self.path))?;
         self.flushed += self.buf.len() as u64;
         self.buf.clear();
@@ -182,8 +183,7 @@ impl Store {
     pub(crate) fn sync(&mut self) -> Result<()> {
         self.flush()?;
         if self.unsynced {
-            self.file
-                .sync_data()
+            disk::sync(&self.file, &self.path, true)
                 .map_err(StorageError::io("fdatasync", &self.path))?;
             self.unsynced = false;
         }
@@ -228,8 +228,7 @@ impl Store {
         }
         let from_file = end.min(self.flushed).saturating_sub(position) as usize;
         if from_file > 0 {
-            self.file
-                .read_exact_at(&mut out[..from_file], position)
+            disk::read_at(&self.file, &self.path, &mut out[..from_file], position)
                 .map_err(StorageError::io("read", &self.path))?;
         }
         if from_file < out.len() {

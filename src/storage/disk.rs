@@ -1,0 +1,330 @@
+//! The storage layer's seam to the disk: every write, read, sync, space
+//! allocation and file creation of a partition goes through here, so tests
+//! can make the disk misbehave where it matters.
+//!
+//! Two test tools hang on it, both armed per directory (so tests in one
+//! process do not disturb each other) and both free when unarmed (one relaxed
+//! atomic load per call):
+//!
+//! - [`inject`]: the next calls at a [`Point`] under a directory fail with an
+//!   errno (ENOSPC, EIO), or a write is cut short first.
+//! - [`SimulatedDisk`]: a disk that forgets, as TigerBeetle's simulated
+//!   storage and the LazyFS tool of Jepsen's tests do. It remembers, per
+//!   inode, the contents the last completed `fsync`/`fdatasync` covered, and
+//!   per directory the entries the last directory `fsync` covered. A
+//!   [`SimulatedDisk::power_cut`] puts the directory back to exactly that,
+//!   and may keep a random prefix of the bytes appended after the last sync
+//!   (a torn last write).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Where a fault can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// Writing frames to a store file.
+    Write,
+    /// `fdatasync`/`fsync` of a file.
+    Sync,
+    /// Reading a store file.
+    Read,
+    /// Allocating index space (`posix_fallocate`).
+    Allocate,
+    /// Creating a segment's store file.
+    Create,
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Fail with this errno (e.g. `libc::ENOSPC`, `libc::EIO`).
+    Errno(i32),
+    /// Write only this many bytes, then fail with the errno.
+    ShortWrite { bytes: usize, errno: i32 },
+}
+
+struct Injected {
+    dir: PathBuf,
+    point: Point,
+    fault: Fault,
+    remaining: u32,
+}
+
+#[derive(Default)]
+struct Sim {
+    dir: PathBuf,
+    /// Contents of each inode as of its last completed sync.
+    data: HashMap<u64, Vec<u8>>,
+    /// Directory entries (name -> inode) as of the last directory sync.
+    names: HashMap<PathBuf, u64>,
+}
+
+#[derive(Default)]
+struct State {
+    faults: Vec<Injected>,
+    sims: Vec<Sim>,
+}
+
+static ARMED: AtomicBool = AtomicBool::new(false);
+static STATE: Mutex<State> = Mutex::new(State {
+    faults: Vec::new(),
+    sims: Vec::new(),
+});
+
+fn state() -> std::sync::MutexGuard<'static, State> {
+    STATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn rearm(state: &State) {
+    ARMED.store(
+        !state.faults.is_empty() || !state.sims.is_empty(),
+        Ordering::Release,
+    );
+}
+
+/// Makes the next `times` calls at `point` on files under `dir` fail with `fault`.
+pub fn inject(dir: &Path, point: Point, fault: Fault, times: u32) {
+    let mut s = state();
+    s.faults.push(Injected {
+        dir: dir.to_path_buf(),
+        point,
+        fault,
+        remaining: times,
+    });
+    rearm(&s);
+}
+
+/// Removes every fault injected under `dir`.
+pub fn clear(dir: &Path) {
+    let mut s = state();
+    s.faults.retain(|f| !f.dir.starts_with(dir));
+    rearm(&s);
+}
+
+/// The fault to apply now at `point` for `path`, if one is armed.
+fn take_fault(point: Point, path: &Path) -> Option<Fault> {
+    if !ARMED.load(Ordering::Acquire) {
+        return None;
+    }
+    let mut s = state();
+    let i = s
+        .faults
+        .iter()
+        .position(|f| f.point == point && path.starts_with(&f.dir))?;
+    let fault = s.faults[i].fault;
+    s.faults[i].remaining -= 1;
+    if s.faults[i].remaining == 0 {
+        s.faults.remove(i);
+        rearm(&s);
+    }
+    Some(fault)
+}
+
+fn errno(fault: Fault) -> io::Error {
+    match fault {
+        Fault::Errno(e) | Fault::ShortWrite { errno: e, .. } => io::Error::from_raw_os_error(e),
+    }
+}
+
+/// `pwrite` of all of `buf` at `position`.
+pub(crate) fn write_at(file: &File, path: &Path, buf: &[u8], position: u64) -> io::Result<()> {
+    match take_fault(Point::Write, path) {
+        None => file.write_all_at(buf, position),
+        Some(Fault::ShortWrite { bytes, errno: e }) => {
+            file.write_all_at(&buf[..bytes.min(buf.len())], position)?;
+            Err(io::Error::from_raw_os_error(e))
+        }
+        Some(f) => Err(errno(f)),
+    }
+}
+
+/// `pread` of exactly `buf.len()` bytes at `position`.
+pub(crate) fn read_at(file: &File, path: &Path, buf: &mut [u8], position: u64) -> io::Result<()> {
+    match take_fault(Point::Read, path) {
+        None => file.read_exact_at(buf, position),
+        Some(f) => Err(errno(f)),
+    }
+}
+
+/// `fdatasync` (`data_only`) or `fsync` of `file`.
+pub fn sync(file: &File, path: &Path, data_only: bool) -> io::Result<()> {
+    if let Some(f) = take_fault(Point::Sync, path) {
+        return Err(errno(f));
+    }
+    if data_only {
+        file.sync_data()?;
+    } else {
+        file.sync_all()?;
+    }
+    if ARMED.load(Ordering::Acquire) {
+        record_sync(file, path)?;
+    }
+    Ok(())
+}
+
+/// Grows `file` to `len` bytes with its blocks allocated.
+pub(crate) fn allocate(file: &File, path: &Path, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if let Some(f) = take_fault(Point::Allocate, path) {
+        return Err(errno(f));
+    }
+    let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: a plain call on a file descriptor `file` owns.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Checks for an injected failure before a segment file is created.
+pub(crate) fn before_create(path: &Path) -> io::Result<()> {
+    match take_fault(Point::Create, path) {
+        None => Ok(()),
+        Some(f) => Err(errno(f)),
+    }
+}
+
+/// `fsync` of a directory, so its entries are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()?;
+    if ARMED.load(Ordering::Acquire) {
+        record_dir_sync(dir)?;
+    }
+    Ok(())
+}
+
+fn record_sync(file: &File, path: &Path) -> io::Result<()> {
+    let mut s = state();
+    let Some(sim) = s.sims.iter_mut().find(|d| path.starts_with(&d.dir)) else {
+        return Ok(());
+    };
+    let ino = file.metadata()?.ino();
+    let len = file.metadata()?.len();
+    let mut content = vec![0u8; len as usize];
+    file.read_exact_at(&mut content, 0)?;
+    sim.data.insert(ino, content);
+    Ok(())
+}
+
+fn record_dir_sync(dir: &Path) -> io::Result<()> {
+    let mut s = state();
+    let Some(sim) = s.sims.iter_mut().find(|d| dir == d.dir) else {
+        return Ok(());
+    };
+    sim.names = list(dir)?;
+    Ok(())
+}
+
+fn list(dir: &Path) -> io::Result<HashMap<PathBuf, u64>> {
+    let mut names = HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            names.insert(entry.path(), entry.metadata()?.ino());
+        }
+    }
+    Ok(names)
+}
+
+/// A directory on a disk that forgets what was not synced (see the module
+/// docs). Detached on drop.
+pub struct SimulatedDisk {
+    dir: PathBuf,
+}
+
+/// What a [`SimulatedDisk::power_cut`] did, for the test's report.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PowerCut {
+    /// Files whose directory entry was never synced: gone.
+    pub files_forgotten: usize,
+    /// Bytes of unsynced data forgotten.
+    pub bytes_forgotten: u64,
+    /// Bytes of unsynced data that survived as a torn prefix.
+    pub bytes_torn_kept: u64,
+}
+
+impl SimulatedDisk {
+    /// Starts simulating `dir` (flat: its files, not sub-directories); what
+    /// is in it now counts as durable.
+    pub fn attach(dir: &Path) -> io::Result<SimulatedDisk> {
+        let names = list(dir)?;
+        let mut data = HashMap::new();
+        for (path, ino) in &names {
+            data.insert(*ino, std::fs::read(path)?);
+        }
+        let mut s = state();
+        s.sims.retain(|d| d.dir != dir);
+        s.sims.push(Sim {
+            dir: dir.to_path_buf(),
+            data,
+            names,
+        });
+        rearm(&s);
+        Ok(SimulatedDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Cuts the power: every file in the directory goes back to what its
+    /// last sync covered, entries not covered by a directory sync vanish,
+    /// and, for each file, `tear(unsynced_len)` says how many bytes of data
+    /// appended after its last sync survive anyway (0 for none). Processes
+    /// using the directory must be gone (their files closed) first.
+    pub fn power_cut(&self, mut tear: impl FnMut(u64) -> u64) -> io::Result<PowerCut> {
+        let s = state();
+        let Some(sim) = s.sims.iter().find(|d| d.dir == self.dir) else {
+            return Ok(PowerCut::default());
+        };
+        let mut report = PowerCut::default();
+        let current = list(&self.dir)?;
+        for (path, ino) in &current {
+            let now = std::fs::read(path)?;
+            match sim.names.get(path) {
+                Some(durable_ino) if durable_ino == ino => {
+                    let mut content = sim.data.get(ino).cloned().unwrap_or_default();
+                    if now.len() > content.len() && now.starts_with(&content) {
+                        let extra = (now.len() - content.len()) as u64;
+                        let kept = tear(extra).min(extra);
+                        content
+                            .extend_from_slice(&now[content.len()..content.len() + kept as usize]);
+                        report.bytes_torn_kept += kept;
+                        report.bytes_forgotten += extra - kept;
+                    } else {
+                        report.bytes_forgotten += now.len().abs_diff(content.len()) as u64;
+                    }
+                    std::fs::write(path, &content)?;
+                }
+                _ => {
+                    report.files_forgotten += 1;
+                    report.bytes_forgotten += now.len() as u64;
+                    std::fs::remove_file(path)?;
+                }
+            }
+        }
+        // Entries removed or renamed away after the last directory sync come back.
+        for (path, ino) in &sim.names {
+            if !current.contains_key(path) {
+                std::fs::write(path, sim.data.get(ino).cloned().unwrap_or_default())?;
+            }
+        }
+        drop(s);
+        // What is on disk now is the new durable state.
+        SimulatedDisk::attach(&self.dir).map(std::mem::forget)?;
+        Ok(report)
+    }
+}
+
+impl Drop for SimulatedDisk {
+    fn drop(&mut self) {
+        let mut s = state();
+        s.sims.retain(|d| d.dir != self.dir);
+        rearm(&s);
+    }
+}
