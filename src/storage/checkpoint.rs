@@ -126,11 +126,12 @@ impl Checkpoint {
         let tmp = dir.join(CHECKPOINT_TMP);
         let path = dir.join(CHECKPOINT_FILE);
         let mut file = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
+        super::disk::created(&tmp);
         file.write_all(text.as_bytes())
             .map_err(StorageError::io("write", &tmp))?;
         super::disk::sync(&file, &tmp, false).map_err(StorageError::io("fsync", &tmp))?;
         drop(file);
-        std::fs::rename(&tmp, &path).map_err(StorageError::io("rename", &path))?;
+        super::disk::rename(&tmp, &path).map_err(StorageError::io("rename", &path))?;
         sync_dir(dir)
     }
 

@@ -10,8 +10,9 @@
 //!   errno (ENOSPC, EIO), or a write is cut short first.
 //! - [`SimulatedDisk`]: a disk that forgets, as TigerBeetle's simulated
 //!   storage and the LazyFS tool of Jepsen's tests do. It remembers, per
-//!   inode, the contents the last completed `fsync`/`fdatasync` covered, and
-//!   per directory the entries the last directory `fsync` covered. A
+//!   file (followed across renames), the contents the last completed
+//!   `fsync`/`fdatasync` covered, and the directory entries the last
+//!   directory `fsync` covered. A
 //!   [`SimulatedDisk::power_cut`] puts the directory back to exactly that,
 //!   and may keep a random prefix of the bytes appended after the last sync
 //!   (a torn last write).
@@ -19,7 +20,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,10 +59,25 @@ struct Injected {
 #[derive(Default)]
 struct Sim {
     dir: PathBuf,
-    /// Contents of each inode as of its last completed sync.
+    /// The file each current name refers to (a file keeps its id across
+    /// renames; inode numbers are not used, the kernel reuses them).
+    ids: HashMap<PathBuf, u64>,
+    next_id: u64,
+    /// Contents of each file as of its last completed sync.
     data: HashMap<u64, Vec<u8>>,
-    /// Directory entries (name -> inode) as of the last directory sync.
+    /// Directory entries (name -> file) as of the last directory sync.
     names: HashMap<PathBuf, u64>,
+}
+
+impl Sim {
+    fn id_of(&mut self, path: &Path) -> u64 {
+        if let Some(id) = self.ids.get(path) {
+            return *id;
+        }
+        self.next_id += 1;
+        self.ids.insert(path.to_path_buf(), self.next_id);
+        self.next_id
+    }
 }
 
 #[derive(Default)]
@@ -191,6 +207,32 @@ pub(crate) fn before_create(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Tells the simulated disk that `path` was just created (a new file, unless
+/// the name already existed).
+pub(crate) fn created(path: &Path) {
+    if !ARMED.load(Ordering::Acquire) {
+        return;
+    }
+    let mut s = state();
+    if let Some(sim) = s.sims.iter_mut().find(|d| path.starts_with(&d.dir)) {
+        sim.id_of(path);
+    }
+}
+
+/// Renames `from` to `to` (the file keeps its identity).
+pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    if ARMED.load(Ordering::Acquire) {
+        let mut s = state();
+        if let Some(sim) = s.sims.iter_mut().find(|d| to.starts_with(&d.dir)) {
+            let id = sim.id_of(from);
+            sim.ids.remove(from);
+            sim.ids.insert(to.to_path_buf(), id);
+        }
+    }
+    Ok(())
+}
+
 /// `fsync` of a directory, so its entries are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()?;
@@ -205,11 +247,11 @@ fn record_sync(file: &File, path: &Path) -> io::Result<()> {
     let Some(sim) = s.sims.iter_mut().find(|d| path.starts_with(&d.dir)) else {
         return Ok(());
     };
-    let ino = file.metadata()?.ino();
-    let len = file.metadata()?.len();
-    let mut content = vec![0u8; len as usize];
-    file.read_exact_at(&mut content, 0)?;
-    sim.data.insert(ino, content);
+    use std::os::fd::AsRawFd;
+    let id = sim.id_of(path);
+    // Through /proc: the file may be open for writing only.
+    let content = std::fs::read(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    sim.data.insert(id, content);
     Ok(())
 }
 
@@ -218,19 +260,23 @@ fn record_dir_sync(dir: &Path) -> io::Result<()> {
     let Some(sim) = s.sims.iter_mut().find(|d| dir == d.dir) else {
         return Ok(());
     };
-    sim.names = list(dir)?;
+    let mut names = HashMap::new();
+    for path in list(dir)? {
+        names.insert(path.clone(), sim.id_of(&path));
+    }
+    sim.names = names;
     Ok(())
 }
 
-fn list(dir: &Path) -> io::Result<HashMap<PathBuf, u64>> {
-    let mut names = HashMap::new();
+fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_type()?.is_file() {
-            names.insert(entry.path(), entry.metadata()?.ino());
+            files.push(entry.path());
         }
     }
-    Ok(names)
+    Ok(files)
 }
 
 /// A directory on a disk that forgets what was not synced (see the module
@@ -254,18 +300,18 @@ impl SimulatedDisk {
     /// Starts simulating `dir` (flat: its files, not sub-directories); what
     /// is in it now counts as durable.
     pub fn attach(dir: &Path) -> io::Result<SimulatedDisk> {
-        let names = list(dir)?;
-        let mut data = HashMap::new();
-        for (path, ino) in &names {
-            data.insert(*ino, std::fs::read(path)?);
+        let mut sim = Sim {
+            dir: dir.to_path_buf(),
+            ..Sim::default()
+        };
+        for path in list(dir)? {
+            let id = sim.id_of(&path);
+            sim.data.insert(id, std::fs::read(&path)?);
+            sim.names.insert(path, id);
         }
         let mut s = state();
         s.sims.retain(|d| d.dir != dir);
-        s.sims.push(Sim {
-            dir: dir.to_path_buf(),
-            data,
-            names,
-        });
+        s.sims.push(sim);
         rearm(&s);
         Ok(SimulatedDisk {
             dir: dir.to_path_buf(),
@@ -284,11 +330,12 @@ impl SimulatedDisk {
         };
         let mut report = PowerCut::default();
         let current = list(&self.dir)?;
-        for (path, ino) in &current {
+        for path in &current {
             let now = std::fs::read(path)?;
+            let id = sim.ids.get(path);
             match sim.names.get(path) {
-                Some(durable_ino) if durable_ino == ino => {
-                    let mut content = sim.data.get(ino).cloned().unwrap_or_default();
+                Some(durable) if Some(durable) == id => {
+                    let mut content = sim.data.get(durable).cloned().unwrap_or_default();
                     if now.len() > content.len() && now.starts_with(&content) {
                         let extra = (now.len() - content.len()) as u64;
                         let kept = tear(extra).min(extra);
@@ -309,9 +356,9 @@ impl SimulatedDisk {
             }
         }
         // Entries removed or renamed away after the last directory sync come back.
-        for (path, ino) in &sim.names {
-            if !current.contains_key(path) {
-                std::fs::write(path, sim.data.get(ino).cloned().unwrap_or_default())?;
+        for (path, id) in &sim.names {
+            if !current.contains(path) || sim.ids.get(path) != Some(id) {
+                std::fs::write(path, sim.data.get(id).cloned().unwrap_or_default())?;
             }
         }
         drop(s);

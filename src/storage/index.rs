@@ -85,6 +85,7 @@ impl Index {
             .truncate(true)
             .open(path)
             .map_err(StorageError::io("create", path))?;
+        disk::created(path);
         file.write_all_at(&frame::file_header(INDEX_MAGIC, 0), 0)
             .map_err(StorageError::io("write header of", path))?;
         Self::map(path.to_path_buf(), file, 0, capacity)

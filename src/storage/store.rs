@@ -40,6 +40,7 @@ impl Store {
             .create_new(true)
             .open(path)
             .map_err(StorageError::io("create", path))?;
+        disk::created(path);
         let header = frame::file_header(STORE_MAGIC, 0);
         disk::write_at(&file, path, &header, 0)
             .map_err(StorageError::io("write header of", path))?;

@@ -144,6 +144,13 @@ impl Partition {
         });
     }
 
+    /// Lets the partition's timers run for `ms` (interval syncs, checkpoints).
+    pub fn idle(&self, ms: u64) {
+        self.system.block_on(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        });
+    }
+
     /// Makes the active SegmentActor panic (its supervisor restarts it).
     pub fn inject_segment_fault(&self) {
         self.log.do_send(InjectSegmentFault);
