@@ -495,3 +495,79 @@ async fn a_panicking_log_actor_is_restarted_and_reopens_the_partition() {
         .unwrap();
     assert_eq!(waiting.await.unwrap().unwrap(), 41);
 }
+
+/// Two produce streams with many batches in flight through rolls: each
+/// stream's batches land in the order it sent them.
+#[actix_rt::test]
+async fn each_produce_stream_keeps_its_order_through_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    let (a, b) = (new_session(), new_session());
+    let mut sends = Vec::new();
+    for i in 0..300u64 {
+        for (session, tag) in [(a, 'a'), (b, 'b')] {
+            let batch: Vec<Vec<u8>> = (0..(1 + i % 4))
+                .map(|k| format!("{tag}-{i:04}-{k}").into_bytes())
+                .collect();
+            sends.push((tag, log.send(Append::in_session(batch, session))));
+        }
+    }
+    let mut last = std::collections::HashMap::new();
+    for (tag, send) in sends {
+        let range = send.await.unwrap().unwrap();
+        if let Some(prev) = last.insert(tag, range.start) {
+            assert!(
+                range.start > prev,
+                "stream {tag}: {} after {prev}",
+                range.start
+            );
+        }
+    }
+    assert!(
+        log.send(Stats).await.unwrap().segments > 10,
+        "the load rolled"
+    );
+}
+
+/// After one batch of a produce stream fails (a full disk), every later
+/// batch of that stream already in flight is refused, not appended behind
+/// the gap; another stream is not affected once space is back.
+#[actix_rt::test]
+async fn batches_after_a_failed_batch_of_the_same_stream_are_not_appended() {
+    use proglog::storage::disk::{Fault, Point, inject};
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    append(&log, vec![record(0)]).await.unwrap();
+    let session = new_session();
+    inject(dir.path(), Point::Write, Fault::Errno(libc::ENOSPC), 1);
+    let sends: Vec<_> = (1..40u64)
+        .map(|i| log.send(Append::in_session(vec![record(i)], session)))
+        .collect();
+    let mut failed_at = None;
+    for (i, send) in sends.into_iter().enumerate() {
+        match send.await.unwrap() {
+            Ok(range) => assert!(
+                failed_at.is_none(),
+                "batch {i} appended at {range:?} after batch {failed_at:?} failed"
+            ),
+            Err(e) => {
+                assert_eq!(e.appended(), Appended::No, "{e}");
+                failed_at.get_or_insert(i);
+            }
+        }
+    }
+    assert!(failed_at.is_some(), "the fault hit the stream");
+    // The stream stays refused; a new stream (the client's retry) goes through.
+    let refused = log
+        .send(Append::in_session(vec![record(99)], session))
+        .await
+        .unwrap();
+    assert!(refused.is_err());
+    let next = log.send(Stats).await.unwrap().next_offset;
+    let retried = log
+        .send(Append::in_session(vec![record(100)], new_session()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retried.start, next, "no gap");
+}

@@ -862,6 +862,18 @@ impl LogActor {
     }
 }
 
+impl Handler<AppendInOrder> for LogActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppendInOrder, ctx: &mut Context<Self>) {
+        let answer = <Self as Handler<Append>>::handle(self, msg.append, ctx);
+        let reply = msg.reply;
+        actix_rt::spawn(async move {
+            let _ = reply.send(answer.await);
+        });
+    }
+}
+
 impl Handler<Read> for LogActor {
     type Result = ResponseFuture<Result<Vec<u8>, LogError>>;
 

@@ -41,6 +41,30 @@ impl Append {
     }
 }
 
+/// An [`Append`] whose answer goes to `reply`. Sent with `do_send`, which
+/// always enqueues: `Addr::send` holds a message back while the mailbox is
+/// at capacity, so a later append could overtake an earlier one. Use
+/// [`append_in_order`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AppendInOrder {
+    pub append: Append,
+    pub reply: tokio::sync::oneshot::Sender<Result<Range<u64>, LogError>>,
+}
+
+/// Appends through `log` in the order of the calls: two appends sent one
+/// after the other by the same task land in that order.
+pub async fn append_in_order(
+    log: &actix::Addr<super::LogActor>,
+    append: Append,
+) -> Result<Range<u64>, LogError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    log.do_send(AppendInOrder { append, reply });
+    answer
+        .await
+        .unwrap_or_else(|_| Err(LogError::unavailable("", "the partition went away")))
+}
+
 /// A fresh produce-session id, unique in this process.
 pub fn new_session() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -312,22 +312,21 @@ impl LogService {
             Some(_) => values.iter().map(Vec::len).sum::<usize>() as u64,
             None => 0,
         };
-        match log
-            .send(Append {
-                records: values,
-                session,
-            })
-            .await
-        {
-            Ok(Ok(range)) => {
+        let append = Append {
+            records: values,
+            session,
+        };
+        // In order, whatever the mailbox's fill: batches of one stream (and
+        // calls of one connection) land in the order they arrived.
+        match crate::log::append_in_order(&log, append).await {
+            Ok(range) => {
                 note(&id, range.start, count.into());
                 if let Some(m) = &self.metrics {
                     m.appended(count.into(), bytes);
                 }
                 Ok((id, range.start, count))
             }
-            Ok(Err(e)) => Err(log_error(&e)),
-            Err(e) => Err((WireError::Unavailable, e.to_string())),
+            Err(e) => Err(log_error(&e)),
         }
     }
 
