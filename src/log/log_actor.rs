@@ -22,8 +22,8 @@ use super::error::LogError;
 use super::messages::*;
 use super::restart::RestartBudget;
 use super::segment_actor::{
-    AppendReply, CloseSegment, PanicNow, RemoveSegment, Resume, Seal, SegAppend, SegRead,
-    SegReadBatch, SegmentActor, SegmentEvent, free_bytes,
+    AppendReply, CloseSegment, FromSegment, PanicNow, RemoveSegment, Resume, Seal, SegAppend,
+    SegRead, SegReadBatch, SegmentActor, SegmentEvent, free_bytes, new_actor_id,
 };
 use super::session::PoisonedSessions;
 use crate::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN};
@@ -52,6 +52,8 @@ struct SegmentHandle {
     synced: u64,
     size_bytes: u64,
     addr: Addr<SegmentActor>,
+    /// The SegmentActor's identity in its events.
+    actor: u64,
 }
 
 impl SegmentHandle {
@@ -162,6 +164,7 @@ impl LogActor {
         let (base, next, size_bytes) = (segment.base(), segment.next(), segment.size_bytes());
         let end = (!segment.is_writable()).then_some(next);
         let events = ctx.address().recipient();
+        let actor = new_actor_id();
         let (partition, dir, config, poisoned) = (
             self.partition.clone(),
             self.dir.clone(),
@@ -169,7 +172,7 @@ impl LogActor {
             self.poisoned.clone(),
         );
         let addr = actix::Supervisor::start(move |_| {
-            SegmentActor::new(partition, dir, config, segment, events, poisoned)
+            SegmentActor::new(partition, dir, config, segment, events, actor, poisoned)
         });
         SegmentHandle {
             base,
@@ -178,6 +181,7 @@ impl LogActor {
             synced: next,
             size_bytes,
             addr,
+            actor,
         }
     }
 
@@ -335,6 +339,13 @@ impl LogActor {
             return;
         }
         let rest = records.split_off(fit);
+        // The parts of a split batch are one session: if the first part is
+        // refused, the rest is refused too, never appended alone.
+        let session = if fit > 0 {
+            session.or_else(|| Some(super::messages::new_session()))
+        } else {
+            session
+        };
         let rest_reply = if fit == 0 {
             reply
         } else {
@@ -580,11 +591,30 @@ impl LogActor {
 
     /// The recovery path after a failure: every SegmentActor is closed
     /// (pending appends are committed and answered), the directory is
-    /// reopened as after a crash, and new SegmentActors take over. Waiting
-    /// readers are kept and woken if the reopened log already satisfies them.
+    /// reopened as after a crash, on the blocking pool (a long scan never
+    /// stalls the RPC thread or other partitions; this mailbox waits), and
+    /// new SegmentActors take over. Waiting readers are kept and woken if
+    /// the reopened log already satisfies them.
     fn reopen(&mut self, ctx: &mut Context<Self>) {
         self.lock = None;
-        match open_dir(&self.dir, &self.config) {
+        let (dir, config) = (self.dir.clone(), self.config.clone());
+        let job = actix_rt::task::spawn_blocking(move || open_dir(&dir, &config));
+        ctx.wait(job.into_actor(self).map(|joined, act, ctx| {
+            let opened = joined.unwrap_or_else(|e| {
+                Err(StorageError::InvalidConfig(format!(
+                    "recovery task failed: {e}"
+                )))
+            });
+            act.adopt_reopened(opened, ctx);
+        }));
+    }
+
+    fn adopt_reopened(
+        &mut self,
+        opened: Result<crate::storage::OpenedDir, StorageError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match opened {
             Ok(opened) => {
                 self.lock = Some(opened.lock);
                 self.report = opened.report;
@@ -710,10 +740,15 @@ impl Supervised for LogActor {
     }
 }
 
-impl Handler<SegmentEvent> for LogActor {
+impl Handler<FromSegment> for LogActor {
     type Result = ();
 
-    fn handle(&mut self, event: SegmentEvent, ctx: &mut Context<Self>) {
+    fn handle(&mut self, from: FromSegment, ctx: &mut Context<Self>) {
+        if !self.segments.iter().any(|s| s.actor == from.actor) {
+            tracing::debug!(event = ?from.event, "event of a segment actor no longer running: ignored");
+            return;
+        }
+        let event = from.event;
         self.guarded(
             ctx,
             move |act, ctx| act.on_segment_event(event, ctx),
@@ -738,6 +773,7 @@ impl LogActor {
             }
             SegmentEvent::RolledBack {
                 base,
+                generation,
                 size_bytes,
                 entries,
                 error,
@@ -746,10 +782,11 @@ impl LogActor {
                 self.poisoned.extend(poisoned);
                 tracing::warn!(partition = %self.partition, base, %error, "disk full: appends refused until space returns");
                 self.disk_full = Some(error.to_string());
-                self.resume_segment(base, size_bytes, entries);
+                self.resume_segment(base, size_bytes, entries, generation);
             }
             SegmentEvent::Restarted {
                 base,
+                generation,
                 next,
                 size_bytes,
                 entries,
@@ -766,7 +803,7 @@ impl LogActor {
                         h.end = Some(next.max(h.end.unwrap_or(next)));
                     }
                 }
-                self.resume_segment(base, size_bytes, entries);
+                self.resume_segment(base, size_bytes, entries, generation);
                 self.advance_committed();
             }
             SegmentEvent::Failed { base, reason } => {
@@ -793,7 +830,7 @@ impl LogActor {
     /// After a rollback or restart of segment `base`: its real size replaces
     /// the estimate (every append sent before is refused by it), then it
     /// takes appends again.
-    fn resume_segment(&mut self, base: u64, size_bytes: u64, entries: u64) {
+    fn resume_segment(&mut self, base: u64, size_bytes: u64, entries: u64, generation: u64) {
         let is_active =
             self.active().is_some_and(|a| a.base == base) && self.needs_segment.is_none();
         if is_active {
@@ -801,7 +838,7 @@ impl LogActor {
             self.active_entries = entries;
         }
         if let Some(h) = self.handle_of(base) {
-            h.addr.do_send(Resume);
+            h.addr.do_send(Resume { generation });
         }
     }
 }

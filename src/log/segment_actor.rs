@@ -75,7 +75,11 @@ pub(crate) struct RemoveSegment;
 /// event: appends sent before this were refused, appends after it are taken.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Resume;
+pub(crate) struct Resume {
+    /// The refusal it ends: a Resume for an older refusal (the actor failed
+    /// again meanwhile) is ignored.
+    pub generation: u64,
+}
 
 /// Self-sent after a burst of appends: one flush (and sync) for all of them.
 #[derive(Message)]
@@ -86,9 +90,24 @@ struct Commit;
 #[rtype(result = "()")]
 pub(crate) struct PanicNow;
 
-/// What a SegmentActor tells its LogActor.
+/// A [`SegmentEvent`] with the identity of the SegmentActor that sent it:
+/// the LogActor ignores events of actors it no longer runs (a LogActor
+/// restart replaces them all, while their last events may still be queued).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
+pub(crate) struct FromSegment {
+    pub actor: u64,
+    pub event: SegmentEvent,
+}
+
+/// A fresh SegmentActor identity.
+pub(crate) fn new_actor_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What a SegmentActor tells its LogActor.
+#[derive(Debug)]
 pub(crate) enum SegmentEvent {
     /// Records below `next` are committed (flushed, synced per policy) and may be served.
     Committed { base: u64, next: u64 },
@@ -100,6 +119,7 @@ pub(crate) enum SegmentEvent {
     /// until [`Resume`].
     RolledBack {
         base: u64,
+        generation: u64,
         size_bytes: u64,
         entries: u64,
         error: StorageError,
@@ -109,6 +129,7 @@ pub(crate) enum SegmentEvent {
     /// refuses appends until [`Resume`].
     Restarted {
         base: u64,
+        generation: u64,
         next: u64,
         size_bytes: u64,
         entries: u64,
@@ -147,7 +168,9 @@ pub(crate) struct SegmentActor {
     segment: Option<Segment>,
     /// Whether the segment was the active one (reopened writable on restart).
     writable: bool,
-    events: Recipient<SegmentEvent>,
+    events: Recipient<FromSegment>,
+    /// This actor's identity in its events.
+    actor: u64,
     /// Appended to the write buffer, not flushed yet.
     pending: Vec<Pending>,
     /// Flushed, waiting for the `fdatasync` in flight.
@@ -167,6 +190,8 @@ pub(crate) struct SegmentActor {
     last_sync: Instant,
     /// Set after a rollback or a restart until the LogActor's [`Resume`].
     refusing: Option<Refusal>,
+    /// Counts refusals, so a Resume ends only the one it answers.
+    refusal_generation: u64,
     poisoned: PoisonedSessions,
     restarts: RestartBudget,
     failed: Option<String>,
@@ -185,10 +210,12 @@ impl SegmentActor {
         dir: PathBuf,
         config: LogConfig,
         segment: Segment,
-        events: Recipient<SegmentEvent>,
+        events: Recipient<FromSegment>,
+        actor: u64,
         poisoned: PoisonedSessions,
     ) -> SegmentActor {
         SegmentActor {
+            actor,
             partition,
             base: segment.base(),
             writable: segment.is_writable(),
@@ -205,6 +232,7 @@ impl SegmentActor {
             unsynced: false,
             last_sync: Instant::now(),
             refusing: None,
+            refusal_generation: 0,
             poisoned,
             restarts: RestartBudget::default(),
             failed: None,
@@ -214,6 +242,14 @@ impl SegmentActor {
             fsync: crate::telemetry::fsync_metrics_for(&dir),
             dir,
         }
+    }
+
+    /// Tells the LogActor, naming this actor.
+    fn emit(&self, event: SegmentEvent) {
+        self.events.do_send(FromSegment {
+            actor: self.actor,
+            event,
+        });
     }
 
     fn unavailable(&self) -> LogError {
@@ -288,7 +324,7 @@ impl SegmentActor {
         {
             tracing::error!(partition = %self.partition, base = self.base, error = %mark, "cannot flag the damaged segment for a scan");
         }
-        self.events.do_send(SegmentEvent::Damaged {
+        self.emit(SegmentEvent::Damaged {
             base: self.base,
             reason: e.to_string(),
         });
@@ -316,8 +352,10 @@ impl SegmentActor {
         }
         self.commit_scheduled = false;
         self.refusing = Some(Refusal::DiskFull(error.to_string()));
-        self.events.do_send(SegmentEvent::RolledBack {
+        self.refusal_generation += 1;
+        self.emit(SegmentEvent::RolledBack {
             base: self.base,
+            generation: self.refusal_generation,
             size_bytes,
             entries,
             error,
@@ -380,7 +418,7 @@ impl SegmentActor {
         for p in done {
             let _ = p.reply.send(Ok(p.offsets));
         }
-        self.events.do_send(SegmentEvent::Committed {
+        self.emit(SegmentEvent::Committed {
             base: self.base,
             next,
         });
@@ -440,7 +478,7 @@ impl SegmentActor {
                     let done = std::mem::take(&mut act.syncing);
                     act.acknowledge(done);
                     act.synced_next = act.synced_next.max(upto);
-                    act.events.do_send(SegmentEvent::Synced {
+                    act.emit(SegmentEvent::Synced {
                         base: act.base,
                         next: upto,
                     });
@@ -458,22 +496,45 @@ impl SegmentActor {
 
     /// Reopens the segment through the recovery path (from the disk: the
     /// cached pages were dropped), then syncs it, so what it serves from now
-    /// on is durable whatever the policy.
-    fn reopen(&mut self) -> Result<(), StorageError> {
-        let (mut segment, _) = Segment::open(
-            &self.dir,
+    /// on is durable whatever the policy. The scan runs on the blocking pool:
+    /// recovering a large segment never stalls the thread that serves RPC,
+    /// gossip and the other partitions; this actor's mailbox waits meanwhile.
+    /// `then` runs on the actor with the outcome.
+    fn reopen(
+        &mut self,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, Result<(), StorageError>) + 'static,
+    ) {
+        let (dir, base, config, writable, synced) = (
+            self.dir.clone(),
             self.base,
-            &self.config,
+            self.config.clone(),
             self.writable,
             self.synced_next,
-        )?;
-        if segment.is_writable() {
-            segment.sync()?;
-        }
-        self.flushed_next = segment.next();
-        self.synced_next = segment.next();
-        self.segment = Some(segment);
-        Ok(())
+        );
+        let job = actix_rt::task::spawn_blocking(move || {
+            let (mut segment, _) = Segment::open(&dir, base, &config, writable, synced)?;
+            if segment.is_writable() {
+                segment.sync()?;
+            }
+            Ok(segment)
+        });
+        ctx.wait(job.into_actor(self).map(move |joined, act, _| {
+            let opened = joined.unwrap_or_else(|e| {
+                Err(StorageError::InvalidConfig(format!(
+                    "recovery task failed: {e}"
+                )))
+            });
+            match opened {
+                Ok(segment) => {
+                    act.flushed_next = segment.next();
+                    act.synced_next = segment.next();
+                    act.segment = Some(segment);
+                    then(act, Ok(()));
+                }
+                Err(e) => then(act, Err(e)),
+            }
+        }));
     }
 }
 
@@ -532,16 +593,19 @@ impl Actor for SegmentActor {
 }
 
 impl Supervised for SegmentActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
         if self.retired {
             return;
         }
+        let cannot_read = |act: &mut Self, outcome: Result<(), StorageError>| {
+            if let Err(e) = outcome {
+                tracing::error!(partition = %act.partition, base = act.base, error = %e, "cannot reopen the failed segment for reads");
+            }
+        };
         if self.failed.is_some() {
             // Already given up on writes: keep serving reads.
             self.writable = false;
-            if let Err(e) = self.reopen() {
-                tracing::error!(partition = %self.partition, base = self.base, error = %e, "cannot reopen the failed segment for reads");
-            }
+            self.reopen(ctx, cannot_read);
             return;
         }
         let reason = "restarted after a failure".to_string();
@@ -555,42 +619,42 @@ impl Supervised for SegmentActor {
             self.failed = Some(reason.clone());
             // Keep serving what was committed: reopen read-only.
             self.writable = false;
-            if let Err(e) = self.reopen() {
-                tracing::error!(partition = %self.partition, base = self.base, error = %e, "cannot reopen the failed segment for reads");
-            }
-            self.events.do_send(SegmentEvent::Failed {
+            self.reopen(ctx, cannot_read);
+            self.emit(SegmentEvent::Failed {
                 base: self.base,
                 reason,
             });
             return;
         }
-        match self.reopen() {
+        self.reopen(ctx, move |act, outcome| match outcome {
             Ok(()) => {
-                let (next, size_bytes, entries) = self
+                let (next, size_bytes, entries) = act
                     .segment
                     .as_ref()
-                    .map_or((self.base, 0, 0), |s| (s.next(), s.size_bytes(), s.len()));
-                tracing::warn!(partition = %self.partition, base = self.base, next, "segment actor restarted");
-                self.refusing = Some(Refusal::Restarted(reason.clone()));
-                self.events.do_send(SegmentEvent::Restarted {
-                    base: self.base,
+                    .map_or((act.base, 0, 0), |s| (s.next(), s.size_bytes(), s.len()));
+                tracing::warn!(partition = %act.partition, base = act.base, next, "segment actor restarted");
+                act.refusing = Some(Refusal::Restarted(reason.clone()));
+                act.refusal_generation += 1;
+                act.emit(SegmentEvent::Restarted {
+                    base: act.base,
+                    generation: act.refusal_generation,
                     next,
                     size_bytes,
                     entries,
                     reason,
-                    poisoned: self.poisoned.to_vec(),
+                    poisoned: act.poisoned.to_vec(),
                 });
             }
             Err(e) => {
                 let reason = format!("reopening after a failure: {e}");
-                tracing::error!(partition = %self.partition, base = self.base, %reason, "segment cannot be reopened");
-                self.failed = Some(reason.clone());
-                self.events.do_send(SegmentEvent::Failed {
-                    base: self.base,
+                tracing::error!(partition = %act.partition, base = act.base, %reason, "segment cannot be reopened");
+                act.failed = Some(reason.clone());
+                act.emit(SegmentEvent::Failed {
+                    base: act.base,
                     reason,
                 });
             }
-        }
+        });
     }
 }
 
@@ -599,6 +663,9 @@ impl Handler<SegAppend> for SegmentActor {
 
     fn handle(&mut self, msg: SegAppend, ctx: &mut Context<Self>) {
         if self.failed.is_some() || self.retired {
+            if let Some(s) = msg.session {
+                self.poisoned.insert(s);
+            }
             let _ = msg.reply.send(Err(self.unavailable()));
             return;
         }
@@ -695,8 +762,10 @@ impl Handler<Commit> for SegmentActor {
 impl Handler<Resume> for SegmentActor {
     type Result = ();
 
-    fn handle(&mut self, _: Resume, _ctx: &mut Context<Self>) {
-        self.refusing = None;
+    fn handle(&mut self, msg: Resume, _ctx: &mut Context<Self>) {
+        if msg.generation == self.refusal_generation {
+            self.refusing = None;
+        }
     }
 }
 
@@ -730,6 +799,11 @@ impl Handler<Seal> for SegmentActor {
     /// Its last records are committed (served, and under `sync=always`
     /// acknowledged) only once the seal has synced them.
     fn handle(&mut self, _: Seal, ctx: &mut Context<Self>) -> Self::Result {
+        if self.failed.is_some() || self.retired || !self.writable {
+            // A segment that gave up (or is sealed already) is not rolled:
+            // the partition has failed, or the roll happened.
+            return Err(self.unavailable());
+        }
         // Commit what is pending first, so no append is left unanswered.
         <Self as Handler<Commit>>::handle(self, Commit, ctx);
         let (next, empty) = self.guarded(ctx, true, |segment| {
@@ -771,8 +845,8 @@ impl Handler<Seal> for SegmentActor {
                             .collect();
                         act.acknowledge(done);
                         act.synced_next = act.synced_next.max(next);
-                        act.events.do_send(SegmentEvent::Committed { base, next });
-                        act.events.do_send(SegmentEvent::Synced { base, next });
+                        act.emit(SegmentEvent::Committed { base, next });
+                        act.emit(SegmentEvent::Synced { base, next });
                     }
                     Ok((segment, Err(e))) => {
                         act.segment = Some(segment);
