@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use proglog::log::{Append, LogActor, Read, ReadBatch, WaitFor};
+use proglog::log::{Append, InjectSegmentFault, LogActor, Read, ReadBatch, Stats, WaitFor};
 use proglog::storage::{LogConfig, Segment, SyncPolicy};
 
 const RECORD: usize = 256;
@@ -191,6 +191,66 @@ async fn read_latency_beside_fsyncing_partition(load: bool) -> (Vec<Duration>, f
     (lat, fsynced)
 }
 
+/// Read latency of partition B while partition A recovers a 256 MiB
+/// segment (its SegmentActor fails and reopens the active segment, whose
+/// index must be rebuilt by scanning the store). Returns B's latencies
+/// during the recovery and how long the recovery took.
+async fn read_latency_beside_recovering_partition() -> (Vec<Duration>, Duration) {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let big = LogConfig {
+        max_store_bytes: 512 << 20,
+        max_index_bytes: 16 << 20,
+        ..config(SyncPolicy::Never)
+    };
+    let a = LogActor::open("a", dir_a.path(), big).unwrap().start();
+    let b = start_log(dir_b.path(), SyncPolicy::Never);
+    let batch: Vec<Vec<u8>> = (0..1024).map(|_| vec![0x77; RECORD]).collect();
+    for _ in 0..(256 << 20) / (1024 * (RECORD + 16)) {
+        a.send(Append::batch(batch.clone())).await.unwrap().unwrap();
+    }
+    let small: Vec<Vec<u8>> = (0..1000).map(|_| vec![0x44; RECORD]).collect();
+    for _ in 0..10 {
+        b.send(Append::batch(small.clone())).await.unwrap().unwrap();
+    }
+    let started = Instant::now();
+    a.do_send(InjectSegmentFault);
+    let done = std::rc::Rc::new(std::cell::Cell::new(None::<Duration>));
+    let watcher = {
+        let (a, done) = (a.clone(), done.clone());
+        actix_rt::spawn(async move {
+            // The restart is over when A serves a read of its active segment again.
+            loop {
+                if a.send(Read { offset: 1 }).await.unwrap().is_ok()
+                    && a.send(Stats).await.unwrap().restarts == 1
+                {
+                    done.set(Some(started.elapsed()));
+                    return;
+                }
+                actix_rt::time::sleep(Duration::from_micros(200)).await;
+            }
+        })
+    };
+    let mut lat = Vec::new();
+    let mut x = 12345u64;
+    while done.get().is_none() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let t = Instant::now();
+        b.send(Read {
+            offset: (x >> 33) % 10_000,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        lat.push(t.elapsed());
+        actix_rt::task::yield_now().await;
+    }
+    watcher.await.unwrap();
+    (lat, done.get().unwrap_or_default())
+}
+
 fn main() {
     // `cargo test --benches` runs this with no `--bench`: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
@@ -247,6 +307,16 @@ fn main() {
             rate / 1e3,
             percentile(&mut busy, 0.5),
             percentile(&mut busy, 0.99)
+        );
+        let (mut during, recovery) = read_latency_beside_recovering_partition().await;
+        let max = during.iter().max().copied().unwrap_or_default();
+        println!(
+            "| Read on partition B, p50 / p99 / max: while partition A recovers a 256 MiB segment ({:?}, {} reads) | {:?} / {:?} / {:?} |",
+            recovery,
+            during.len(),
+            percentile(&mut during, 0.5),
+            percentile(&mut during, 0.99),
+            max
         );
     });
 }

@@ -151,6 +151,22 @@ impl Partition {
         });
     }
 
+    /// Waits (at most 10 s) until the partition's stats satisfy `done`.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&LogStats) -> bool) -> LogStats {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stats = self.stats();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {what}: {stats:?}"
+            );
+            self.idle(1);
+        }
+    }
+
     /// Makes the active SegmentActor panic (its supervisor restarts it).
     pub fn inject_segment_fault(&self) {
         self.log.do_send(InjectSegmentFault);
