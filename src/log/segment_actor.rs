@@ -16,6 +16,11 @@ use super::session::PoisonedSessions;
 use crate::storage::{LogConfig, RecordBatch, Segment, StorageError, SyncPolicy};
 use crate::telemetry::FsyncMetrics;
 
+/// The free space is read again after this long (other writers use the disk too).
+const FREE_SPACE_RECHECK: Duration = Duration::from_millis(100);
+/// ... or when it was within this much of the floor.
+const FREE_SPACE_MARGIN: u64 = 16 << 20;
+
 /// Where an append's answer goes.
 pub(crate) type AppendReply = oneshot::Sender<Result<Range<u64>, LogError>>;
 
@@ -188,6 +193,8 @@ pub(crate) struct SegmentActor {
     /// durable when it was opened): a reopen never cuts below it.
     synced_next: u64,
     last_sync: Instant,
+    /// Free bytes last read with `statvfs`, counted down by what was written since.
+    free_seen: Option<(u64, Instant)>,
     /// Set after a rollback or a restart until the LogActor's [`Resume`].
     refusing: Option<Refusal>,
     /// Counts refusals, so a Resume ends only the one it answers.
@@ -232,6 +239,7 @@ impl SegmentActor {
             unsynced: false,
             last_sync: Instant::now(),
             refusing: None,
+            free_seen: None,
             refusal_generation: 0,
             poisoned,
             restarts: RestartBudget::default(),
@@ -425,23 +433,45 @@ impl SegmentActor {
     }
 
     /// Whether the file system has less free space than the floor.
-    fn below_free_floor(&self) -> Option<StorageError> {
+    /// Whether writing `to_write` more bytes would take the file system's
+    /// free space below the floor. The free space is read with `statvfs`
+    /// when the last reading is older than [`FREE_SPACE_RECHECK`] or close
+    /// to the floor, and otherwise counted down by what this actor wrote, so
+    /// a group commit usually costs no system call for it.
+    fn below_free_floor(&mut self, to_write: u64) -> Option<StorageError> {
         let floor = self.config.min_free_bytes;
         if floor == 0 {
             return None;
         }
-        match free_bytes(&self.dir) {
-            Ok(free) if free < floor => Some(StorageError::DiskFull {
+        let cached = self.free_seen.filter(|(free, at)| {
+            at.elapsed() < FREE_SPACE_RECHECK && free.saturating_sub(floor) > FREE_SPACE_MARGIN
+        });
+        let free = match cached {
+            Some((free, _)) => free,
+            None => match free_bytes(&self.dir) {
+                Ok(free) => {
+                    self.free_seen = Some((free, Instant::now()));
+                    free
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read free space");
+                    return None;
+                }
+            },
+        };
+        if free < floor.saturating_add(to_write) {
+            return Some(StorageError::DiskFull {
                 op: "append to",
                 path: self.dir.clone(),
-                reason: format!("{free} bytes free, below the floor of {floor} (min-free-bytes)"),
-            }),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read free space");
-                None
-            }
+                reason: format!(
+                    "{free} bytes free, {to_write} to write, below the floor of {floor} (min-free-bytes)"
+                ),
+            });
         }
+        if let Some((free, _)) = self.free_seen.as_mut() {
+            *free = free.saturating_sub(to_write);
+        }
+        None
     }
 
     /// Starts an `fdatasync` on the blocking pool for `self.syncing`; the
@@ -736,7 +766,11 @@ impl Handler<Commit> for SegmentActor {
         if self.pending.is_empty() {
             return;
         }
-        if let Some(full) = self.below_free_floor() {
+        let to_write = self
+            .segment
+            .as_ref()
+            .map_or(0, |s| s.size_bytes() - s.flushed_bytes());
+        if let Some(full) = self.below_free_floor(to_write) {
             self.take_back(ctx, full);
             return;
         }
