@@ -15,23 +15,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-start() { # name extra-args... ; sets $addr and $pid
-  local name="$1"; shift
-  "$bin" serve --node-name "$name" --data-dir "$work/$name" --rpc-addr 127.0.0.1:0 --gossip-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-    --log-level warn "$@" > "$work/$name.out" 2> "$work/$name.err" &
-  pid="$!"
-  pids+=("$pid")
-  for _ in $(seq 100); do
-    if grep -q '^ready ' "$work/$name.out" 2>/dev/null; then
-      addr="$(sed -n 's/^ready rpc=\([^ ]*\).*/\1/p' "$work/$name.out")"; return
-    fi
-    sleep 0.1
-  done
-  echo "node $name did not start" >&2; cat "$work/$name.err" >&2; exit 1
-}
+. scripts/node.sh
 
-start plain --insecure; plain_addr="$addr"; plain_pid="$pid"
-start tls; tls_addr="$addr"; tls_pid="$pid"
+start plain "$bin" --insecure; plain_addr="$addr"; plain_pid="$pid"
+start tls "$bin"; tls_addr="$addr"; tls_pid="$pid"
 plain=(--insecure --addr "$plain_addr" --server-pid "$plain_pid")
 tls=(--data-dir "$work/tls" --addr "$tls_addr" --server-pid "$tls_pid")
 

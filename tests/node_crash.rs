@@ -90,23 +90,26 @@ fn produce_until_killed(
         .collect()
 }
 
+/// A node with 64 KiB segments (so loads roll many times), and `extra`.
+fn small_segments(extra: &[&str]) -> ServeOptions {
+    let mut args = vec![
+        "--max-segment-bytes",
+        "65536",
+        "--max-record-bytes",
+        "1024",
+        "--max-message-bytes",
+        "1048576",
+    ];
+    args.extend_from_slice(extra);
+    ServeOptions {
+        extra_args: args.into_iter().map(String::from).collect(),
+        ..ServeOptions::default()
+    }
+}
+
 fn kill_and_recover(sync: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let opts = ServeOptions {
-        extra_args: vec![
-            "--sync".into(),
-            sync.into(),
-            "--max-segment-bytes".into(),
-            "65536".into(),
-            "--max-record-bytes".into(),
-            "1024".into(),
-            "--max-message-bytes".into(),
-            "1048576".into(),
-            "--min-free-bytes".into(),
-            "0".into(),
-        ],
-        ..ServeOptions::default()
-    };
+    let opts = small_segments(&["--sync", sync, "--min-free-bytes", "0"]);
     let mut rng = rand::rng();
     let mut acked_all: Vec<(u64, String)> = Vec::new();
     for round in 0..ROUNDS {
@@ -164,17 +167,7 @@ fn sigkill_under_sync_always_loses_no_acknowledged_record() {
 #[test]
 fn two_concurrent_producers_each_see_increasing_offsets() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = ServeOptions {
-        extra_args: vec![
-            "--max-segment-bytes".into(),
-            "65536".into(),
-            "--max-record-bytes".into(),
-            "1024".into(),
-            "--max-message-bytes".into(),
-            "1048576".into(),
-        ],
-        ..ServeOptions::default()
-    };
+    let opts = small_segments(&[]);
     let mut server = Server::start_with(dir.path(), &opts);
     const LINES: usize = 60_000;
     let producers: Vec<_> = ["a", "b"]

@@ -20,6 +20,16 @@ fn fill(log: &Partition, n: u64) {
     }
 }
 
+/// Appends record after record until one fails; returns the error.
+fn append_until_an_error(log: &Partition) -> LogError {
+    loop {
+        let offset = log.next_offset();
+        if let Err(e) = log.append(&record_for(offset)) {
+            return e;
+        }
+    }
+}
+
 fn store_files(dir: &Path) -> Vec<(String, u64)> {
     let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
         .unwrap()
@@ -179,13 +189,7 @@ fn enospc_during_a_roll_leaves_no_half_created_segment() {
     let segments = log.segment_count();
     inject(dir.path(), Point::Allocate, Fault::Errno(libc::ENOSPC), 1);
     // Fill until the roll, which meets the full disk.
-    let err = loop {
-        let offset = log.next_offset();
-        match log.append(&record_for(offset)) {
-            Ok(_) => continue,
-            Err(e) => break e,
-        }
-    };
+    let err = append_until_an_error(&log);
     assert!(
         matches!(err, LogError::Storage(StorageError::DiskFull { .. })),
         "{err}"
@@ -211,13 +215,7 @@ fn enospc_creating_a_segment_file_is_disk_full() {
     let log = Partition::open(dir.path(), config(SyncPolicy::Never)).unwrap();
     fill(&log, 5);
     inject(dir.path(), Point::Create, Fault::Errno(libc::ENOSPC), 1);
-    let err = loop {
-        let offset = log.next_offset();
-        match log.append(&record_for(offset)) {
-            Ok(_) => continue,
-            Err(e) => break e,
-        }
-    };
+    let err = append_until_an_error(&log);
     assert!(
         matches!(err, LogError::Storage(StorageError::DiskFull { .. })),
         "{err}"

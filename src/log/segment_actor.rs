@@ -252,6 +252,22 @@ impl SegmentActor {
         }
     }
 
+    /// Answers an append with an error; its produce session is poisoned, so
+    /// no later batch of it is appended behind this one.
+    fn refuse(&mut self, reply: AppendReply, session: Option<u64>, error: LogError) {
+        if let Some(s) = session {
+            self.poisoned.insert(s);
+        }
+        let _ = reply.send(Err(error));
+    }
+
+    /// Refuses appends until the LogActor's [`Resume`] for the returned generation.
+    fn refuse_until_resume(&mut self, refusal: Refusal) -> u64 {
+        self.refusing = Some(refusal);
+        self.refusal_generation += 1;
+        self.refusal_generation
+    }
+
     /// Tells the LogActor, naming this actor.
     fn emit(&self, event: SegmentEvent) {
         self.events.do_send(FromSegment {
@@ -352,18 +368,14 @@ impl SegmentActor {
         }
         tracing::warn!(partition = %self.partition, base = self.base, %error, "disk full: appends since the last commit were taken back");
         let (size_bytes, entries) = (segment.size_bytes(), segment.len());
-        for p in self.pending.drain(..) {
-            if let Some(s) = p.session {
-                self.poisoned.insert(s);
-            }
-            let _ = p.reply.send(Err(disk_full_copy(&error).into()));
+        for p in std::mem::take(&mut self.pending) {
+            self.refuse(p.reply, p.session, disk_full_copy(&error).into());
         }
         self.commit_scheduled = false;
-        self.refusing = Some(Refusal::DiskFull(error.to_string()));
-        self.refusal_generation += 1;
+        let generation = self.refuse_until_resume(Refusal::DiskFull(error.to_string()));
         self.emit(SegmentEvent::RolledBack {
             base: self.base,
-            generation: self.refusal_generation,
+            generation,
             size_bytes,
             entries,
             error,
@@ -379,9 +391,10 @@ impl SegmentActor {
         if let Some(segment) = self.segment.take() {
             segment.drop_cached_pages();
         }
+        let partition = self.partition.clone();
         let error = || {
             LogError::indeterminate(
-                &self.partition,
+                &partition,
                 format!("segment failed before the append was acknowledged: {reason}"),
             )
         };
@@ -392,10 +405,7 @@ impl SegmentActor {
             .chain(self.next_sync.drain(..))
             .collect();
         for p in waiting {
-            if let Some(s) = p.session {
-                self.poisoned.insert(s);
-            }
-            let _ = p.reply.send(Err(error()));
+            self.refuse(p.reply, p.session, error());
         }
         self.sync_in_flight = false;
         self.commit_scheduled = false;
@@ -663,11 +673,10 @@ impl Supervised for SegmentActor {
                     .as_ref()
                     .map_or((act.base, 0, 0), |s| (s.next(), s.size_bytes(), s.len()));
                 tracing::warn!(partition = %act.partition, base = act.base, next, "segment actor restarted");
-                act.refusing = Some(Refusal::Restarted(reason.clone()));
-                act.refusal_generation += 1;
+                let generation = act.refuse_until_resume(Refusal::Restarted(reason.clone()));
                 act.emit(SegmentEvent::Restarted {
                     base: act.base,
-                    generation: act.refusal_generation,
+                    generation,
                     next,
                     size_bytes,
                     entries,
@@ -693,10 +702,8 @@ impl Handler<SegAppend> for SegmentActor {
 
     fn handle(&mut self, msg: SegAppend, ctx: &mut Context<Self>) {
         if self.failed.is_some() || self.retired {
-            if let Some(s) = msg.session {
-                self.poisoned.insert(s);
-            }
-            let _ = msg.reply.send(Err(self.unavailable()));
+            let e = self.unavailable();
+            self.refuse(msg.reply, msg.session, e);
             return;
         }
         if let Some(refusal) = &self.refusing {
@@ -711,10 +718,7 @@ impl Handler<SegAppend> for SegmentActor {
                     format!("an append queued before this one failed ({reason}); not appended"),
                 ),
             };
-            if let Some(s) = msg.session {
-                self.poisoned.insert(s);
-            }
-            let _ = msg.reply.send(Err(error));
+            self.refuse(msg.reply, msg.session, error);
             return;
         }
         if self.poisoned.contains(msg.session) {
@@ -749,10 +753,7 @@ impl Handler<SegAppend> for SegmentActor {
                 self.schedule_commit(ctx);
             }
             Err(e) => {
-                if let Some(s) = msg.session {
-                    self.poisoned.insert(s);
-                }
-                let _ = msg.reply.send(Err(e));
+                self.refuse(msg.reply, msg.session, e);
             }
         }
     }
