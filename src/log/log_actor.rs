@@ -849,65 +849,67 @@ impl Handler<Append> for LogActor {
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
         self.guarded(
             ctx,
-            move |act, ctx| act.on_append(msg, ctx),
+            move |act, ctx| {
+                let (tx, rx) = oneshot::channel();
+                act.on_append(msg, tx, ctx);
+                let partition = act.partition.clone();
+                Box::pin(
+                    async move { rx.await.unwrap_or_else(|_| Err(dropped_append(&partition))) },
+                ) as Self::Result
+            },
             |e| -> Self::Result { Box::pin(ready(Err(e))) },
         )
     }
 }
 
 impl LogActor {
-    fn on_append(
-        &mut self,
-        msg: Append,
-        ctx: &mut Context<Self>,
-    ) -> <Self as Handler<Append>>::Result {
+    /// Checks an append and dispatches it; the outcome goes to `reply`.
+    fn on_append(&mut self, msg: Append, reply: AppendReply, ctx: &mut Context<Self>) {
         if let Some(e) = self.refuse_writes() {
             if let Some(s) = msg.session {
                 self.poisoned.insert(s);
             }
-            return Box::pin(ready(Err(e)));
+            let _ = reply.send(Err(e));
+            return;
         }
         if self.poisoned.contains(msg.session) {
-            return Box::pin(ready(Err(LogError::unavailable(
+            let _ = reply.send(Err(LogError::unavailable(
                 &self.partition,
                 "an earlier batch of this produce stream failed; later batches are not appended",
-            ))));
+            )));
+            return;
         }
         let max = self.config.max_record_bytes;
         if let Some(r) = msg.records.iter().find(|r| r.len() > max as usize) {
-            return Box::pin(ready(Err(StorageError::RecordTooLarge {
-                size: r.len(),
-                max,
-            }
-            .into())));
+            let size = r.len();
+            let _ = reply.send(Err(StorageError::RecordTooLarge { size, max }.into()));
+            return;
         }
         if msg.records.is_empty() {
             let at = self.committed;
-            return Box::pin(ready(Ok(at..at)));
+            let _ = reply.send(Ok(at..at));
+            return;
         }
-        let (tx, rx) = oneshot::channel();
-        self.dispatch(msg.records, msg.session, tx, ctx);
-        let partition = self.partition.clone();
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(LogError::indeterminate(
-                    &partition,
-                    "append was dropped by a failing segment actor",
-                ))
-            })
-        })
+        self.dispatch(msg.records, msg.session, reply, ctx);
     }
+}
+
+/// The answer of an append whose reply sender was dropped without an
+/// answer: the segment actor holding it failed, so it may have been written.
+fn dropped_append(partition: &str) -> LogError {
+    LogError::indeterminate(partition, "append was dropped by a failing segment actor")
 }
 
 impl Handler<AppendInOrder> for LogActor {
     type Result = ();
 
     fn handle(&mut self, msg: AppendInOrder, ctx: &mut Context<Self>) {
-        let answer = <Self as Handler<Append>>::handle(self, msg.append, ctx);
-        let reply = msg.reply;
-        actix_rt::spawn(async move {
-            let _ = reply.send(answer.await);
-        });
+        // The reply goes straight to the segment: no task per append.
+        self.guarded(
+            ctx,
+            move |act, ctx| act.on_append(msg.append, msg.reply, ctx),
+            |_| (),
+        )
     }
 }
 

@@ -60,9 +60,12 @@ pub async fn append_in_order(
 ) -> Result<Range<u64>, LogError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     log.do_send(AppendInOrder { append, reply });
-    answer
-        .await
-        .unwrap_or_else(|_| Err(LogError::unavailable("", "the partition went away")))
+    answer.await.unwrap_or_else(|_| {
+        Err(LogError::indeterminate(
+            "",
+            "the append was dropped by a failing actor: it may have been written",
+        ))
+    })
 }
 
 /// A fresh produce-session id, unique in this process.
