@@ -193,6 +193,9 @@ pub(crate) struct SegmentActor {
     /// durable when it was opened): a reopen never cuts below it.
     synced_next: u64,
     last_sync: Instant,
+    /// The failed segment being released on the blocking pool (its cached
+    /// pages dropped); the reopen waits for it.
+    closing: Option<actix_rt::task::JoinHandle<()>>,
     /// Free bytes last read with `statvfs`, counted down by what was written since.
     free_seen: Option<(u64, Instant)>,
     /// Set after a rollback or a restart until the LogActor's [`Resume`].
@@ -239,6 +242,7 @@ impl SegmentActor {
             unsynced: false,
             last_sync: Instant::now(),
             refusing: None,
+            closing: None,
             free_seen: None,
             refusal_generation: 0,
             poisoned,
@@ -389,7 +393,12 @@ impl SegmentActor {
     fn fail(&mut self, ctx: &mut Context<Self>, reason: &str) {
         tracing::error!(partition = %self.partition, base = self.base, reason, "segment actor failed");
         if let Some(segment) = self.segment.take() {
-            segment.drop_cached_pages();
+            // Dropping a large file's cached pages takes a while: not on
+            // this thread. The reopen (also on the blocking pool) comes after.
+            self.closing = Some(actix_rt::task::spawn_blocking(move || {
+                segment.drop_cached_pages();
+                drop(segment);
+            }));
         }
         let partition = self.partition.clone();
         let error = || {
@@ -552,13 +561,20 @@ impl SegmentActor {
             self.writable,
             self.synced_next,
         );
-        let job = actix_rt::task::spawn_blocking(move || {
-            let (mut segment, _) = Segment::open(&dir, base, &config, writable, synced)?;
-            if segment.is_writable() {
-                segment.sync()?;
+        let closing = self.closing.take();
+        let job = async move {
+            if let Some(closing) = closing {
+                let _ = closing.await;
             }
-            Ok(segment)
-        });
+            actix_rt::task::spawn_blocking(move || {
+                let (mut segment, _) = Segment::open(&dir, base, &config, writable, synced)?;
+                if segment.is_writable() {
+                    segment.sync()?;
+                }
+                Ok(segment)
+            })
+            .await
+        };
         ctx.wait(job.into_actor(self).map(move |joined, act, _| {
             let opened = joined.unwrap_or_else(|e| {
                 Err(StorageError::InvalidConfig(format!(
