@@ -169,9 +169,7 @@ fn reads(c: &mut Criterion) {
             let mut from = 0;
             let mut n = 0;
             while from < N {
-                let mut batch = proglog::storage::RecordBatch::default();
-                log.read_batch_into(from, N, 1 << 20, &mut batch, true)
-                    .unwrap();
+                let batch = log.read_batch(from, N, 1 << 20).unwrap();
                 n += batch.len();
                 from = batch.next_offset().unwrap();
             }

@@ -571,3 +571,37 @@ async fn batches_after_a_failed_batch_of_the_same_stream_are_not_appended() {
         .unwrap();
     assert_eq!(retried.start, next, "no gap");
 }
+
+/// Reads whose bytes are not in the page cache are carried out on the
+/// blocking pool (the actor thread never waits for the disk): they return
+/// the same records, checksum verified.
+#[actix_rt::test]
+async fn cold_reads_return_the_same_records() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    append(&log, (0..60).map(record).collect()).await.unwrap();
+    log.send(Close).await.unwrap().unwrap();
+    // Evict the stores' pages (clean after the close's sync).
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let file = std::fs::File::open(entry.unwrap().path()).unwrap();
+        // SAFETY: an advisory call on a descriptor this test owns.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    for i in (0..60).rev() {
+        assert_eq!(read(&log, i).await.unwrap(), record(i));
+    }
+    let batch = log
+        .send(ReadBatch {
+            from: 0,
+            max_bytes: 1 << 20,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!batch.is_empty());
+    for (offset, bytes) in batch.iter() {
+        assert_eq!(bytes, &record(offset)[..]);
+    }
+}

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::error::LogError;
 use super::restart::RestartBudget;
 use super::session::PoisonedSessions;
-use crate::storage::{LogConfig, RecordBatch, Segment, StorageError, SyncPolicy};
+use crate::storage::{LogConfig, PlannedRead, RecordBatch, Segment, StorageError, SyncPolicy};
 use crate::telemetry::FsyncMetrics;
 
 /// The free space is read again after this long (other writers use the disk too).
@@ -821,22 +821,69 @@ impl Handler<Resume> for SegmentActor {
 }
 
 impl Handler<SegRead> for SegmentActor {
-    type Result = Result<Vec<u8>, LogError>;
+    type Result = ResponseActFuture<Self, Result<Vec<u8>, LogError>>;
 
     fn handle(&mut self, msg: SegRead, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(ctx, false, |segment| segment.read(msg.offset))
+        let plan = self.guarded(ctx, false, |segment| segment.plan_read(msg.offset));
+        self.carry_out(
+            plan,
+            PlannedRead::record_if_cached,
+            PlannedRead::record_from_disk,
+        )
     }
 }
 
 impl Handler<SegReadBatch> for SegmentActor {
-    type Result = Result<RecordBatch, LogError>;
+    type Result = ResponseActFuture<Self, Result<RecordBatch, LogError>>;
 
     fn handle(&mut self, msg: SegReadBatch, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(ctx, false, |segment| {
-            let mut batch = RecordBatch::default();
-            segment.read_batch_into(msg.from, msg.until, msg.max_bytes, &mut batch, true)?;
-            Ok(batch)
-        })
+        let plan = self.guarded(ctx, false, |segment| {
+            segment.plan_batch(msg.from, msg.until, msg.max_bytes)
+        });
+        self.carry_out(
+            plan,
+            PlannedRead::batch_if_cached,
+            PlannedRead::batch_from_disk,
+        )
+    }
+}
+
+impl SegmentActor {
+    /// Carries out a planned read: at once when its bytes are in the page
+    /// cache, else on the blocking pool (this actor keeps serving meanwhile).
+    /// Damage found is reported as by any read.
+    fn carry_out<T: Send + 'static>(
+        &mut self,
+        plan: Result<PlannedRead, LogError>,
+        if_cached: fn(&PlannedRead) -> Option<Result<T, StorageError>>,
+        from_disk: fn(&PlannedRead) -> Result<T, StorageError>,
+    ) -> ResponseActFuture<Self, Result<T, LogError>> {
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        if let Some(done) = if_cached(&plan) {
+            if let Err(e) = &done
+                && e.is_corruption()
+            {
+                self.report_damage(e);
+            }
+            return Box::pin(fut::ready(done.map_err(LogError::from)));
+        }
+        let job = actix_rt::task::spawn_blocking(move || from_disk(&plan));
+        Box::pin(job.into_actor(self).map(|joined, act, _| {
+            let done = joined.unwrap_or_else(|e| {
+                Err(StorageError::InvalidConfig(format!(
+                    "read task failed: {e}"
+                )))
+            });
+            if let Err(e) = &done
+                && e.is_corruption()
+            {
+                act.report_damage(e);
+            }
+            done.map_err(LogError::from)
+        }))
     }
 }
 

@@ -169,6 +169,57 @@ pub(crate) fn read_at(file: &File, path: &Path, buf: &mut [u8], position: u64) -
     }
 }
 
+/// `pread` of exactly `buf.len()` bytes at `position` only if they are all
+/// in the page cache (`preadv2` with `RWF_NOWAIT`): `Ok(true)` when read,
+/// `Ok(false)` when the read would wait for the disk (nothing is promised
+/// about `buf` then). Where the kernel or file system cannot tell, the read
+/// is done as a plain `pread`.
+pub(crate) fn read_at_if_cached(
+    file: &File,
+    path: &Path,
+    buf: &mut [u8],
+    position: u64,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+    if let Some(f) = take_fault(Point::Read, path) {
+        return Err(errno(f));
+    }
+    if UNSUPPORTED.load(Ordering::Relaxed) {
+        file.read_exact_at(buf, position)?;
+        return Ok(true);
+    }
+    let mut done = 0usize;
+    while done < buf.len() {
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        let at = libc::off_t::try_from(position + done as u64).map_err(io::Error::other)?;
+        // SAFETY: one iovec over memory `buf` owns, on a descriptor `file` owns.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        if n > 0 {
+            done += n as usize;
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
+                UNSUPPORTED.store(true, Ordering::Relaxed);
+                file.read_exact_at(&mut buf[done..], position + done as u64)?;
+                return Ok(true);
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 /// `fdatasync` (`data_only`) or `fsync` of `file`.
 pub fn sync(file: &File, path: &Path, data_only: bool) -> io::Result<()> {
     if let Some(f) = take_fault(Point::Sync, path) {

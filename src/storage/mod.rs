@@ -15,6 +15,7 @@ pub mod disk;
 mod error;
 pub mod frame;
 mod index;
+mod read;
 mod segment;
 mod store;
 
@@ -23,4 +24,5 @@ pub use checkpoint::{Checkpoint, LostCause, LostRange};
 pub use config::{DEFAULT_MIN_FREE_BYTES, LogConfig, Retention, SyncPolicy};
 pub use dir::{DirLock, OpenReport, OpenedDir, RepairCut, RepairReport, open_dir, repair};
 pub use error::{Result, StorageError};
+pub use read::PlannedRead;
 pub use segment::{Damage, Opened, Segment, file_name};

@@ -9,6 +9,7 @@ use super::config::LogConfig;
 use super::error::{Result, StorageError};
 use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, FrameHeader, MAX_RECORD_BYTES};
 use super::index::{Index, IndexState};
+use super::read::PlannedRead;
 use super::store::Store;
 
 /// Bytes read at a time while rebuilding an index from its store.
@@ -404,75 +405,52 @@ impl Segment {
         Ok((pos, frame_len))
     }
 
-    /// Reads record `offset` (which the caller checked is in this segment).
+    /// Reads record `offset` (which the caller checked is committed and in
+    /// this segment), checksum verified.
     pub fn read(&self, offset: u64) -> Result<Vec<u8>> {
-        let (pos, frame_len) = self.locate(offset)?;
-        self.store.read_record(pos, frame_len, offset)
+        self.plan_read(offset)?.record_from_disk()
     }
 
-    /// Appends to `batch` consecutive records from `from` (in this segment)
-    /// whose frames fit in `max_bytes`; with `take_first`, at least one record
-    /// whatever its size. Records are read with one copy: the frames land in
-    /// the batch buffer and are checked there. A corrupt record ends the batch
-    /// before it, or is the error if it is the first.
-    pub fn read_batch_into(
-        &self,
-        from: u64,
-        until: u64,
-        max_bytes: usize,
-        batch: &mut RecordBatch,
-        take_first: bool,
-    ) -> Result<()> {
-        let (pos, first_len) = self.locate(from)?;
-        let available = self.data_end() - pos;
-        let budget = if take_first {
-            (max_bytes as u64).max(first_len)
-        } else {
-            max_bytes as u64
-        };
-        if budget < first_len {
-            return Ok(());
-        }
-        let want = budget.min(available) as usize;
-        let start = batch.buf.len();
-        batch.buf.resize(start + want, 0);
-        if let Err(e) = self.store.read_at(pos, &mut batch.buf[start..]) {
-            batch.buf.truncate(start);
-            return Err(e);
-        }
-        let mut cursor = start;
-        let mut expected = from;
-        while expected < self.next.min(until) {
-            let Some(head) = batch.buf[cursor..].first_chunk::<FRAME_HEADER_LEN>() else {
-                break;
-            };
-            let header = FrameHeader::decode(head);
-            let end = cursor + header.frame_len() as usize;
-            let intact = end <= batch.buf.len()
-                && header.offset == expected
-                && header.matches(&batch.buf[cursor + FRAME_HEADER_LEN..end]);
-            if !intact {
-                if expected == from {
-                    let reason = if end > batch.buf.len() {
-                        "frame length disagrees with the index"
-                    } else {
-                        "checksum or offset mismatch"
-                    };
-                    batch.buf.truncate(start);
-                    return Err(StorageError::corruption(
-                        self.store.path(),
-                        pos + (cursor - start) as u64,
-                        format!("record {expected}: {reason}"),
-                    ));
-                }
-                break;
-            }
-            batch.push(expected, cursor + FRAME_HEADER_LEN, header.len as usize);
-            expected += 1;
-            cursor = end;
-        }
-        batch.buf.truncate(cursor);
-        Ok(())
+    /// Reads consecutive committed records from `from` (below `until`) whose
+    /// frames fit in `max_bytes`, at least one whatever its size, with one
+    /// copy. A corrupt record ends the batch before it, or is the error if
+    /// it is the first.
+    pub fn read_batch(&self, from: u64, until: u64, max_bytes: usize) -> Result<RecordBatch> {
+        self.plan_batch(from, until, max_bytes)?.batch_from_disk()
+    }
+
+    /// Plans the read of committed record `offset`: the index lookup is done
+    /// here, the bytes are read by [`PlannedRead`] on any thread.
+    pub fn plan_read(&self, offset: u64) -> Result<PlannedRead> {
+        let (position, frame_len) = self.locate(offset)?;
+        let (file, path) = self.store.read_handle();
+        Ok(PlannedRead {
+            file,
+            path,
+            position,
+            len: frame_len as usize,
+            first: offset,
+            until: offset + 1,
+        })
+    }
+
+    /// Plans a batch read (see [`Segment::read_batch`]).
+    pub fn plan_batch(&self, from: u64, until: u64, max_bytes: usize) -> Result<PlannedRead> {
+        let (position, first_len) = self.locate(from)?;
+        // Committed records are in the file: never read the write buffer.
+        let end = self.data_end().min(self.store.flushed_len());
+        let want = (max_bytes as u64)
+            .max(first_len)
+            .min(end.saturating_sub(position));
+        let (file, path) = self.store.read_handle();
+        Ok(PlannedRead {
+            file,
+            path,
+            position,
+            len: want as usize,
+            first: from,
+            until: until.min(self.next),
+        })
     }
 
     /// Makes the segment read-only and durable: store synced, index cut to

@@ -242,6 +242,7 @@ impl Store {
 
     /// Reads the frame at `position`, which the index says is `frame_len`
     /// bytes long, checks it is the record `offset`, and returns the record.
+    #[cfg(test)]
     pub(crate) fn read_record(
         &self,
         position: u64,
@@ -265,41 +266,57 @@ impl Store {
         bytes: &[u8],
         offset: u64,
     ) -> Result<FrameHeader> {
-        let Some(head) = bytes.first_chunk::<FRAME_HEADER_LEN>() else {
-            return Err(StorageError::corruption(
-                &self.path,
-                position,
-                "frame shorter than its header",
-            ));
-        };
-        let header = FrameHeader::decode(head);
-        if header.frame_len() != bytes.len() as u64 {
-            return Err(StorageError::corruption(
-                &self.path,
-                position,
-                format!(
-                    "frame says {} record bytes, the index leaves room for {}",
-                    header.len,
-                    bytes.len() - FRAME_HEADER_LEN
-                ),
-            ));
-        }
-        if header.offset != offset {
-            return Err(StorageError::corruption(
-                &self.path,
-                position,
-                format!("frame holds offset {}, expected {offset}", header.offset),
-            ));
-        }
-        if !header.matches(&bytes[FRAME_HEADER_LEN..]) {
-            return Err(StorageError::corruption(
-                &self.path,
-                position,
-                format!("checksum mismatch in record {offset}"),
-            ));
-        }
-        Ok(header)
+        check_frame(&self.path, position, bytes, offset)
     }
+
+    /// The file and its path, for reads carried out on another thread.
+    pub(crate) fn read_handle(&self) -> (Arc<File>, PathBuf) {
+        (Arc::clone(&self.file), self.path.clone())
+    }
+}
+
+/// Checks that `bytes` (read at `position` of `path`) is exactly one intact
+/// frame of the record `offset`.
+pub(crate) fn check_frame(
+    path: &Path,
+    position: u64,
+    bytes: &[u8],
+    offset: u64,
+) -> Result<FrameHeader> {
+    let Some(head) = bytes.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Err(StorageError::corruption(
+            path,
+            position,
+            "frame shorter than its header",
+        ));
+    };
+    let header = FrameHeader::decode(head);
+    if header.frame_len() != bytes.len() as u64 {
+        return Err(StorageError::corruption(
+            path,
+            position,
+            format!(
+                "frame says {} record bytes, the index leaves room for {}",
+                header.len,
+                bytes.len() - FRAME_HEADER_LEN
+            ),
+        ));
+    }
+    if header.offset != offset {
+        return Err(StorageError::corruption(
+            path,
+            position,
+            format!("frame holds offset {}, expected {offset}", header.offset),
+        ));
+    }
+    if !header.matches(&bytes[FRAME_HEADER_LEN..]) {
+        return Err(StorageError::corruption(
+            path,
+            position,
+            format!("checksum mismatch in record {offset}"),
+        ));
+    }
+    Ok(header)
 }
 
 #[cfg(test)]

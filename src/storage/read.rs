@@ -1,0 +1,122 @@
+//! Reads planned where the segment lives (the index lookups, on the
+//! SegmentActor's thread) and carried out where it suits: at once when the
+//! bytes are in the page cache, else on the blocking pool, so a cold read
+//! never stalls the thread that serves RPC, gossip and the other partitions.
+//! A plan covers committed records only, which are always in the file (never
+//! in the write buffer), so it can be carried out by any thread.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::batch::RecordBatch;
+use super::disk;
+use super::error::{Result, StorageError};
+use super::frame::{FRAME_HEADER_LEN, FrameHeader};
+use super::store::check_frame;
+
+/// One record, or a run of consecutive records, to read from a store file.
+#[derive(Debug, Clone)]
+pub struct PlannedRead {
+    pub(crate) file: Arc<File>,
+    pub(crate) path: PathBuf,
+    /// Where the first frame starts, and how many bytes to read.
+    pub(crate) position: u64,
+    pub(crate) len: usize,
+    /// Offset of the first record.
+    pub(crate) first: u64,
+    /// Records at or past this offset are not returned (batch reads).
+    pub(crate) until: u64,
+}
+
+impl PlannedRead {
+    /// The bytes, if `cached_only` is false or they are all in the page cache.
+    fn bytes(&self, cached_only: bool) -> Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; self.len];
+        let io = StorageError::io("read", &self.path);
+        if cached_only {
+            if !disk::read_at_if_cached(&self.file, &self.path, &mut buf, self.position)
+                .map_err(io)?
+            {
+                return Ok(None);
+            }
+        } else {
+            disk::read_at(&self.file, &self.path, &mut buf, self.position).map_err(io)?;
+        }
+        Ok(Some(buf))
+    }
+
+    /// Reads one record now if it is in the page cache (`None`: it is not).
+    pub fn record_if_cached(&self) -> Option<Result<Vec<u8>>> {
+        self.bytes(true)
+            .transpose()
+            .map(|b| b.and_then(|b| self.record(b)))
+    }
+
+    /// Reads one record, waiting for the disk if need be.
+    pub fn record(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        let mut bytes = bytes;
+        let header = check_frame(&self.path, self.position, &bytes, self.first)?;
+        bytes.copy_within(FRAME_HEADER_LEN.., 0);
+        bytes.truncate(header.len as usize);
+        Ok(bytes)
+    }
+
+    /// Reads one record from the disk (for the blocking pool).
+    pub fn record_from_disk(&self) -> Result<Vec<u8>> {
+        let bytes = self.bytes(false)?.unwrap_or_default();
+        self.record(bytes)
+    }
+
+    /// Reads the batch now if it is in the page cache (`None`: it is not).
+    pub fn batch_if_cached(&self) -> Option<Result<RecordBatch>> {
+        self.bytes(true)
+            .transpose()
+            .map(|b| b.and_then(|b| self.batch(b)))
+    }
+
+    /// Reads the batch from the disk (for the blocking pool).
+    pub fn batch_from_disk(&self) -> Result<RecordBatch> {
+        let bytes = self.bytes(false)?.unwrap_or_default();
+        self.batch(bytes)
+    }
+
+    /// Checks the frames in `bytes` one by one: a corrupt record ends the
+    /// batch before it, or is the error if it is the first.
+    fn batch(&self, bytes: Vec<u8>) -> Result<RecordBatch> {
+        let mut batch = RecordBatch::default();
+        batch.buf = bytes;
+        let mut cursor = 0usize;
+        let mut expected = self.first;
+        while expected < self.until {
+            let Some(head) = batch.buf[cursor..].first_chunk::<FRAME_HEADER_LEN>() else {
+                break;
+            };
+            let header = FrameHeader::decode(head);
+            let end = cursor + header.frame_len() as usize;
+            let intact = end <= batch.buf.len()
+                && header.offset == expected
+                && header.matches(&batch.buf[cursor + FRAME_HEADER_LEN..end]);
+            if !intact {
+                if expected == self.first {
+                    let reason = if end > batch.buf.len() {
+                        "frame length disagrees with the index"
+                    } else {
+                        "checksum or offset mismatch"
+                    };
+                    return Err(StorageError::corruption(
+                        &self.path,
+                        self.position + cursor as u64,
+                        format!("record {expected}: {reason}"),
+                    ));
+                }
+                break;
+            }
+            batch.push(expected, cursor + FRAME_HEADER_LEN, header.len as usize);
+            expected += 1;
+            cursor = end;
+        }
+        batch.buf.truncate(cursor);
+        Ok(batch)
+    }
+}
