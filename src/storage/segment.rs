@@ -405,8 +405,8 @@ impl Segment {
         Ok((pos, frame_len))
     }
 
-    /// Reads record `offset` (which the caller checked is committed and in
-    /// this segment), checksum verified.
+    /// Reads record `offset` (which the caller checked is committed, i.e.
+    /// flushed, and in this segment), checksum verified.
     pub fn read(&self, offset: u64) -> Result<Vec<u8>> {
         self.plan_read(offset)?.record_from_disk()
     }
@@ -580,6 +580,7 @@ mod tests {
             assert_eq!(s.append(b"0123456789").unwrap(), expected);
         }
         assert!(!s.fits(10), "three entries fill the index");
+        s.flush().unwrap(); // reads serve committed (flushed) records only
         assert_eq!(s.read(17).unwrap(), b"0123456789");
     }
 
