@@ -74,7 +74,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
     // Everything below drives the node's own engine: a LogActor and its
     // SegmentActors, as `proglog serve` runs them.
     step("batched appends through the LogActor (sync=never), then close");
-    let (append, written, records, segments, append_time) = super::block_on(async {
+    let (append, records, segments) = super::block_on(async {
         let log = LogActor::open("bench", &log_dir, config.clone())?.start();
         let start = Instant::now();
         let mut written = 0u64;
@@ -87,13 +87,10 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         log.send(Close).await??;
         Ok::<_, BoxError>((
             mb_per_s(written, append_time),
-            written,
             stats.next_offset,
             stats.segments,
-            append_time,
         ))
     })?;
-    let _ = (written, append_time);
     eprintln!("{append:.0} MB/s, {records} records in {segments} segments");
 
     step("reopen after clean close");

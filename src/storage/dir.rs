@@ -282,6 +282,17 @@ fn scan_dir(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
+/// What `repair` found in one segment: its intact frames end at offset
+/// `next`, byte `end`, of a store of `size` bytes (`stop` says why).
+struct Scanned {
+    base: u64,
+    next: u64,
+    end: u64,
+    size: u64,
+    stop: String,
+    path: PathBuf,
+}
+
 /// One cut `repair` makes (or, in a dry run, would make).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepairCut {
@@ -330,8 +341,7 @@ pub fn repair(dir: &Path, config: &LogConfig, dry_run: bool) -> Result<RepairRep
         dry_run,
         ..RepairReport::default()
     };
-    // (base, good end offset, good end position, store size) of each segment.
-    let mut scanned: Vec<(u64, u64, u64, u64, String, PathBuf)> = Vec::new();
+    let mut scanned: Vec<Scanned> = Vec::new();
     let mut highest_seen = 0u64;
     for &base in &bases {
         let path = dir.join(file_name(base, "store"));
@@ -340,7 +350,14 @@ pub fn repair(dir: &Path, config: &LogConfig, dry_run: bool) -> Result<RepairRep
             let size = std::fs::metadata(&path)
                 .map_err(StorageError::io("stat", &path))?
                 .len();
-            scanned.push((base, base, 0, size, "store file has no header".into(), path));
+            scanned.push(Scanned {
+                base,
+                next: base,
+                end: 0,
+                size,
+                stop: "store file has no header".into(),
+                path,
+            });
             continue;
         }
         let store = Store::open(&path)?;
@@ -357,27 +374,35 @@ pub fn repair(dir: &Path, config: &LogConfig, dry_run: bool) -> Result<RepairRep
         {
             highest_seen = highest_seen.max(base + entries);
         }
-        scanned.push((base, next, end, store.size(), stop, path));
+        let size = store.size();
+        scanned.push(Scanned {
+            base,
+            next,
+            end,
+            size,
+            stop,
+            path,
+        });
     }
     let resume = highest_seen
         .max(checkpoint.recovery_point)
         .max(first_free_offset(config, &checkpoint));
-    for (i, (base, next, end, size, stop, path)) in scanned.iter().enumerate() {
-        let upto = scanned.get(i + 1).map_or(resume, |n| n.0);
-        let damaged = end < size;
-        let lost = *next..upto.max(*next);
+    for (i, seg) in scanned.iter().enumerate() {
+        let upto = scanned.get(i + 1).map_or(resume, |n| n.base);
+        let damaged = seg.end < seg.size;
+        let lost = seg.next..upto.max(seg.next);
         let known = lost.is_empty() || checkpoint.is_known_lost(lost.start, lost.end);
         if !damaged && known {
             continue;
         }
-        let _ = base;
+        let position = if damaged { seg.end } else { seg.size };
         report.cuts.push(RepairCut {
-            path: path.clone(),
-            position: if damaged { *end } else { *size },
-            bytes: size - if damaged { *end } else { *size },
+            path: seg.path.clone(),
+            position,
+            bytes: seg.size - position,
             lost: lost.clone(),
             reason: if damaged {
-                stop.clone()
+                seg.stop.clone()
             } else {
                 "records missing between segments".into()
             },
@@ -418,7 +443,7 @@ pub fn repair(dir: &Path, config: &LogConfig, dry_run: bool) -> Result<RepairRep
         }
     }
     // The log goes on past every offset it gave out: a new active segment at `resume`.
-    let last_next = scanned.last().map_or(resume, |s| s.1);
+    let last_next = scanned.last().map_or(resume, |s| s.next);
     if last_next < resume && !bases.contains(&resume) {
         drop(Segment::create(dir, resume, config)?);
     }
