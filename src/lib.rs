@@ -6,6 +6,8 @@
 //! - [`log`]: the storage as actix actors: a LogActor per partition, a
 //!   SegmentActor per segment, under supervisors.
 //! - [`rpc`]: the Cap'n Proto RPC front (`schema/log.capnp`), one task per connection.
+//! - [`wire`]: the wire contract shared by server and client: schema code,
+//!   typed wire errors, transport. The client depends on it alone.
 //! - [`client`]: the Rust client library.
 //! - [`membership`]: SWIM gossip (foca) as a MembershipActor: who is in the cluster.
 //! - [`telemetry`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
@@ -16,9 +18,11 @@ pub mod client;
 pub mod config;
 pub mod log;
 pub mod membership;
+mod net;
 pub mod rpc;
 pub mod storage;
 pub mod telemetry;
+pub mod wire;
 
 /// Rust generated from `schema/log.capnp` (committed; a test keeps it in sync).
 #[path = "../schema/log_capnp.rs"]

@@ -1,7 +1,7 @@
 //! Client errors: the schema's typed domain errors, plus transport failures.
 
-use crate::log_capnp::error;
-use crate::rpc::errors::{WireError, read_error};
+use crate::wire::errors::{WireError, read_error};
+use crate::wire::schema::error;
 
 /// What a call can fail with. Domain errors mirror the schema's `Error`.
 #[derive(Debug, thiserror::Error)]

@@ -33,8 +33,8 @@ pub use error::ClientError;
 pub use producer::{Producer, ProducerConfig};
 pub use stream::{Record, RecordStream};
 
-use crate::log_capnp::{log, produced};
-use crate::rpc::transport::{reader_options, vat_network};
+use crate::wire::schema::{log, produced};
+use crate::wire::transport::{reader_options, vat_network};
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -241,7 +241,7 @@ impl Client {
         request.get().set_partition(partition);
         request.get().set_offset(offset);
         let response = request.send().promise.await?;
-        use crate::log_capnp::consumed::Which;
+        use crate::wire::schema::consumed::Which;
         match response.get()?.get_result()?.which()? {
             Which::Record(r) => Ok(r?.get_value()?.to_vec()),
             Which::Error(e) => Err(ClientError::from_wire(e?)?),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{ClientError, read_produced};
-use crate::log_capnp::log;
+use crate::wire::schema::log;
 
 /// Batching settings.
 #[derive(Debug, Clone)]

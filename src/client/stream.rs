@@ -9,7 +9,7 @@ use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ClientError;
-use crate::log_capnp::{log, record_sink, stream_end};
+use crate::wire::schema::{log, record_sink, stream_end};
 
 /// A record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,64 +1,10 @@
-//! Domain errors onto the wire: the schema's typed `Error`.
+//! The server's side of the wire errors: a log error classified into the
+//! schema's typed `Error`.
 
 use crate::log::LogError;
 use crate::log_capnp::error;
 use crate::storage::StorageError;
-
-/// A domain error as the wire carries it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WireError {
-    OffsetOutOfRange {
-        offset: u64,
-        lowest: u64,
-        next: u64,
-    },
-    UnknownPartition(String),
-    RecordTooLarge {
-        size: u64,
-        max: u64,
-    },
-    PermissionDenied {
-        subject: String,
-        action: String,
-        object: String,
-    },
-    Corruption,
-    Unavailable,
-    InvalidArgument,
-    DiskFull,
-    ReadOnly,
-    Indeterminate,
-    RecordsLost {
-        from: u64,
-        to: u64,
-    },
-}
-
-impl WireError {
-    /// The kind as a metric label: `offset_out_of_range`, `unknown_partition`, ...
-    pub fn kind(&self) -> &'static str {
-        match self {
-            WireError::OffsetOutOfRange { .. } => "offset_out_of_range",
-            WireError::UnknownPartition(_) => "unknown_partition",
-            WireError::RecordTooLarge { .. } => "record_too_large",
-            WireError::PermissionDenied { .. } => "permission_denied",
-            WireError::Corruption => "corruption",
-            WireError::Unavailable => "unavailable",
-            WireError::InvalidArgument => "invalid_argument",
-            WireError::DiskFull => "disk_full",
-            WireError::ReadOnly => "read_only",
-            WireError::Indeterminate => "indeterminate",
-            WireError::RecordsLost { .. } => "records_lost",
-        }
-    }
-
-    /// For a failed produce: true when the records may have been appended
-    /// (sending them again may duplicate them); false when they certainly
-    /// were not.
-    pub fn maybe_appended(&self) -> bool {
-        matches!(self, WireError::Indeterminate)
-    }
-}
+use crate::wire::errors::{WireError, write_error};
 
 /// Classifies a log error for the wire; the message goes along for humans.
 pub fn classify(e: &LogError) -> WireError {
@@ -94,103 +40,7 @@ pub fn classify(e: &LogError) -> WireError {
     }
 }
 
-/// Fills a schema `Error` builder.
-pub fn write_error(mut builder: error::Builder<'_>, kind: &WireError, message: &str) {
-    builder.set_message(message);
-    let mut k = builder.init_kind();
-    match kind {
-        WireError::OffsetOutOfRange {
-            offset,
-            lowest,
-            next,
-        } => {
-            let mut r = k.init_offset_out_of_range();
-            r.set_offset(*offset);
-            r.set_lowest(*lowest);
-            r.set_next(*next);
-        }
-        WireError::UnknownPartition(id) => k.set_unknown_partition(id),
-        WireError::RecordTooLarge { size, max } => {
-            let mut r = k.init_record_too_large();
-            r.set_size(*size);
-            r.set_max(*max);
-        }
-        WireError::PermissionDenied {
-            subject,
-            action,
-            object,
-        } => {
-            let mut r = k.init_permission_denied();
-            r.set_subject(subject);
-            r.set_action(action);
-            r.set_object(object);
-        }
-        WireError::Corruption => k.set_corruption(()),
-        WireError::Unavailable => k.set_unavailable(()),
-        WireError::InvalidArgument => k.set_invalid_argument(()),
-        WireError::DiskFull => k.set_disk_full(()),
-        WireError::ReadOnly => k.set_read_only(()),
-        WireError::Indeterminate => k.set_indeterminate(()),
-        WireError::RecordsLost { from, to } => {
-            let mut r = k.init_records_lost();
-            r.set_from(*from);
-            r.set_to(*to);
-        }
-    }
-}
-
 /// Fills a schema `Error` builder from a log error.
 pub fn write_log_error(builder: error::Builder<'_>, e: &LogError) {
     write_error(builder, &classify(e), &e.to_string());
-}
-
-/// Reads a schema `Error` back (for the client library).
-pub fn read_error(reader: error::Reader<'_>) -> capnp::Result<(WireError, String)> {
-    use error::kind::Which;
-    let message = reader.get_message()?.to_string().unwrap_or_default();
-    let kind = match reader.get_kind().which()? {
-        Which::OffsetOutOfRange(r) => {
-            let r = r?;
-            WireError::OffsetOutOfRange {
-                offset: r.get_offset(),
-                lowest: r.get_lowest(),
-                next: r.get_next(),
-            }
-        }
-        Which::UnknownPartition(id) => {
-            WireError::UnknownPartition(id?.to_string().unwrap_or_default())
-        }
-        Which::RecordTooLarge(r) => {
-            let r = r?;
-            WireError::RecordTooLarge {
-                size: r.get_size(),
-                max: r.get_max(),
-            }
-        }
-        Which::PermissionDenied(r) => {
-            let r = r?;
-            let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> capnp::Result<String> {
-                Ok(t?.to_string().unwrap_or_default())
-            };
-            WireError::PermissionDenied {
-                subject: text(r.get_subject())?,
-                action: text(r.get_action())?,
-                object: text(r.get_object())?,
-            }
-        }
-        Which::Corruption(()) => WireError::Corruption,
-        Which::Unavailable(()) => WireError::Unavailable,
-        Which::InvalidArgument(()) => WireError::InvalidArgument,
-        Which::DiskFull(()) => WireError::DiskFull,
-        Which::ReadOnly(()) => WireError::ReadOnly,
-        Which::Indeterminate(()) => WireError::Indeterminate,
-        Which::RecordsLost(r) => {
-            let r = r?;
-            WireError::RecordsLost {
-                from: r.get_from(),
-                to: r.get_to(),
-            }
-        }
-    };
-    Ok((kind, message))
 }

@@ -9,7 +9,6 @@
 pub mod errors;
 mod server;
 mod service;
-pub mod transport;
 
 pub use server::{Acceptor, PlainAcceptor, RpcConfig, RpcServer};
 pub use service::{

@@ -12,9 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::service::{LogService, ServiceContext};
-use super::transport::{reader_options, vat_network};
 use crate::log_capnp::log;
 use crate::telemetry::Metrics;
+use crate::wire::transport::{reader_options, vat_network};
 
 /// Settings of the RPC front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,9 +135,7 @@ async fn accept_loop<A: Acceptor>(
     mut stopped: watch::Receiver<bool>,
     metrics: Option<Arc<Metrics>>,
 ) {
-    while let Some((tcp, peer)) =
-        super::transport::accept_or_stop(&listener, &mut stopped, "rpc").await
-    {
+    while let Some((tcp, peer)) = crate::net::accept_or_stop(&listener, &mut stopped, "rpc").await {
         if open.get() >= config.max_connections {
             tracing::warn!(%peer, limit = config.max_connections, "connection limit reached: closing new connection");
             drop(tcp);

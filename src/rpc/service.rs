@@ -13,10 +13,10 @@ use capnp::capability::Rc as CapRc;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::errors::{WireError, write_error};
 use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats, WaitFor};
 use crate::log_capnp::{log, produce_sink, produced, record_sink};
 use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
+use crate::wire::errors::{WireError, write_error};
 
 /// A node of the cluster as `getServers` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

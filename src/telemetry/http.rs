@@ -70,8 +70,7 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let open = Rc::new(Cell::new(0usize));
-    while let Some((tcp, peer)) =
-        crate::rpc::transport::accept_or_stop(&listener, &mut stopped, "http").await
+    while let Some((tcp, peer)) = crate::net::accept_or_stop(&listener, &mut stopped, "http").await
     {
         if open.get() >= MAX_CONNECTIONS {
             tracing::debug!(%peer, "HTTP connection limit reached: closing new connection");

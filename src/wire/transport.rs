@@ -1,4 +1,5 @@
-//! Cap'n Proto two-party RPC over any byte stream (TCP now, TLS on top).
+//! Cap'n Proto two-party RPC over any byte stream (TCP, or TLS on top):
+//! receive limits and the buffered vat network, the same on both ends.
 
 use capnp::message::ReaderOptions;
 use capnp_rpc::rpc_twoparty_capnp::Side;
@@ -40,30 +41,4 @@ where
     );
     network.set_window_size(window_bytes);
     network
-}
-
-/// Accepts the next connection, or `None` once `stopped` changes. Accept
-/// errors (out of file descriptors and the like) back off exponentially,
-/// from 5 ms to 1 s, instead of spinning. `what` names the listener in logs.
-pub(crate) async fn accept_or_stop(
-    listener: &tokio::net::TcpListener,
-    stopped: &mut tokio::sync::watch::Receiver<bool>,
-    what: &str,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    use std::time::Duration;
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped.changed() => return None,
-        };
-        match accepted {
-            Ok(a) => return Some(a),
-            Err(e) => {
-                tracing::warn!(error = %e, ?backoff, listener = what, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
 }

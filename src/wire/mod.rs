@@ -1,0 +1,10 @@
+//! The wire contract shared by the server and the client library: the Rust
+//! generated from `schema/log.capnp` (reachable here as [`schema`]), the
+//! typed domain errors ([`errors`]) and the transport ([`transport`]:
+//! framing limits, buffered two-party vat network). It depends on nothing
+//! else of the node, so the client does not either.
+
+pub mod errors;
+pub mod transport;
+
+pub use crate::log_capnp as schema;
