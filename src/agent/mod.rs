@@ -16,7 +16,7 @@ use crate::rpc::{
     Acceptor, ClusterView, PlainAcceptor, RpcConfig, RpcServer, ServerInfo, ServiceContext,
 };
 use crate::storage::StorageError;
-use crate::telemetry::{FsyncHook, HttpServer, Telemetry};
+use crate::telemetry::{HttpServer, Telemetry};
 
 /// How long a graceful shutdown waits for calls in progress.
 pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -63,8 +63,6 @@ pub struct Agent {
     http: HttpServer,
     /// Calls in progress, drained on shutdown.
     in_flight: Rc<crate::rpc::InFlight>,
-    /// Keeps the segments' fsync histograms registered while the node runs.
-    _fsync_hook: Option<FsyncHook>,
 }
 
 /// Keeps the RPC front's view of the cluster in step with membership, and
@@ -173,15 +171,15 @@ impl Agent {
                 addr: config.http_addr,
                 source,
             })?;
-        let fsync_hook = telemetry
-            .metrics()
-            .map(|m| crate::telemetry::register_fsync(&config.data_dir, m.fsync()));
+        let fsync: crate::log::Observer = telemetry.metrics().map(|m| {
+            std::sync::Arc::new(m.fsync()) as std::sync::Arc<dyn crate::log::SyncObserver>
+        });
         let storage_error = |source| AgentError::Storage {
             dir: config.data_dir.display().to_string(),
             source,
         };
         let partitions = Rc::new(
-            Partitions::open(&config.data_dir, &config.node_name, log_config)
+            Partitions::open_observed(&config.data_dir, &config.node_name, log_config, fsync)
                 .map_err(storage_error)?,
         );
         tracing::info!(node = %config.node_name, partition = %partitions.own_id(), data_dir = %config.data_dir.display(), "partitions open");
@@ -283,7 +281,6 @@ impl Agent {
             telemetry,
             http,
             in_flight,
-            _fsync_hook: fsync_hook,
         })
     }
 

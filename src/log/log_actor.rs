@@ -23,7 +23,7 @@ use super::messages::*;
 use super::restart::RestartBudget;
 use super::segment_actor::{
     AppendReply, CloseSegment, FromSegment, PanicNow, RemoveSegment, Resume, Seal, SegAppend,
-    SegRead, SegReadBatch, SegmentActor, SegmentEvent, free_bytes, new_actor_id,
+    SegRead, SegReadBatch, SegmentActor, SegmentEvent, SegmentSetup, free_bytes, new_actor_id,
 };
 use super::session::PoisonedSessions;
 use crate::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN};
@@ -98,6 +98,8 @@ pub struct LogActor {
     checkpoint: Checkpoint,
     checkpoint_writing: bool,
     poisoned: PoisonedSessions,
+    /// Told how long syncs take; handed to every SegmentActor.
+    fsync: super::observer::Observer,
     closed: bool,
     report: OpenReport,
 }
@@ -140,9 +142,16 @@ impl LogActor {
             checkpoint: opened.checkpoint,
             checkpoint_writing: false,
             poisoned: PoisonedSessions::default(),
+            fsync: None,
             closed: false,
             report: opened.report,
         })
+    }
+
+    /// Reports the partition's sync and seal durations to `observer`.
+    pub fn observed_by(mut self, observer: super::observer::Observer) -> LogActor {
+        self.fsync = observer;
+        self
     }
 
     /// What opening the directory found (recovery work done, if any).
@@ -163,17 +172,17 @@ impl LogActor {
     fn spawn_segment(&self, segment: Segment, ctx: &mut Context<Self>) -> SegmentHandle {
         let (base, next, size_bytes) = (segment.base(), segment.next(), segment.size_bytes());
         let end = (!segment.is_writable()).then_some(next);
-        let events = ctx.address().recipient();
         let actor = new_actor_id();
-        let (partition, dir, config, poisoned) = (
-            self.partition.clone(),
-            self.dir.clone(),
-            self.config.clone(),
-            self.poisoned.clone(),
-        );
-        let addr = actix::Supervisor::start(move |_| {
-            SegmentActor::new(partition, dir, config, segment, events, actor, poisoned)
-        });
+        let setup = SegmentSetup {
+            partition: self.partition.clone(),
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            events: ctx.address().recipient(),
+            actor,
+            poisoned: self.poisoned.clone(),
+            fsync: self.fsync.clone(),
+        };
+        let addr = actix::Supervisor::start(move |_| SegmentActor::new(setup, segment));
         SegmentHandle {
             base,
             committed: next,

@@ -18,6 +18,7 @@
 mod error;
 mod log_actor;
 mod messages;
+mod observer;
 mod partitions;
 mod restart;
 mod segment_actor;
@@ -28,4 +29,5 @@ pub use log_actor::{
     CHECKPOINT_INTERVAL, DISK_FULL_PROBE_INTERVAL, LogActor, RETENTION_CHECK_INTERVAL,
 };
 pub use messages::*;
+pub use observer::{Observer, SyncObserver};
 pub use partitions::{NodeIdentity, Partitions};

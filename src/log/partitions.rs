@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::error::LogError;
 use super::log_actor::LogActor;
 use super::messages::Close;
+use super::observer::Observer;
 use crate::storage::{LogConfig, StorageError};
 
 /// Version of the data-directory layout written to `node.toml`.
@@ -117,6 +118,7 @@ pub struct Partitions {
     data_dir: PathBuf,
     identity: NodeIdentity,
     config: LogConfig,
+    fsync: Observer,
     logs: BTreeMap<String, Addr<LogActor>>,
 }
 
@@ -128,6 +130,17 @@ impl Partitions {
         data_dir: impl Into<PathBuf>,
         node_name: &str,
         config: LogConfig,
+    ) -> Result<Partitions, StorageError> {
+        Partitions::open_observed(data_dir, node_name, config, None)
+    }
+
+    /// As [`Partitions::open`], every partition reporting its sync and seal
+    /// durations to `fsync`.
+    pub fn open_observed(
+        data_dir: impl Into<PathBuf>,
+        node_name: &str,
+        config: LogConfig,
+        fsync: Observer,
     ) -> Result<Partitions, StorageError> {
         let data_dir = data_dir.into();
         let identity = NodeIdentity::load_or_create(&data_dir, node_name)?;
@@ -146,13 +159,14 @@ impl Partitions {
             if !path.is_dir() {
                 return Err(StorageError::UnexpectedFile { path });
             }
-            let log = LogActor::open(id.clone(), &path, config.clone())?;
+            let log = LogActor::open(id.clone(), &path, config.clone())?.observed_by(fsync.clone());
             logs.insert(id, log.start());
         }
         Ok(Partitions {
             data_dir,
             identity,
             config,
+            fsync,
             logs,
         })
     }
@@ -193,7 +207,8 @@ impl Partitions {
         }
         if !self.logs.contains_key(id) {
             let dir = self.data_dir.join(PARTITIONS_DIR).join(id);
-            let log = LogActor::open(id.to_string(), dir, self.config.clone())?;
+            let log = LogActor::open(id.to_string(), dir, self.config.clone())?
+                .observed_by(self.fsync.clone());
             self.logs.insert(id.to_string(), log.start());
         }
         self.get(id)

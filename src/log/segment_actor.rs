@@ -11,10 +11,10 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::error::LogError;
+use super::observer::Observer;
 use super::restart::RestartBudget;
 use super::session::PoisonedSessions;
 use crate::storage::{LogConfig, PlannedRead, RecordBatch, Segment, StorageError, SyncPolicy};
-use crate::telemetry::FsyncMetrics;
 
 /// The free space is read again after this long (other writers use the disk too).
 const FREE_SPACE_RECHECK: Duration = Duration::from_millis(100);
@@ -210,20 +210,34 @@ pub(crate) struct SegmentActor {
     /// A read already reported damage here (reported once).
     damage_reported: bool,
     panic_next: bool,
-    /// fsync latency histograms of the node; `None` when metrics are off.
-    fsync: Option<FsyncMetrics>,
+    /// Told how long each sync and seal took (metrics), if anyone listens.
+    fsync: Observer,
+}
+
+/// What a SegmentActor is given by its LogActor, besides its segment.
+pub(crate) struct SegmentSetup {
+    pub partition: String,
+    pub dir: PathBuf,
+    pub config: LogConfig,
+    /// Where its events go, tagged with `actor`.
+    pub events: Recipient<FromSegment>,
+    pub actor: u64,
+    /// Produce sessions already refused: this segment refuses them too.
+    pub poisoned: PoisonedSessions,
+    pub fsync: Observer,
 }
 
 impl SegmentActor {
-    pub(crate) fn new(
-        partition: String,
-        dir: PathBuf,
-        config: LogConfig,
-        segment: Segment,
-        events: Recipient<FromSegment>,
-        actor: u64,
-        poisoned: PoisonedSessions,
-    ) -> SegmentActor {
+    pub(crate) fn new(setup: SegmentSetup, segment: Segment) -> SegmentActor {
+        let SegmentSetup {
+            partition,
+            dir,
+            config,
+            events,
+            actor,
+            poisoned,
+            fsync,
+        } = setup;
         SegmentActor {
             actor,
             partition,
@@ -251,7 +265,7 @@ impl SegmentActor {
             retired: false,
             damage_reported: false,
             panic_next: false,
-            fsync: crate::telemetry::fsync_metrics_for(&dir),
+            fsync,
             dir,
         }
     }
@@ -510,7 +524,7 @@ impl SegmentActor {
             let timer = Instant::now();
             let result = crate::storage::disk::sync(&file, &path, true);
             if let Some(fsync) = fsync {
-                fsync.observe_sync(timer.elapsed());
+                fsync.sync(timer.elapsed());
             }
             result
         });
@@ -925,7 +939,7 @@ impl Handler<Seal> for SegmentActor {
             let timer = Instant::now();
             let result = segment.seal();
             if let Some(fsync) = fsync {
-                fsync.observe_seal(timer.elapsed());
+                fsync.seal(timer.elapsed());
             }
             (segment, result)
         });
@@ -973,7 +987,7 @@ impl Handler<CloseSegment> for SegmentActor {
         let timer = Instant::now();
         let result = self.guarded(ctx, true, Segment::seal);
         if let Some(fsync) = &self.fsync {
-            fsync.observe_seal(timer.elapsed());
+            fsync.seal(timer.elapsed());
         }
         let done: Vec<Pending> = self
             .syncing

@@ -6,8 +6,6 @@
 //! Read from the actors when scraped: per-partition offsets, segments,
 //! size, restarts, and membership.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -94,14 +92,12 @@ pub struct FsyncMetrics {
     seal: Histogram,
 }
 
-impl FsyncMetrics {
-    /// An `fdatasync` of the active segment (group commit, sync policy).
-    pub fn observe_sync(&self, took: Duration) {
+impl crate::log::SyncObserver for FsyncMetrics {
+    fn sync(&self, took: Duration) {
         self.sync.observe(took.as_secs_f64());
     }
 
-    /// Sealing a segment (flush, sync of store and index, truncation).
-    pub fn observe_seal(&self, took: Duration) {
+    fn seal(&self, took: Duration) {
         self.seal.observe(took.as_secs_f64());
     }
 }
@@ -312,7 +308,7 @@ impl Metrics {
         GaugeGuard(gauge.clone())
     }
 
-    /// The fsync histograms (for SegmentActors, through [`register_fsync`]).
+    /// The fsync histograms, handed to the partitions as their sync observer.
     pub fn fsync(&self) -> FsyncMetrics {
         self.fsync.clone()
     }
@@ -396,41 +392,4 @@ impl Metrics {
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
-}
-
-/// fsync histograms by data directory: SegmentActors are started by their
-/// LogActor, which knows nothing of metrics; each looks its node's
-/// histograms up here once, by its directory, when it is created.
-static FSYNC_HOOKS: Mutex<Vec<(u64, PathBuf, FsyncMetrics)>> = Mutex::new(Vec::new());
-
-/// Keeps a [`register_fsync`] registration alive; dropping it unregisters.
-#[derive(Debug)]
-pub struct FsyncHook {
-    id: u64,
-}
-
-impl Drop for FsyncHook {
-    fn drop(&mut self) {
-        let mut hooks = FSYNC_HOOKS.lock().unwrap_or_else(|e| e.into_inner());
-        hooks.retain(|(id, _, _)| *id != self.id);
-    }
-}
-
-/// Makes the segments under `data_dir` observe their fsyncs into `fsync`
-/// (those started from now on).
-pub fn register_fsync(data_dir: impl Into<PathBuf>, fsync: FsyncMetrics) -> FsyncHook {
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut hooks = FSYNC_HOOKS.lock().unwrap_or_else(|e| e.into_inner());
-    hooks.push((id, data_dir.into(), fsync));
-    FsyncHook { id }
-}
-
-/// The fsync histograms registered for the data directory holding `dir`.
-pub(crate) fn fsync_metrics_for(dir: &Path) -> Option<FsyncMetrics> {
-    let hooks = FSYNC_HOOKS.lock().unwrap_or_else(|e| e.into_inner());
-    hooks
-        .iter()
-        .find(|(_, root, _)| dir.starts_with(root))
-        .map(|(_, _, fsync)| fsync.clone())
 }

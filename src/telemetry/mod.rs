@@ -17,10 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use http::HttpServer;
-pub(crate) use metrics::fsync_metrics_for;
-pub use metrics::{
-    CONTENT_TYPE, FsyncHook, FsyncMetrics, GaugeGuard, Metrics, StreamKind, register_fsync,
-};
+pub use metrics::{CONTENT_TYPE, FsyncMetrics, GaugeGuard, Metrics, StreamKind};
 
 use crate::log::{Partitions, Stats};
 use crate::rpc::ClusterView;
