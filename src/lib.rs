@@ -9,12 +9,14 @@
 //! - [`wire`]: the wire contract shared by server and client: schema code,
 //!   typed wire errors, transport. The client depends on it alone.
 //! - [`client`]: the Rust client library.
+//! - [`cluster`]: the cluster view (self and peers) the agent keeps.
 //! - [`membership`]: SWIM gossip (foca) as a MembershipActor: who is in the cluster.
 //! - [`telemetry`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
 pub mod agent;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod log;
 pub mod membership;

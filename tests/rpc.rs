@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use proglog::client::{Client, ClientError};
+use proglog::cluster::ClusterView;
 use proglog::log::Partitions;
-use proglog::rpc::{ClusterView, PlainAcceptor, RpcConfig, RpcServer, ServiceContext};
+use proglog::rpc::{PlainAcceptor, RpcConfig, RpcServer, ServiceContext};
 use proglog::storage::LogConfig;
 use tokio::io::AsyncWriteExt;
 

@@ -8,8 +8,9 @@ use proglog::auth::acl::{Acl, DEFAULT_MODEL, DEFAULT_POLICY};
 use proglog::auth::certs::{self, Leaf, Pem, Validity};
 use proglog::auth::tls::{TlsAcceptor, client_config, client_config_without_cert, server_config};
 use proglog::client::{Client, ClientError};
+use proglog::cluster::ClusterView;
 use proglog::log::Partitions;
-use proglog::rpc::{ClusterView, RpcConfig, RpcServer, ServiceContext};
+use proglog::rpc::{RpcConfig, RpcServer, ServiceContext};
 use proglog::storage::LogConfig;
 
 /// A CA with a server certificate for localhost/127.0.0.1 and clients root and nobody.

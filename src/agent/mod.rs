@@ -7,14 +7,13 @@ use std::rc::Rc;
 
 use actix::prelude::*;
 
+use crate::cluster::{ClusterView, ServerInfo};
 use crate::config::{ConfigError, NodeConfig};
 use crate::log::{LogError, Partitions};
 use crate::membership::{
     GetLocal, Leave, MembershipActor, MembershipConfig, MembershipError, MembershipEvent, Subscribe,
 };
-use crate::rpc::{
-    Acceptor, ClusterView, PlainAcceptor, RpcConfig, RpcServer, ServerInfo, ServiceContext,
-};
+use crate::rpc::{Acceptor, PlainAcceptor, RpcConfig, RpcServer, ServiceContext};
 use crate::storage::StorageError;
 use crate::telemetry::{HttpServer, Telemetry};
 

@@ -12,6 +12,5 @@ mod service;
 
 pub use server::{Acceptor, PlainAcceptor, RpcConfig, RpcServer};
 pub use service::{
-    ACTION_CONSUME, ACTION_PRODUCE, Authorizer, ClusterView, InFlight, LogService, ServerInfo,
-    ServiceContext,
+    ACTION_CONSUME, ACTION_PRODUCE, Authorizer, InFlight, LogService, ServiceContext,
 };

@@ -13,28 +13,11 @@ use capnp::capability::Rc as CapRc;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::cluster::{ClusterView, ServerInfo};
 use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats, WaitFor};
 use crate::log_capnp::{log, produce_sink, produced, record_sink};
 use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
 use crate::wire::errors::{WireError, write_error};
-
-/// A node of the cluster as `getServers` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerInfo {
-    pub name: String,
-    pub rpc_addr: String,
-    pub alive: bool,
-    /// The partition it leads.
-    pub partition: String,
-}
-
-/// What the RPC front knows about the cluster: itself, and the peers that
-/// membership reports (kept up to date by the agent).
-#[derive(Debug, Default)]
-pub struct ClusterView {
-    pub local: Option<ServerInfo>,
-    pub peers: Vec<ServerInfo>,
-}
 
 /// Decides whether `subject` may do `action` on `object`; denial carries the
 /// reason for the typed error. `None` in [`ServiceContext`] allows everything.

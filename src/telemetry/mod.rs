@@ -19,8 +19,8 @@ use std::time::Duration;
 pub use http::HttpServer;
 pub use metrics::{CONTENT_TYPE, FsyncMetrics, GaugeGuard, Metrics, StreamKind};
 
+use crate::cluster::ClusterView;
 use crate::log::{Partitions, Stats};
-use crate::rpc::ClusterView;
 
 /// Longest wait for one partition's `Stats` during a scrape.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
