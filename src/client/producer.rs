@@ -47,23 +47,35 @@ struct Batch {
     generation: u64,
 }
 
+/// What the producer's sender task takes, in order.
+enum Outgoing {
+    Batch(Batch),
+    /// Answered once every batch queued before it is answered.
+    Flush(oneshot::Sender<()>),
+}
+
 /// Batches records into `produceBatch` calls. Cheap to clone; `!Send`.
+///
+/// One sender task sends the batches, in the order they were made, with up
+/// to `max_in_flight` unanswered: the order on the wire is the order of the
+/// records, never left to how tasks happen to be scheduled.
 #[derive(Clone)]
 pub struct Producer {
-    log: log::Client,
     config: Rc<ProducerConfig>,
     batch: Rc<RefCell<Batch>>,
-    in_flight: Arc<Semaphore>,
+    outbox: tokio::sync::mpsc::UnboundedSender<Outgoing>,
 }
 
 impl Producer {
+    /// Must be called inside a `LocalSet` (it starts the sender task).
     pub(crate) fn new(log: log::Client, config: ProducerConfig) -> Producer {
         let permits = config.max_in_flight.max(1);
+        let (outbox, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::task::spawn_local(send_in_order(log, queue, permits));
         Producer {
-            log,
             config: Rc::new(config),
             batch: Rc::default(),
-            in_flight: Arc::new(Semaphore::new(permits)),
+            outbox,
         }
     }
 
@@ -120,7 +132,48 @@ impl Producer {
                 },
             )
         };
-        let (log, sem) = (self.log.clone(), self.in_flight.clone());
+        if let Err(unsent) = self.outbox.send(Outgoing::Batch(batch)) {
+            // The sender task is gone (its LocalSet ended): answer the records.
+            if let Outgoing::Batch(batch) = unsent.0 {
+                for w in batch.waiters {
+                    let _ = w.send(Err(ClientError::Unavailable("producer stopped".into())));
+                }
+            }
+        }
+    }
+
+    /// Sends the current batch and waits until every batch sent so far is answered.
+    pub async fn flush(&self) {
+        self.flush_batch();
+        let (done, answered) = oneshot::channel();
+        if self.outbox.send(Outgoing::Flush(done)).is_ok() {
+            let _ = answered.await;
+        }
+    }
+}
+
+/// The sender task: takes batches in order, sends each once fewer than
+/// `permits` are unanswered, and answers each batch's records.
+async fn send_in_order(
+    log: log::Client,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+    permits: usize,
+) {
+    let in_flight = Arc::new(Semaphore::new(permits));
+    while let Some(next) = queue.recv().await {
+        let batch = match next {
+            Outgoing::Batch(batch) => batch,
+            Outgoing::Flush(done) => {
+                if let Ok(all) = in_flight.acquire_many(permits as u32).await {
+                    drop(all);
+                }
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut request = log.produce_batch_request();
         {
             let mut list = request.get().init_values(batch.values.len() as u32);
@@ -128,12 +181,12 @@ impl Producer {
                 list.set(i as u32, v);
             }
         }
-        // Acquire in order (the semaphore is fair), so batches go out in order.
-        let permit = sem.acquire_owned();
+        // Sent here, in this one task: the wire order is the batch order.
+        let promise = request.send().promise;
         tokio::task::spawn_local(async move {
-            let Ok(_permit) = permit.await else { return };
+            let _permit = permit;
             let outcome = async {
-                let response = request.send().promise.await?;
+                let response = promise.await?;
                 read_produced(response.get()?.get_result()?)
             }
             .await;
@@ -155,14 +208,5 @@ impl Producer {
                 }
             }
         });
-    }
-
-    /// Sends the current batch and waits until every batch sent so far is answered.
-    pub async fn flush(&self) {
-        self.flush_batch();
-        let all = self.config.max_in_flight.max(1) as u32;
-        if let Ok(permits) = self.in_flight.acquire_many(all).await {
-            drop(permits);
-        }
     }
 }
