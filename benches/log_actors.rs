@@ -138,6 +138,29 @@ async fn wake_latency(samples: usize) -> Vec<Duration> {
     lat
 }
 
+/// Random single-record reads of the first 10,000 records of `log`, one at
+/// a time, while `go()` holds; each read's latency. Yields between reads so
+/// other tasks on the thread run.
+async fn random_reads(log: &Addr<LogActor>, go: impl Fn() -> bool) -> Vec<Duration> {
+    let mut lat = Vec::new();
+    let mut x = 12345u64;
+    while go() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let t = Instant::now();
+        log.send(Read {
+            offset: (x >> 33) % 10_000,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        lat.push(t.elapsed());
+        actix_rt::task::yield_now().await;
+    }
+    lat
+}
+
 /// Read latency of partition B, with or without partition A taking appends
 /// under `sync=always` at the same time (W=16 in flight).
 async fn read_latency_beside_fsyncing_partition(load: bool) -> (Vec<Duration>, f64) {
@@ -170,22 +193,8 @@ async fn read_latency_beside_fsyncing_partition(load: bool) -> (Vec<Duration>, f
             n
         })
     };
-    let mut lat = Vec::new();
     let start = Instant::now();
-    let mut x = 12345u64;
-    while start.elapsed() < Duration::from_secs(2) {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let t = Instant::now();
-        b.send(Read {
-            offset: (x >> 33) % 10_000,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        lat.push(t.elapsed());
-    }
+    let lat = random_reads(&b, || start.elapsed() < Duration::from_secs(2)).await;
     stop.set(true);
     let fsynced = writer.await.unwrap() as f64 / start.elapsed().as_secs_f64();
     (lat, fsynced)
@@ -241,22 +250,7 @@ async fn read_latency_beside_recovering_partition() -> (Vec<Duration>, Duration)
             }
         })
     };
-    let mut lat = Vec::new();
-    let mut x = 12345u64;
-    while done.get().is_none() {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let t = Instant::now();
-        b.send(Read {
-            offset: (x >> 33) % 10_000,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        lat.push(t.elapsed());
-        actix_rt::task::yield_now().await;
-    }
+    let lat = random_reads(&b, || done.get().is_none()).await;
     watcher.await.unwrap();
     (lat, done.get().unwrap_or_default())
 }
