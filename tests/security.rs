@@ -141,6 +141,18 @@ async fn root_may_produce_and_consume_and_nobody_is_denied_both() {
         stream.next().await,
         Some(Err(ClientError::PermissionDenied { .. }))
     ));
+    // Authorization comes before the lookup: a denied caller cannot tell a
+    // partition that exists from one that does not.
+    match nobody.consume("no-such-partition", 0).await {
+        Err(ClientError::PermissionDenied { object, .. }) => {
+            assert_eq!(object, "no-such-partition")
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    assert!(matches!(
+        root.consume("no-such-partition", 0).await,
+        Err(ClientError::UnknownPartition(_))
+    ));
 }
 
 /// Under TLS 1.3 a refused client may see the handshake succeed; the

@@ -101,10 +101,9 @@ impl Drop for Client {
     }
 }
 
+/// A schema text as a `String` (invalid UTF-8 is an error).
 fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, ClientError> {
-    Ok(t?
-        .to_string()
-        .map_err(|e| capnp::Error::failed(format!("invalid UTF-8: {e}")))?)
+    Ok(crate::wire::text(t)?)
 }
 
 fn read_produced(r: produced::Reader<'_>) -> Result<ProducedBatch, ClientError> {

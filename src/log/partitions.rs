@@ -185,9 +185,14 @@ impl Partitions {
         self.get(&self.identity.partition)
     }
 
+    /// The partition id `id` names: the empty id means the node's own.
+    pub fn resolve<'a>(&'a self, id: &'a str) -> &'a str {
+        if id.is_empty() { self.own_id() } else { id }
+    }
+
     /// The LogActor of partition `id`; the empty id means the node's own.
     pub fn get(&self, id: &str) -> Result<&Addr<LogActor>, LogError> {
-        let id = if id.is_empty() { self.own_id() } else { id };
+        let id = self.resolve(id);
         self.logs
             .get(id)
             .ok_or_else(|| LogError::UnknownPartition(id.to_string()))

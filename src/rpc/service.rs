@@ -18,6 +18,7 @@ use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats, WaitFor};
 use crate::log_capnp::{log, produce_sink, produced, record_sink};
 use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
 use crate::wire::errors::{WireError, write_error};
+use crate::wire::text;
 
 /// Decides whether `subject` may do `action` on `object`; denial carries the
 /// reason for the typed error. `None` in [`ServiceContext`] allows everything.
@@ -228,27 +229,21 @@ impl LogService {
         result.map(|_| ())
     }
 
-    /// Resolves a partition id (empty = own) and checks the caller may `action` it.
+    /// Resolves a partition id (empty = own) and checks the caller may
+    /// `action` it, before looking it up: an unauthorized caller learns
+    /// nothing of which partitions exist.
     fn partition(
         &self,
         id: &str,
         action: &str,
     ) -> Result<(String, Addr<LogActor>), (WireError, String)> {
-        let log = self.ctx.partitions.get(id).map_err(|e| {
-            let id = if id.is_empty() {
-                self.ctx.partitions.own_id()
-            } else {
-                id
-            };
-            (WireError::UnknownPartition(id.to_string()), e.to_string())
-        })?;
-        let id = if id.is_empty() {
-            self.ctx.partitions.own_id()
-        } else {
-            id
-        }
-        .to_string();
+        let id = self.ctx.partitions.resolve(id).to_string();
         self.authorize(action, &id)?;
+        let log = self
+            .ctx
+            .partitions
+            .get(&id)
+            .map_err(|e| (WireError::UnknownPartition(id.clone()), e.to_string()))?;
         Ok((id, log.clone()))
     }
 
@@ -398,11 +393,6 @@ fn write_produced(
         }
         Err((kind, message)) => write_error(out.init_error(), &kind, &message),
     }
-}
-
-fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, Error> {
-    t?.to_string()
-        .map_err(|e| Error::failed(format!("invalid UTF-8: {e}")))
 }
 
 impl log::Server for LogService {

@@ -8,3 +8,9 @@ pub mod errors;
 pub mod transport;
 
 pub use crate::log_capnp as schema;
+
+/// A schema `Text` field as a `String`; invalid UTF-8 is an error.
+pub fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+    t?.to_string()
+        .map_err(|e| capnp::Error::failed(format!("invalid UTF-8: {e}")))
+}
