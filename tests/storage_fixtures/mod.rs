@@ -55,7 +55,7 @@ impl std::fmt::Debug for Partition {
 impl Partition {
     pub fn open(dir: &Path, config: LogConfig) -> Result<Partition, StorageError> {
         let system = actix_rt::System::new();
-        let actor = LogActor::open("p", dir, config)?;
+        let actor = open_retrying_lock(dir, config)?;
         let report = actor.open_report().clone();
         let read_only = actor.read_only_reason().map(str::to_string);
         let log = system.block_on(async move { actor.start() });
@@ -198,6 +198,23 @@ impl Partition {
                 record_for(offset),
                 "record {offset}"
             );
+        }
+    }
+}
+
+/// Opens the partition; a `Locked` error is retried for up to a second. A
+/// test elsewhere in this process that spawns a program forks it with a
+/// copy of every open descriptor until its exec closes them, the lock's
+/// descriptor included: for that instant the directory still looks locked
+/// after the previous partition was dropped.
+fn open_retrying_lock(dir: &Path, config: LogConfig) -> Result<LogActor, StorageError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match LogActor::open("p", dir, config.clone()) {
+            Err(StorageError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
         }
     }
 }

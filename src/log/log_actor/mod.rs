@@ -1,0 +1,397 @@
+//! LogActor: one per partition. Owns the ordered SegmentActors, routes
+//! appends and reads to them, rolls the active segment, applies retention,
+//! keeps the partition's recovery point, and wakes readers waiting at the
+//! end of the log.
+//!
+//! States that refuse writes, each with a typed error: read-only (durable
+//! data is damaged: [`LogError::ReadOnly`]), disk full (until a probe sees
+//! space again: `StorageError::DiskFull`), failed (restart budget spent:
+//! [`LogError::PartitionFailed`]), closed.
+//!
+//! This file: the actor, its state, start-up, supervision and restart.
+//! `append.rs`: refusals, dispatch, rolls. `read.rs`: range checks and
+//! reads, waiting readers. `events.rs`: what SegmentActors report, the
+//! committed offset and the recovery point. `admin.rs`: truncate,
+//! retention, stats, close.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use futures::future::{join_all, ready};
+use tokio::sync::oneshot;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::error::LogError;
+use super::messages::*;
+use super::restart::RestartBudget;
+use super::segment_actor::{
+    AppendReply, CloseSegment, FromSegment, PanicNow, RemoveSegment, Resume, Seal, SegAppend,
+    SegRead, SegReadBatch, SegmentActor, SegmentEvent, SegmentSetup, free_bytes, new_actor_id,
+};
+use super::session::PoisonedSessions;
+use crate::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN};
+use crate::storage::{
+    Checkpoint, DirLock, LogConfig, OpenReport, RecordBatch, Segment, StorageError, file_name,
+    open_dir,
+};
+
+/// How often the retention settings are applied, when any are set.
+pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the recovery point is written, when it moved.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often free space is checked while the partition is disk-full.
+pub const DISK_FULL_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// Free bytes needed to leave the disk-full state when no floor is set.
+const MIN_FREE_TO_RESUME: u64 = 1 << 20;
+
+/// A started SegmentActor and what the LogActor knows of its segment.
+struct SegmentHandle {
+    base: u64,
+    /// Records below this are committed (readable as far as this segment goes).
+    committed: u64,
+    /// The segment's final end once it is sealed (or opened read-only).
+    end: Option<u64>,
+    /// Records below this are on disk.
+    synced: u64,
+    size_bytes: u64,
+    addr: Addr<SegmentActor>,
+    /// The SegmentActor's identity in its events.
+    actor: u64,
+}
+
+impl SegmentHandle {
+    /// Whether every record of this sealed segment is committed.
+    fn complete(&self) -> bool {
+        self.end.is_some_and(|end| self.committed >= end)
+    }
+}
+
+/// The actor that serves one partition. Start it with [`LogActor::start`].
+pub struct LogActor {
+    partition: String,
+    dir: PathBuf,
+    config: LogConfig,
+    /// Segments opened from disk, handed to SegmentActors in `started`.
+    opened: Vec<Segment>,
+    segments: Vec<SegmentHandle>,
+    lock: Option<DirLock>,
+    /// Upper bounds of the active segment's store bytes and index entries,
+    /// counting appends sent but not yet committed: the roll happens before
+    /// the SegmentActor could be asked to overfill.
+    active_bytes: u64,
+    active_entries: u64,
+    /// A roll sealed the active segment but could not create the next one
+    /// (full disk): the next append creates it at this offset first.
+    needs_segment: Option<u64>,
+    /// Records below this offset are committed and served to readers.
+    committed: u64,
+    /// Readers waiting for an offset at or past `committed`.
+    waiters: Vec<(u64, oneshot::Sender<Result<u64, LogError>>)>,
+    restarts: u64,
+    /// Restarts of this LogActor itself, for escalation.
+    restart_budget: RestartBudget,
+    failed: Option<String>,
+    /// Durable data is damaged: writes are refused until `proglog repair`.
+    read_only: Option<String>,
+    /// The lowest damaged offset found at open (reads there get corruption).
+    damaged_from: Option<u64>,
+    /// The disk is full: writes are refused until the probe sees space.
+    disk_full: Option<String>,
+    /// Recovery point and lost ranges; written when the point moves.
+    checkpoint: Checkpoint,
+    checkpoint_writing: bool,
+    poisoned: PoisonedSessions,
+    /// Told how long syncs take; handed to every SegmentActor.
+    fsync: super::observer::Observer,
+    closed: bool,
+    report: OpenReport,
+}
+
+mod admin;
+mod append;
+mod events;
+mod read;
+
+impl LogActor {
+    /// Opens (recovering if needed) the partition directory `dir`. Errors
+    /// (bad directory, foreign files, locked) come back here, before any
+    /// actor runs. Damage opens the partition read-only.
+    pub fn open(
+        partition: impl Into<String>,
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+    ) -> Result<LogActor, StorageError> {
+        let dir = dir.into();
+        let opened = open_dir(&dir, &config)?;
+        let active = opened.segments.last().ok_or_else(|| {
+            StorageError::corruption(&dir, 0, "log directory opened with no segment")
+        })?;
+        let (active_bytes, active_entries) = (active.size_bytes(), active.len());
+        let read_only = damage_reason(&opened.damage);
+        let damaged_from = opened.damage.iter().map(|d| d.offset).min();
+        Ok(LogActor {
+            partition: partition.into(),
+            dir,
+            config,
+            committed: 0,
+            opened: opened.segments,
+            segments: Vec::new(),
+            lock: Some(opened.lock),
+            active_bytes,
+            active_entries,
+            needs_segment: None,
+            waiters: Vec::new(),
+            restarts: 0,
+            restart_budget: RestartBudget::default(),
+            failed: None,
+            read_only,
+            damaged_from,
+            disk_full: None,
+            checkpoint: opened.checkpoint,
+            checkpoint_writing: false,
+            poisoned: PoisonedSessions::default(),
+            fsync: None,
+            closed: false,
+            report: opened.report,
+        })
+    }
+
+    /// Reports the partition's sync and seal durations to `observer`.
+    pub fn observed_by(mut self, observer: super::observer::Observer) -> LogActor {
+        self.fsync = observer;
+        self
+    }
+
+    /// What opening the directory found (recovery work done, if any).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// Why the partition is read-only, if it is.
+    pub fn read_only_reason(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
+    /// Starts the actor under a supervisor on the current actix arbiter.
+    pub fn start(self) -> Addr<LogActor> {
+        actix::Supervisor::start(move |_| self)
+    }
+
+    fn spawn_segment(&self, segment: Segment, ctx: &mut Context<Self>) -> SegmentHandle {
+        let (base, next, size_bytes) = (segment.base(), segment.next(), segment.size_bytes());
+        let end = (!segment.is_writable()).then_some(next);
+        let actor = new_actor_id();
+        let setup = SegmentSetup {
+            partition: self.partition.clone(),
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            events: ctx.address().recipient(),
+            actor,
+            poisoned: self.poisoned.clone(),
+            fsync: self.fsync.clone(),
+        };
+        let addr = actix::Supervisor::start(move |_| SegmentActor::new(setup, segment));
+        SegmentHandle {
+            base,
+            committed: next,
+            end,
+            synced: next,
+            size_bytes,
+            addr,
+            actor,
+        }
+    }
+
+    /// Starts SegmentActors for segments opened from disk (everything in
+    /// them is committed and durable: recovery synced it).
+    fn adopt(&mut self, segments: Vec<Segment>, ctx: &mut Context<Self>) {
+        if let Some(active) = segments.last() {
+            self.active_bytes = active.size_bytes();
+            self.active_entries = active.len();
+        }
+        for segment in segments {
+            let handle = self.spawn_segment(segment, ctx);
+            self.segments.push(handle);
+        }
+        self.advance_committed();
+    }
+
+    fn active(&self) -> Option<&SegmentHandle> {
+        self.segments.last()
+    }
+
+    fn lowest(&self) -> u64 {
+        let first = self.segments.first().map_or(self.committed, |s| s.base);
+        self.damaged_from.map_or(first, |d| d.min(first))
+    }
+
+    /// Runs a handler body. A panic in it (a bug) stops the actor, so its
+    /// supervisor reopens the partition; the caller gets `on_panic`'s answer.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+        on_panic: impl FnOnce(LogError) -> R,
+    ) -> R {
+        let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *self, &mut *ctx)));
+        match outcome {
+            Ok(r) => r,
+            Err(panic) => {
+                let reason = super::segment_actor::panic_message(&*panic);
+                tracing::error!(partition = %self.partition, %reason, "log actor failed: restarting it");
+                ctx.stop();
+                on_panic(LogError::indeterminate(
+                    &self.partition,
+                    format!("log actor failed ({reason}) and is restarting"),
+                ))
+            }
+        }
+    }
+
+    /// The recovery path after a failure: every SegmentActor is closed
+    /// (pending appends are committed and answered), the directory is
+    /// reopened as after a crash, on the blocking pool (a long scan never
+    /// stalls the RPC thread or other partitions; this mailbox waits), and
+    /// new SegmentActors take over. Waiting readers are kept and woken if
+    /// the reopened log already satisfies them.
+    fn reopen(&mut self, ctx: &mut Context<Self>) {
+        self.lock = None;
+        let (dir, config) = (self.dir.clone(), self.config.clone());
+        let job = actix_rt::task::spawn_blocking(move || open_dir(&dir, &config));
+        ctx.wait(job.into_actor(self).map(|joined, act, ctx| {
+            let opened = joined.unwrap_or_else(|e| {
+                Err(StorageError::InvalidConfig(format!(
+                    "recovery task failed: {e}"
+                )))
+            });
+            act.adopt_reopened(opened, ctx);
+        }));
+    }
+
+    fn adopt_reopened(
+        &mut self,
+        opened: Result<crate::storage::OpenedDir, StorageError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match opened {
+            Ok(opened) => {
+                self.lock = Some(opened.lock);
+                self.report = opened.report;
+                self.checkpoint = opened.checkpoint;
+                self.read_only = damage_reason(&opened.damage);
+                self.damaged_from = opened.damage.iter().map(|d| d.offset).min();
+                self.needs_segment = None;
+                self.adopt(opened.segments, ctx);
+                tracing::warn!(partition = %self.partition, next = self.committed, "log actor restarted: partition reopened");
+            }
+            Err(e) => {
+                let reason = format!("reopening after a failure: {e}");
+                tracing::error!(partition = %self.partition, %reason, "partition cannot be reopened");
+                self.failed = Some(reason.clone());
+                let partition = self.partition.clone();
+                self.fail_waiters(|| LogError::PartitionFailed {
+                    partition: partition.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+
+    fn handle_of(&mut self, base: u64) -> Option<&mut SegmentHandle> {
+        self.segments.iter_mut().find(|s| s.base == base)
+    }
+}
+
+/// One line naming every damage found, for errors, `/readyz` and stats.
+fn damage_reason(damage: &[crate::storage::Damage]) -> Option<String> {
+    if damage.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = damage.iter().map(ToString::to_string).collect();
+    Some(format!(
+        "damaged durable data: {}; run `proglog repair` (see the README)",
+        list.join("; ")
+    ))
+}
+
+impl Actor for LogActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // actix runs `started` of a never-polled actor when its runtime
+            // is being dropped (a restart caught by shutdown): nothing to start.
+            return;
+        }
+        ctx.set_mailbox_capacity(1024);
+        let opened = std::mem::take(&mut self.opened);
+        self.adopt(opened, ctx);
+        if let Some(reason) = &self.read_only {
+            tracing::error!(partition = %self.partition, %reason, "partition is read-only");
+        }
+        let retention = self.config.retention;
+        if retention.max_bytes.is_some() || retention.max_age.is_some() {
+            ctx.run_interval(RETENTION_CHECK_INTERVAL, |_, ctx| {
+                ctx.notify(ApplyRetention)
+            });
+        }
+        ctx.run_interval(CHECKPOINT_INTERVAL, |act, ctx| act.write_checkpoint(ctx));
+        ctx.run_interval(DISK_FULL_PROBE_INTERVAL, |act, _| act.probe_free_space());
+    }
+}
+
+impl Supervised for LogActor {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        if self.closed || self.failed.is_some() {
+            return;
+        }
+        self.restarts += 1;
+        if !self.restart_budget.allow() {
+            let reason = format!(
+                "log actor failed {} times within {:?}",
+                self.restart_budget.count(),
+                RestartBudget::WINDOW
+            );
+            tracing::error!(partition = %self.partition, %reason, "giving up on the partition");
+            self.failed = Some(reason.clone());
+            let partition = self.partition.clone();
+            self.fail_waiters(|| LogError::PartitionFailed {
+                partition: partition.clone(),
+                reason: reason.clone(),
+            });
+            return;
+        }
+        let closes: Vec<_> = self
+            .segments
+            .drain(..)
+            .map(|s| s.addr.send(CloseSegment))
+            .collect();
+        // The mailbox waits until the partition is reopened: appends queue, none is lost.
+        ctx.wait(
+            join_all(closes)
+                .into_actor(self)
+                .map(|_, act, ctx| act.reopen(ctx)),
+        );
+    }
+}
+
+impl Handler<InjectLogFault> for LogActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectLogFault, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |_, _| panic!("injected fault"), |_| ());
+    }
+}
+
+impl Handler<InjectSegmentFault> for LogActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectSegmentFault, _ctx: &mut Context<Self>) {
+        if let Some(active) = self.active() {
+            active.addr.do_send(PanicNow);
+        }
+    }
+}
