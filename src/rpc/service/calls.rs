@@ -1,0 +1,281 @@
+//! The `Log` interface's methods: produce (single, batch, stream opening),
+//! consume, consumeStream, getServers, listPartitions.
+
+use super::*;
+
+/// The outcome of an append as `Produced` carries it: (partition, first offset, count) or the error.
+pub(super) type AppendOutcome = Result<(String, u64, u32), (WireError, String)>;
+
+pub(super) fn log_error(e: &LogError) -> (WireError, String) {
+    (crate::rpc::errors::classify(e), e.to_string())
+}
+
+pub(super) fn write_produced(
+    out: produced::Builder<'_>,
+    outcome: Result<(String, u64, u32), (WireError, String)>,
+) {
+    match outcome {
+        Ok((partition, first, count)) => {
+            let mut ok = out.init_ok();
+            ok.set_partition(&partition);
+            ok.set_first_offset(first);
+            ok.set_count(count);
+        }
+        Err((kind, message)) => write_error(out.init_error(), &kind, &message),
+    }
+}
+
+impl LogService {
+    /// Appends to the own partition; counts what was appended. Batches of
+    /// one produce stream share a `session`, so none lands behind a failed one.
+    pub(super) async fn append_values(
+        &self,
+        values: Vec<Vec<u8>>,
+        session: Option<u64>,
+    ) -> AppendOutcome {
+        self.check_sizes(values.iter().map(Vec::as_slice))?;
+        let (id, log) = self.partition("", ACTION_PRODUCE)?;
+        let count = values.len() as u32;
+        let bytes = match &self.metrics {
+            Some(_) => values.iter().map(Vec::len).sum::<usize>() as u64,
+            None => 0,
+        };
+        let append = Append {
+            records: values,
+            session,
+        };
+        // In order, whatever the mailbox's fill: batches of one stream (and
+        // calls of one connection) land in the order they arrived.
+        match crate::log::append_in_order(&log, append).await {
+            Ok(range) => {
+                note(&id, range.start, count.into());
+                if let Some(m) = &self.metrics {
+                    m.appended(count.into(), bytes);
+                }
+                Ok((id, range.start, count))
+            }
+            Err(e) => Err(log_error(&e)),
+        }
+    }
+
+    /// Appends to the own partition; fills a `Produced`.
+    pub(super) async fn append(&self, values: Vec<Vec<u8>>, out: produced::Builder<'_>) -> Outcome {
+        let outcome = self.append_values(values, None).await;
+        let label = match &outcome {
+            Ok(_) => Ok(()),
+            Err((kind, _)) => Err(kind.kind()),
+        };
+        write_produced(out, outcome);
+        label
+    }
+}
+
+impl log::Server for LogService {
+    async fn produce(
+        self: CapRc<Self>,
+        params: log::ProduceParams,
+        mut results: log::ProduceResults,
+    ) -> Result<(), Error> {
+        self.call(PRODUCE, async {
+            let value = params.get()?.get_value()?.to_vec();
+            Ok(self.append(vec![value], results.get().init_result()).await)
+        })
+        .await
+    }
+
+    async fn produce_batch(
+        self: CapRc<Self>,
+        params: log::ProduceBatchParams,
+        mut results: log::ProduceBatchResults,
+    ) -> Result<(), Error> {
+        self.call(PRODUCE_BATCH, async {
+            let list = params.get()?.get_values()?;
+            let mut values = Vec::with_capacity(list.len() as usize);
+            for v in list.iter() {
+                values.push(v?.to_vec());
+            }
+            Ok(self.append(values, results.get().init_result()).await)
+        })
+        .await
+    }
+
+    async fn produce_stream(
+        self: CapRc<Self>,
+        _: log::ProduceStreamParams,
+        mut results: log::ProduceStreamResults,
+    ) -> Result<(), Error> {
+        self.call(PRODUCE_STREAM, async {
+            let sink = ProduceSink {
+                service: self.clone(),
+                session: crate::log::new_session(),
+                results: RefCell::new(Vec::new()),
+                _open: self
+                    .metrics
+                    .as_ref()
+                    .map(|m| m.stream_opened(StreamKind::Produce)),
+            };
+            results.get().set_sink(capnp_rpc::new_client(sink));
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn consume(
+        self: CapRc<Self>,
+        params: log::ConsumeParams,
+        mut results: log::ConsumeResults,
+    ) -> Result<(), Error> {
+        self.call(CONSUME, async {
+            let p = params.get()?;
+            let (id, offset) = (text(p.get_partition())?, p.get_offset());
+            let outcome = match self.partition(&id, ACTION_CONSUME) {
+                Ok((id, log)) => {
+                    note(&id, offset, 1);
+                    match log.send(Read { offset }).await {
+                        Ok(Ok(value)) => Ok(value),
+                        Ok(Err(e)) => Err(log_error(&e)),
+                        Err(e) => Err((WireError::Unavailable, e.to_string())),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let out = results.get().init_result();
+            match outcome {
+                Ok(value) => {
+                    if let Some(m) = &self.metrics {
+                        m.read(1, value.len() as u64);
+                    }
+                    let mut r = out.init_record();
+                    r.set_offset(offset);
+                    r.set_value(&value);
+                    Ok(Ok(()))
+                }
+                Err((kind, message)) => {
+                    write_error(out.init_error(), &kind, &message);
+                    Ok(Err(kind.kind()))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn consume_stream(
+        self: CapRc<Self>,
+        params: log::ConsumeStreamParams,
+        mut results: log::ConsumeStreamResults,
+    ) -> Result<(), Error> {
+        self.call(CONSUME_STREAM, async {
+            let p = params.get()?;
+            let id = text(p.get_partition())?;
+            let from = p.get_offset();
+            let sink: record_sink::Client = p.get_sink()?;
+            let max_bytes = match p.get_max_batch_bytes() {
+                0 => self.ctx.max_stream_batch_bytes,
+                n => n.min(self.ctx.max_stream_batch_bytes),
+            } as usize;
+            let end = match self.partition(&id, ACTION_CONSUME) {
+                Ok((id, log)) => {
+                    note(&id, from, 0);
+                    let _open: Option<GaugeGuard> = self
+                        .metrics
+                        .as_ref()
+                        .map(|m| m.stream_opened(StreamKind::Consume));
+                    let mut sent = 0;
+                    let end = self
+                        .stream_records(&log, from, &sink, max_bytes, &mut sent)
+                        .await;
+                    tracing::Span::current().record("count", sent);
+                    end
+                }
+                Err(e) => Some(e),
+            };
+            match end {
+                None => {
+                    results.get().init_end().set_sink_closed(());
+                    Ok(Ok(()))
+                }
+                Some((kind, message)) => {
+                    write_error(results.get().init_end().init_error(), &kind, &message);
+                    Ok(Err(kind.kind()))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn get_servers(
+        self: CapRc<Self>,
+        _: log::GetServersParams,
+        mut results: log::GetServersResults,
+    ) -> Result<(), Error> {
+        self.call(GET_SERVERS, async {
+            let cluster = self.ctx.cluster.borrow();
+            let all: Vec<(&ServerInfo, bool)> = cluster
+                .local
+                .iter()
+                .map(|s| (s, true))
+                .chain(cluster.peers.iter().map(|s| (s, false)))
+                .collect();
+            let mut list = results.get().init_servers(all.len() as u32);
+            for (i, (s, local)) in all.into_iter().enumerate() {
+                let mut b = list.reborrow().get(i as u32);
+                b.set_id(&s.name);
+                b.set_rpc_addr(&s.rpc_addr);
+                b.set_alive(s.alive);
+                b.set_partition(&s.partition);
+                b.set_is_local(local);
+            }
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn list_partitions(
+        self: CapRc<Self>,
+        _: log::ListPartitionsParams,
+        mut results: log::ListPartitionsResults,
+    ) -> Result<(), Error> {
+        self.call(LIST_PARTITIONS, async {
+            let own = self.ctx.partitions.own_id().to_string();
+            let mut infos = Vec::new();
+            for id in self
+                .ctx
+                .partitions
+                .ids()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+            {
+                let Ok(log) = self.ctx.partitions.get(&id) else {
+                    continue;
+                };
+                let Ok(stats) = log.send(Stats).await else {
+                    continue;
+                };
+                let owner = owner_of(&id, &self.ctx.cluster.borrow());
+                infos.push((id.clone(), owner, stats, id == own));
+            }
+            let mut list = results.get().init_partitions(infos.len() as u32);
+            for (i, (id, owner, stats, leader)) in infos.into_iter().enumerate() {
+                let mut b = list.reborrow().get(i as u32);
+                b.set_id(&id);
+                b.set_owner(&owner);
+                b.set_lowest_offset(stats.lowest_offset);
+                b.set_next_offset(stats.next_offset);
+                b.set_is_leader(leader);
+            }
+            Ok(Ok(()))
+        })
+        .await
+    }
+}
+
+/// The node leading partition `id`, from the cluster view (or the id's name part).
+pub(super) fn owner_of(id: &str, cluster: &ClusterView) -> String {
+    cluster
+        .local
+        .iter()
+        .chain(cluster.peers.iter())
+        .find(|s| s.partition == id)
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| id.rsplit_once('-').map_or(id, |(name, _)| name).to_string())
+}

@@ -1,0 +1,91 @@
+//! The `Log` interface of `schema/log.capnp`, served by forwarding each call
+//! to a LogActor. By concern: `calls.rs` (the methods), `streams.rs`
+//! (consume and produce streams), `authorization.rs`, `accounting.rs`
+//! (calls in flight, metrics, spans).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use capnp::Error;
+use capnp::capability::Rc as CapRc;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::cluster::{ClusterView, ServerInfo};
+use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats, WaitFor};
+use crate::log_capnp::{log, produce_sink, produced, record_sink};
+use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
+use crate::wire::errors::{WireError, write_error};
+use crate::wire::text;
+
+mod accounting;
+mod authorization;
+mod calls;
+mod streams;
+
+pub use accounting::InFlight;
+use accounting::*;
+pub use authorization::{ACTION_CONSUME, ACTION_PRODUCE, Authorizer};
+use calls::*;
+use streams::*;
+
+/// What every connection's service object shares.
+pub struct ServiceContext {
+    pub partitions: Rc<crate::log::Partitions>,
+    /// Calls in progress (streams excluded), so a shutdown can let them finish.
+    pub in_flight: Rc<InFlight>,
+    pub cluster: Rc<RefCell<ClusterView>>,
+    pub authorizer: Option<Rc<dyn Authorizer>>,
+    /// Largest record accepted (checked before it reaches a LogActor).
+    pub max_record_bytes: u32,
+    /// Default and upper bound of a consumeStream batch, in bytes.
+    pub max_stream_batch_bytes: u32,
+}
+
+/// One client connection's view of the service: its identity goes with it.
+pub struct LogService {
+    ctx: Rc<ServiceContext>,
+    /// The caller's identity (its certificate's CN), `anonymous` without TLS.
+    subject: Rc<str>,
+    /// Where calls are counted; `None` when metrics are off.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl LogService {
+    pub fn new(ctx: Rc<ServiceContext>, subject: impl Into<Rc<str>>) -> LogService {
+        LogService {
+            ctx,
+            subject: subject.into(),
+            metrics: None,
+        }
+    }
+
+    /// Counts this connection's calls in `metrics` (`None`: not at all).
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> LogService {
+        self.metrics = metrics;
+        self
+    }
+
+    fn check_sizes<'a>(
+        &self,
+        values: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<(), (WireError, String)> {
+        let max = self.ctx.max_record_bytes;
+        for v in values {
+            if v.len() > max as usize {
+                return Err((
+                    WireError::RecordTooLarge {
+                        size: v.len() as u64,
+                        max: max as u64,
+                    },
+                    format!("record of {} bytes exceeds the maximum of {max}", v.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

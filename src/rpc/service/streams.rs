@@ -1,0 +1,125 @@
+//! Streams: records pushed to a consumer's sink with flow control, and the
+//! server side of a produce stream (one session, results in write order).
+
+use super::*;
+
+impl LogService {
+    /// Pushes records from `next` on to `sink` until an error (answered)
+    /// or until the sink goes away (`None`); counts them in `sent`.
+    pub(super) async fn stream_records(
+        &self,
+        log: &Addr<LogActor>,
+        mut next: u64,
+        sink: &record_sink::Client,
+        max_bytes: usize,
+        sent: &mut u64,
+    ) -> Option<(WireError, String)> {
+        loop {
+            let batch = match log
+                .send(ReadBatch {
+                    from: next,
+                    max_bytes,
+                })
+                .await
+            {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(e)) => return Some(log_error(&e)),
+                Err(e) => return Some((WireError::Unavailable, e.to_string())),
+            };
+            if batch.is_empty() {
+                // At the end of the log: wait to be woken by the LogActor.
+                match log.send(WaitFor { offset: next }).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => return Some(log_error(&e)),
+                    Err(e) => return Some((WireError::Unavailable, e.to_string())),
+                }
+            }
+            // Counted as read from the log, whether or not the client
+            // stays to receive them.
+            if let Some(m) = &self.metrics {
+                m.read(batch.len() as u64, batch.payload_bytes() as u64);
+            }
+            let mut request = sink.write_request();
+            {
+                let mut list = request.get().init_records(batch.len() as u32);
+                for (i, (offset, value)) in batch.iter().enumerate() {
+                    let mut r = list.reborrow().get(i as u32);
+                    r.set_offset(offset);
+                    r.set_value(value);
+                }
+            }
+            if let Err(e) = request.send().await {
+                tracing::debug!(error = %e, "stream sink went away");
+                return None;
+            }
+            next = batch.next_offset().unwrap_or(next);
+            *sent += batch.len() as u64;
+        }
+    }
+}
+
+/// Server side of a produce stream: each write is one batch append, awaited
+/// before the next is taken, so the client's flow-control window bounds
+/// what is buffered here. The stream is one produce session: once a write
+/// fails, later writes are refused (not appended), so its records stay in
+/// the order written.
+pub(super) struct ProduceSink {
+    pub(super) service: CapRc<LogService>,
+    pub(super) session: u64,
+    /// One slot per write, in the order the writes arrived (a slot is
+    /// filled when its append completes, whatever the completion order).
+    pub(super) results: RefCell<Vec<Option<AppendOutcome>>>,
+    /// Counts the stream as open while the client holds the sink.
+    pub(super) _open: Option<GaugeGuard>,
+}
+
+impl produce_sink::Server for ProduceSink {
+    async fn write(self: CapRc<Self>, params: produce_sink::WriteParams) -> Result<(), Error> {
+        self.service
+            .call(SINK_WRITE, async {
+                let list = params.get()?.get_values()?;
+                let mut values = Vec::with_capacity(list.len() as usize);
+                for v in list.iter() {
+                    values.push(v?.to_vec());
+                }
+                let slot = {
+                    let mut results = self.results.borrow_mut();
+                    results.push(None);
+                    results.len() - 1
+                };
+                let outcome = self.service.append_values(values, Some(self.session)).await;
+                let label = match &outcome {
+                    Ok(_) => Ok(()),
+                    Err((kind, _)) => Err(kind.kind()),
+                };
+                if let Some(entry) = self.results.borrow_mut().get_mut(slot) {
+                    *entry = Some(outcome);
+                }
+                Ok(label)
+            })
+            .await
+    }
+
+    async fn finish(
+        self: CapRc<Self>,
+        _: produce_sink::FinishParams,
+        mut results: produce_sink::FinishResults,
+    ) -> Result<(), Error> {
+        self.service
+            .call(SINK_FINISH, async {
+                let done = std::mem::take(&mut *self.results.borrow_mut());
+                let mut list = results.get().init_results(done.len() as u32);
+                for (i, outcome) in done.into_iter().enumerate() {
+                    let outcome = outcome.unwrap_or_else(|| {
+                        Err((
+                            WireError::Indeterminate,
+                            "the write had not completed when finish was called".into(),
+                        ))
+                    });
+                    write_produced(list.reborrow().get(i as u32), outcome);
+                }
+                Ok(Ok(()))
+            })
+            .await
+    }
+}
