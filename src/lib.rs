@@ -23,6 +23,7 @@ pub mod membership;
 mod net;
 pub mod rpc;
 pub mod storage;
+pub mod supervision;
 pub mod telemetry;
 pub mod wire;
 

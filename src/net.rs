@@ -1,22 +1,18 @@
 //! Small networking helpers shared by the node's listeners (RPC, HTTP).
 
-/// Accepts the next connection, or `None` once `stopped` changes. Accept
-/// errors (out of file descriptors and the like) back off exponentially,
-/// from 5 ms to 1 s, instead of spinning. `what` names the listener in logs.
-pub(crate) async fn accept_or_stop(
+/// Accepts the next connection. Accept errors (out of file descriptors and
+/// the like) back off exponentially, from 5 ms to 1 s, instead of spinning.
+/// `what` names the listener in logs. Stopping is the caller's: it drops
+/// this future (the listener's actor cancels its accept loop).
+pub(crate) async fn accept(
     listener: &tokio::net::TcpListener,
-    stopped: &mut tokio::sync::watch::Receiver<bool>,
     what: &str,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
     use std::time::Duration;
     let mut backoff = Duration::from_millis(5);
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped.changed() => return None,
-        };
-        match accepted {
-            Ok(a) => return Some(a),
+        match listener.accept().await {
+            Ok(a) => return a,
             Err(e) => {
                 tracing::warn!(error = %e, ?backoff, listener = what, "accept failed");
                 tokio::time::sleep(backoff).await;

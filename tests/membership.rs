@@ -3,6 +3,7 @@
 
 // The only line that names the crate (becomes `proglog::membership`).
 use proglog::membership;
+use proglog::supervision::{InjectPanic, Work};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use membership::{
-    Crash, DownReason, GetLocal, GetMembers, GetStats, GossipStats, InjectPanic, Leave, Member,
-    MembershipActor, MembershipConfig, MembershipEvent, Subscribe, TapOutgoing,
+    Crash, DownReason, GetLocal, GetMembers, GetStats, GossipStats, Leave, Member, MembershipActor,
+    MembershipConfig, MembershipEvent, Subscribe, TapOutgoing,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -521,11 +522,27 @@ async fn replayed_packets_neither_resurrect_a_left_member_nor_kill_a_live_one() 
 }
 
 #[actix_rt::test]
-async fn supervisor_restart_sends_fresh_snapshot_and_node_stays_member() {
+async fn a_panic_in_a_handler_restarts_membership_which_rejoins() {
+    restart_sends_fresh_snapshot_and_node_stays_member(Work::Handler).await;
+}
+
+#[actix_rt::test]
+async fn a_panic_in_the_gossip_task_restarts_membership_which_rejoins() {
+    restart_sends_fresh_snapshot_and_node_stays_member(Work::Completion).await;
+}
+
+#[actix_rt::test]
+async fn a_panic_at_a_gossip_timer_restarts_membership_which_rejoins() {
+    restart_sends_fresh_snapshot_and_node_stays_member(Work::Timer).await;
+}
+
+/// A panic at `work` restarts the MembershipActor: it rejoins under a newer
+/// incarnation, hands its subscribers a fresh snapshot, and stays a member.
+async fn restart_sends_fresh_snapshot_and_node_stays_member(work: Work) {
     init_tracing();
     let mut nodes = cluster(&["a", "b", "c"], Some(KEY)).await;
     let before = nodes[1].local.incarnation;
-    nodes[1].addr.send(InjectPanic).await.unwrap();
+    nodes[1].addr.do_send(InjectPanic(work));
 
     let event = expect_event(&mut nodes[1], GENEROUS, "fresh Snapshot", |e| {
         matches!(e, MembershipEvent::Snapshot(_))

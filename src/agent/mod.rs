@@ -1,11 +1,23 @@
-//! The Agent: the root of the node. Boots the actors in order (HTTP
-//! telemetry, partitions, membership, RPC), wires them, and tears them down.
+//! The Agent: the root actor of the node's supervision tree (drawn in the
+//! README). [`Agent::start`] starts it, then its children in order (HTTP
+//! telemetry, partitions, RPC front, membership), each escalating to it;
+//! the returned [`Node`] is the handle that tears them down.
+//!
+//! Supervision (`crate::supervision`): a child that spent its restart
+//! budget escalates here, and the answer is the node's end: it reports the
+//! failure ([`Node::failed`]), `proglog serve` shuts the node down
+//! gracefully and exits with a non-zero status, so the orchestrator
+//! restarts it (recovery then reopens every partition). A panic in the
+//! Agent's own handlers restarts it (it keeps every child and the cluster
+//! view: its state is handles); past its own budget, the same end.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
 use actix::prelude::*;
+use tokio::sync::watch;
 
 use crate::cluster::{ClusterView, ServerInfo};
 use crate::config::{ConfigError, NodeConfig};
@@ -15,6 +27,7 @@ use crate::membership::{
 };
 use crate::rpc::{Acceptor, PlainAcceptor, RpcConfig, RpcServer, ServiceContext};
 use crate::storage::StorageError;
+use crate::supervision::{self, ChildSpec, Escalation, InjectPanic, Parent, Work};
 use crate::telemetry::{HttpServer, Telemetry};
 
 /// How long a graceful shutdown waits for calls in progress.
@@ -50,8 +63,8 @@ pub enum AgentError {
     Close(#[from] LogError),
 }
 
-/// A running node.
-pub struct Agent {
+/// A running node: the handle [`Agent::start`] returns.
+pub struct Node {
     config: NodeConfig,
     partitions: Rc<Partitions>,
     rpc: RpcServer,
@@ -62,22 +75,75 @@ pub struct Agent {
     http: HttpServer,
     /// Calls in progress, drained on shutdown.
     in_flight: Rc<crate::rpc::InFlight>,
+    agent: Addr<Agent>,
+    /// Set when an escalation reached the root: the node must stop.
+    failure: watch::Receiver<Option<String>>,
 }
 
-/// Keeps the RPC front's view of the cluster in step with membership, and
-/// marks the node joined (for `/readyz`) once it sees a peer.
-struct ClusterWatcher {
+/// How [`Node::run_until`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// The stop future completed (a signal): a normal end.
+    Requested,
+    /// A failure escalated to the root: the node stopped itself and must
+    /// exit with a non-zero status.
+    Escalated(String),
+}
+
+/// The root actor. Holds the cluster view the RPC front serves (kept in
+/// step with membership, whose events it subscribes to) and the node's
+/// failure signal, which escalations from its children set.
+pub struct Agent {
     view: Rc<RefCell<ClusterView>>,
     telemetry: Rc<Telemetry>,
+    failure: Rc<watch::Sender<Option<String>>>,
 }
 
-impl Actor for ClusterWatcher {
+impl Agent {
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "a failure reached the root: the node stops");
+        self.failure.send_if_modified(|failure| {
+            failure.get_or_insert(reason);
+            true
+        });
+    }
+}
+
+impl Actor for Agent {
     type Context = Context<Self>;
 }
 
-impl Handler<MembershipEvent> for ClusterWatcher {
+impl Supervised for Agent {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        tracing::warn!("agent restarting: children and cluster view kept");
+    }
+}
+
+impl Handler<Escalation> for Agent {
     type Result = ();
 
+    fn handle(&mut self, e: Escalation, _ctx: &mut Context<Self>) {
+        self.fail(format!("{}: {}", e.child, e.reason));
+    }
+}
+
+/// Test-only: `Handler` panics here and now (the Agent has no timers or
+/// completions of its own).
+impl Handler<InjectPanic> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, InjectPanic(work): InjectPanic, _ctx: &mut Context<Self>) {
+        if work == Work::Handler {
+            panic!("injected panic (Handler)");
+        }
+    }
+}
+
+impl Handler<MembershipEvent> for Agent {
+    type Result = ();
+
+    /// Keeps the RPC front's view of the cluster in step with membership,
+    /// and marks the node joined (for `/readyz`) once it sees a peer.
     fn handle(&mut self, event: MembershipEvent, _ctx: &mut Context<Self>) {
         if matches!(&event, MembershipEvent::Snapshot(m) if !m.is_empty())
             || matches!(event, MembershipEvent::PeerUp { .. })
@@ -119,7 +185,7 @@ impl Handler<MembershipEvent> for ClusterWatcher {
 impl Agent {
     /// Starts a node. Must run inside an actix System. RPC is mutual TLS
     /// with casbin authorization, or plain TCP with `insecure` (warned about).
-    pub async fn start(config: NodeConfig) -> Result<Agent, AgentError> {
+    pub async fn start(config: NodeConfig) -> Result<Node, AgentError> {
         if config.insecure {
             tracing::warn!(
                 "--insecure: RPC is plain TCP without authentication or authorization; anyone who reaches the port can read and write"
@@ -160,11 +226,30 @@ impl Agent {
         config: NodeConfig,
         acceptor: A,
         authorizer: Option<Rc<dyn crate::rpc::Authorizer>>,
-    ) -> Result<Agent, AgentError> {
+    ) -> Result<Node, AgentError> {
         let log_config = config.log_config()?;
-        // First, so probes are answered (not ready) while the rest starts.
         let telemetry = Telemetry::new(!config.no_metrics);
-        let http = HttpServer::start(config.http_addr, telemetry.clone())
+        // The root first: every child escalates to it. Its own escalation
+        // (its budget spent) is the node's failure too.
+        let cluster = Rc::new(RefCell::new(ClusterView::default()));
+        let (failure, failed) = watch::channel(None);
+        let failure = Rc::new(failure);
+        let root_failure = failure.clone();
+        let root: Parent = Rc::new(move |e: Escalation| {
+            tracing::error!(reason = %e.reason, "the agent spent its restart budget: the node stops");
+            root_failure.send_replace(Some(format!("{}: {}", e.child, e.reason)));
+        });
+        let agent = supervision::start(
+            ChildSpec::new("agent").parent(Some(root)),
+            Agent {
+                view: cluster.clone(),
+                telemetry: telemetry.clone(),
+                failure,
+            },
+        );
+        let parent = Some(supervision::parent(&agent));
+        // First, so probes are answered (not ready) while the rest starts.
+        let http = HttpServer::start_under(config.http_addr, telemetry.clone(), parent.clone())
             .await
             .map_err(|source| AgentError::Http {
                 addr: config.http_addr,
@@ -178,8 +263,14 @@ impl Agent {
             source,
         };
         let partitions = Rc::new(
-            Partitions::open_observed(&config.data_dir, &config.node_name, log_config, fsync)
-                .map_err(storage_error)?,
+            Partitions::open_supervised(
+                &config.data_dir,
+                &config.node_name,
+                log_config,
+                fsync,
+                parent.clone(),
+            )
+            .map_err(storage_error)?,
         );
         tracing::info!(node = %config.node_name, partition = %partitions.own_id(), data_dir = %config.data_dir.display(), "partitions open");
         telemetry.watch_partitions(partitions.clone());
@@ -187,7 +278,6 @@ impl Agent {
 
         // The RPC listener binds first, so the address gossiped to peers is
         // the real one even when port 0 was asked for.
-        let cluster = Rc::new(RefCell::new(ClusterView::default()));
         let in_flight = Rc::new(crate::rpc::InFlight::default());
         let ctx = Rc::new(ServiceContext {
             partitions: partitions.clone(),
@@ -203,13 +293,13 @@ impl Agent {
             max_message_bytes: config.max_message_bytes,
             ..RpcConfig::default()
         };
-        let rpc =
-            RpcServer::start_instrumented(rpc_config, ctx, acceptor, telemetry.metrics().cloned())
-                .await
-                .map_err(|source| AgentError::Listen {
-                    addr: config.rpc_addr,
-                    source,
-                })?;
+        let metrics = telemetry.metrics().cloned();
+        let rpc = RpcServer::start_under(rpc_config, ctx, acceptor, metrics, parent.clone())
+            .await
+            .map_err(|source| AgentError::Listen {
+                addr: config.rpc_addr,
+                source,
+            })?;
         telemetry.readiness().set_rpc_listening(true);
         let advertise_rpc_addr = match config.advertise_rpc_addr.port() {
             0 => SocketAddr::new(config.advertise_rpc_addr.ip(), rpc.local_addr().port()),
@@ -243,7 +333,7 @@ impl Agent {
             cluster_key,
             ..MembershipConfig::default()
         };
-        let membership = match MembershipActor::start(membership_config) {
+        let membership = match MembershipActor::start_under(membership_config, parent) {
             Ok(membership) => membership,
             Err(source) => {
                 rpc.stop_accepting();
@@ -262,15 +352,10 @@ impl Agent {
         if config.join.iter().all(|seed| *seed == gossip_addr) {
             telemetry.readiness().set_membership_joined(true);
         }
-        let watcher = ClusterWatcher {
-            view: cluster.clone(),
-            telemetry: telemetry.clone(),
-        }
-        .start();
-        membership.do_send(Subscribe(watcher.recipient()));
+        membership.do_send(Subscribe(agent.clone().recipient()));
 
         telemetry.readiness().set_started(true);
-        Ok(Agent {
+        Ok(Node {
             config,
             partitions,
             rpc,
@@ -280,9 +365,13 @@ impl Agent {
             telemetry,
             http,
             in_flight,
+            agent,
+            failure: failed,
         })
     }
+}
 
+impl Node {
     pub fn config(&self) -> &NodeConfig {
         &self.config
     }
@@ -313,6 +402,53 @@ impl Agent {
 
     pub fn cluster(&self) -> Rc<RefCell<ClusterView>> {
         self.cluster.clone()
+    }
+
+    /// The root actor (tests inject panics and escalations through it).
+    pub fn agent(&self) -> &Addr<Agent> {
+        &self.agent
+    }
+
+    /// The MembershipActor (tests inject panics through it).
+    pub fn membership(&self) -> &Addr<MembershipActor> {
+        &self.membership
+    }
+
+    /// The RPC front (tests inject panics through it).
+    pub fn rpc(&self) -> &RpcServer {
+        &self.rpc
+    }
+
+    /// The HTTP front (tests inject panics through it).
+    pub fn http(&self) -> &HttpServer {
+        &self.http
+    }
+
+    /// Completes when a failure escalated to the root, with its reason.
+    pub fn failed(&self) -> impl Future<Output = String> + 'static {
+        let mut failure = self.failure.clone();
+        async move {
+            match failure.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                // The root is gone with its sender: never.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Serves until `stop` completes (a signal) or a failure escalates to
+    /// the root, then shuts down gracefully. An escalation is reported as
+    /// [`Stopped::Escalated`]: the caller exits with a non-zero status.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<Stopped, AgentError> {
+        let stopped = tokio::select! {
+            () = stop => Stopped::Requested,
+            reason = self.failed() => Stopped::Escalated(reason),
+        };
+        if let Stopped::Escalated(reason) = &stopped {
+            tracing::error!(%reason, "shutting down after an escalated failure");
+        }
+        self.shutdown().await?;
+        Ok(stopped)
     }
 
     /// Stops the node: not ready any more (`/readyz` answers 503 while

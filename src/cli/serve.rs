@@ -1,6 +1,6 @@
 //! `proglog serve`.
 
-use proglog::agent::Agent;
+use proglog::agent::{Agent, Stopped};
 use proglog::config::{NodeConfig, ServeArgs};
 
 use super::BoxError;
@@ -32,16 +32,26 @@ pub fn run(args: ServeArgs) -> Result<(), BoxError> {
             agent.partitions().own_id(),
             agent.http_addr()
         );
-        wait_for_signal().await;
-        tracing::info!("shutting down (a second signal exits at once)");
-        actix_rt::spawn(async {
+        let signal = async {
             wait_for_signal().await;
-            eprintln!("proglog: second signal: exiting now");
-            std::process::exit(130);
-        });
-        agent.shutdown().await?;
-        tracing::info!("stopped cleanly");
-        Ok(())
+            tracing::info!("shutting down (a second signal exits at once)");
+            actix_rt::spawn(async {
+                wait_for_signal().await;
+                eprintln!("proglog: second signal: exiting now");
+                std::process::exit(130);
+            });
+        };
+        // A failure that escalated to the root also ends here, after the
+        // same graceful shutdown, as an error: exit status 1.
+        match agent.run_until(signal).await? {
+            Stopped::Requested => {
+                tracing::info!("stopped cleanly");
+                Ok(())
+            }
+            Stopped::Escalated(reason) => {
+                Err(format!("stopped after a failure escalated to the root: {reason}").into())
+            }
+        }
     })
 }
 

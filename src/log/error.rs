@@ -23,10 +23,6 @@ pub enum LogError {
     /// refuses writes until an operator runs `proglog repair`.
     #[error("partition {partition} is read-only: {reason}")]
     ReadOnly { partition: String, reason: String },
-    /// The partition failed repeatedly and is no longer restarted; it needs
-    /// an operator. Reads of its healthy segments may still work.
-    #[error("partition {partition} has failed: {reason}")]
-    PartitionFailed { partition: String, reason: String },
     /// No partition with that id on this node.
     #[error("unknown partition {0:?}")]
     UnknownPartition(String),

@@ -70,8 +70,14 @@ pub async fn append_in_order(
 
 /// A fresh produce-session id, unique in this process.
 pub fn new_session() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Every session id given out so far is below this.
+pub(crate) fn sessions_opened() -> u64 {
+    NEXT_SESSION.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Reads one record.
@@ -131,8 +137,6 @@ pub struct LogStats {
     pub size_bytes: u64,
     /// SegmentActor restarts since the partition was opened.
     pub restarts: u64,
-    /// Set when the partition failed for good.
-    pub failed: Option<String>,
     /// Set when durable data is damaged: writes are refused until repair.
     pub read_only: Option<String>,
     /// Set while the disk is full: writes are refused until space returns.

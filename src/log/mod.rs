@@ -1,5 +1,5 @@
 //! The log as actors (DESIGN §1): a [`LogActor`] per partition owns one
-//! SegmentActor per segment, both under actix supervisors.
+//! SegmentActor per segment, each under a supervisor.
 //!
 //! - Appends are group-committed: a SegmentActor appends every message of a
 //!   mailbox burst to its write buffer, then flushes once and answers them
@@ -10,17 +10,18 @@
 //!   [`WaitFor`] and is answered when an append reaches its offset: no timer,
 //!   no polling.
 //! - A SegmentActor that panics or hits a write error answers the appends in
-//!   flight with an error (none of them was acknowledged), stops, and is
-//!   restarted by its supervisor, which reopens the segment through the same
-//!   recovery as after a crash. Three restarts within a minute mark the
-//!   partition failed instead of looping.
+//!   flight with an error (none of them was acknowledged) and is restarted
+//!   by its supervisor (`crate::supervision`), reopening the segment through
+//!   the same recovery as after a crash. Past its restart budget (three a
+//!   minute) it escalates to its LogActor, which restarts and reopens the
+//!   whole partition; past the LogActor's budget, the Agent shuts the node
+//!   down with a non-zero exit status.
 
 mod error;
 mod log_actor;
 mod messages;
 mod observer;
 mod partitions;
-mod restart;
 mod segment_actor;
 mod session;
 

@@ -12,6 +12,7 @@ use super::log_actor::LogActor;
 use super::messages::Close;
 use super::observer::Observer;
 use crate::storage::{LogConfig, StorageError};
+use crate::supervision::Parent;
 
 /// Version of the data-directory layout written to `node.toml`.
 pub const DATA_FORMAT_VERSION: u32 = 1;
@@ -119,6 +120,8 @@ pub struct Partitions {
     identity: NodeIdentity,
     config: LogConfig,
     fsync: Observer,
+    /// Where a LogActor that spent its restart budget escalates.
+    parent: Option<Parent>,
     logs: BTreeMap<String, Addr<LogActor>>,
 }
 
@@ -142,6 +145,18 @@ impl Partitions {
         config: LogConfig,
         fsync: Observer,
     ) -> Result<Partitions, StorageError> {
+        Partitions::open_supervised(data_dir, node_name, config, fsync, None)
+    }
+
+    /// As [`Partitions::open_observed`], every LogActor escalating to
+    /// `parent` when its restart budget is spent (the Agent).
+    pub fn open_supervised(
+        data_dir: impl Into<PathBuf>,
+        node_name: &str,
+        config: LogConfig,
+        fsync: Observer,
+        parent: Option<Parent>,
+    ) -> Result<Partitions, StorageError> {
         let data_dir = data_dir.into();
         let identity = NodeIdentity::load_or_create(&data_dir, node_name)?;
         let root = data_dir.join(PARTITIONS_DIR);
@@ -160,13 +175,14 @@ impl Partitions {
                 return Err(StorageError::UnexpectedFile { path });
             }
             let log = LogActor::open(id.clone(), &path, config.clone())?.observed_by(fsync.clone());
-            logs.insert(id, log.start());
+            logs.insert(id, log.start_under(parent.clone()));
         }
         Ok(Partitions {
             data_dir,
             identity,
             config,
             fsync,
+            parent,
             logs,
         })
     }
@@ -214,7 +230,8 @@ impl Partitions {
             let dir = self.data_dir.join(PARTITIONS_DIR).join(id);
             let log = LogActor::open(id.to_string(), dir, self.config.clone())?
                 .observed_by(self.fsync.clone());
-            self.logs.insert(id.to_string(), log.start());
+            self.logs
+                .insert(id.to_string(), log.start_under(self.parent.clone()));
         }
         self.get(id)
             .map_err(|e| StorageError::InvalidConfig(e.to_string()))

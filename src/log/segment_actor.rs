@@ -1,9 +1,18 @@
 //! SegmentActor: owns one [`Segment`]; appends with group commit, reads,
 //! seals; takes back appends a full disk refused; restarted through the
 //! recovery path when it fails.
+//!
+//! Supervision (see `crate::supervision`): a panic in any of its work (a
+//! handler, the completion of a sync, seal or read, the sync timer) or a
+//! write error restarts it. The restart keeps its identity, settings and
+//! the offsets known durable; it answers every append not yet acknowledged
+//! with an indeterminate error, poisons the produce sessions that may have
+//! had one in flight, drops the segment with its cached pages and reopens
+//! it from the disk through recovery (never cutting below what was synced),
+//! then refuses appends until its LogActor has taken in the new end
+//! ([`Resume`]). Past its restart budget it escalates to its LogActor.
 
 use std::ops::Range;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -12,9 +21,9 @@ use tokio::sync::oneshot;
 
 use super::error::LogError;
 use super::observer::Observer;
-use super::restart::RestartBudget;
 use super::session::PoisonedSessions;
 use crate::storage::{LogConfig, PlannedRead, RecordBatch, Segment, StorageError, SyncPolicy};
+use crate::supervision::{Failpoints, InjectPanic, Work};
 
 /// The free space is read again after this long (other writers use the disk too).
 const FREE_SPACE_RECHECK: Duration = Duration::from_millis(100);
@@ -55,7 +64,7 @@ pub(crate) struct Sealed {
     /// The segment's real next offset: where the next segment starts.
     pub next: u64,
     /// Sessions whose appends failed here: the next segment refuses them too.
-    pub poisoned: Vec<u64>,
+    pub poisoned: PoisonedSessions,
     /// The segment was empty (its appends were refused or taken back): it
     /// was not sealed and stays the active segment.
     pub still_active: bool,
@@ -91,10 +100,6 @@ pub(crate) struct Resume {
 #[rtype(result = "()")]
 struct Commit;
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct PanicNow;
-
 /// A [`SegmentEvent`] with the identity of the SegmentActor that sent it:
 /// the LogActor ignores events of actors it no longer runs (a LogActor
 /// restart replaces them all, while their last events may still be queued).
@@ -128,7 +133,7 @@ pub(crate) enum SegmentEvent {
         size_bytes: u64,
         entries: u64,
         error: StorageError,
-        poisoned: Vec<u64>,
+        poisoned: PoisonedSessions,
     },
     /// The actor failed and reopened its segment through recovery; it
     /// refuses appends until [`Resume`].
@@ -139,10 +144,8 @@ pub(crate) enum SegmentEvent {
         size_bytes: u64,
         entries: u64,
         reason: String,
-        poisoned: Vec<u64>,
+        poisoned: PoisonedSessions,
     },
-    /// The actor failed too often (or could not reopen): it gives up.
-    Failed { base: u64, reason: String },
     /// A read found damaged data in this segment (now marked for a full
     /// scan at the next open).
     Damaged { base: u64, reason: String },
@@ -203,13 +206,11 @@ pub(crate) struct SegmentActor {
     /// Counts refusals, so a Resume ends only the one it answers.
     refusal_generation: u64,
     poisoned: PoisonedSessions,
-    restarts: RestartBudget,
-    failed: Option<String>,
     /// Closed or removed on purpose: answer errors, do not come back.
     retired: bool,
     /// A read already reported damage here (reported once).
     damage_reported: bool,
-    panic_next: bool,
+    failpoints: Failpoints,
     /// Told how long each sync and seal took (metrics), if anyone listens.
     fsync: Observer,
 }
@@ -260,11 +261,9 @@ impl SegmentActor {
             free_seen: None,
             refusal_generation: 0,
             poisoned,
-            restarts: RestartBudget::default(),
-            failed: None,
             retired: false,
             damage_reported: false,
-            panic_next: false,
+            failpoints: Failpoints::default(),
             fsync,
             dir,
         }
@@ -295,62 +294,45 @@ impl SegmentActor {
     }
 
     fn unavailable(&self) -> LogError {
-        match (&self.failed, self.retired) {
-            (Some(reason), _) => LogError::PartitionFailed {
-                partition: self.partition.clone(),
-                reason: reason.clone(),
-            },
-            (None, true) => LogError::Closed(self.partition.clone()),
-            (None, false) => LogError::unavailable(&self.partition, "segment is restarting"),
+        if self.retired {
+            LogError::Closed(self.partition.clone())
+        } else {
+            LogError::unavailable(&self.partition, "segment is restarting")
         }
     }
 
-    /// Runs storage work on the segment. A panic, or an error from a write
-    /// (`write`), fails the actor: every waiting append is answered and the
-    /// actor stops, so its supervisor reopens the segment through recovery.
-    /// A full disk is not a failure: the appends since the last commit are
-    /// taken back and answered "disk full". Read errors are only answered.
-    fn guarded<T>(
+    /// Runs storage work on the segment and sorts its errors. An error from
+    /// a write (`write`) fails the actor: every waiting append is answered
+    /// and the actor stops, so its supervisor reopens the segment through
+    /// recovery. A full disk is not a failure: the appends since the last
+    /// commit are taken back and answered "disk full". Read errors are only
+    /// answered (damage is reported). Panics are the supervisor's.
+    fn storage_work<T>(
         &mut self,
         ctx: &mut Context<Self>,
         write: bool,
         work: impl FnOnce(&mut Segment) -> Result<T, StorageError>,
     ) -> Result<T, LogError> {
-        let panic_next = std::mem::take(&mut self.panic_next);
         let Some(segment) = self.segment.as_mut() else {
             return Err(self.unavailable());
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            if panic_next {
-                panic!("injected fault");
-            }
-            work(segment)
-        }));
-        match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) if !write => {
+        match work(segment) {
+            Ok(value) => Ok(value),
+            Err(e) if !write => {
                 if e.is_corruption() {
                     self.report_damage(&e);
                 }
                 Err(e.into())
             }
-            Ok(Err(e)) if e.is_disk_full() => {
+            Err(e) if e.is_disk_full() => {
                 let answer = disk_full_copy(&e);
                 self.take_back(ctx, e);
                 Err(answer.into())
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 let reason = e.to_string();
                 self.fail(ctx, &reason);
                 Err(LogError::indeterminate(&self.partition, reason))
-            }
-            Err(panic) => {
-                let reason = panic_message(&*panic);
-                self.fail(ctx, &format!("panic: {reason}"));
-                Err(LogError::indeterminate(
-                    &self.partition,
-                    format!("segment actor failed ({reason}) and is restarting"),
-                ))
             }
         }
     }
@@ -397,15 +379,22 @@ impl SegmentActor {
             size_bytes,
             entries,
             error,
-            poisoned: self.poisoned.to_vec(),
+            poisoned: self.poisoned.clone(),
         });
     }
 
-    /// Drops the segment (its cached pages too: after a failed write or
-    /// `fdatasync` only the disk is the truth), answers every waiting append
-    /// with an indeterminate error and stops, so the supervisor reopens it.
+    /// A write failed: gives up the segment ([`SegmentActor::abandon`]) and
+    /// stops, so the supervisor restarts the actor, which reopens it.
     fn fail(&mut self, ctx: &mut Context<Self>, reason: &str) {
         tracing::error!(partition = %self.partition, base = self.base, reason, "segment actor failed");
+        self.abandon(reason);
+        ctx.stop();
+    }
+
+    /// Drops the segment (its cached pages too: after a failed write or
+    /// `fdatasync` only the disk is the truth) and answers every waiting
+    /// append with an indeterminate error. Idempotent.
+    fn abandon(&mut self, reason: &str) {
         if let Some(segment) = self.segment.take() {
             // Dropping a large file's cached pages takes a while: not on
             // this thread. The reopen (also on the blocking pool) comes after.
@@ -432,7 +421,6 @@ impl SegmentActor {
         }
         self.sync_in_flight = false;
         self.commit_scheduled = false;
-        ctx.stop();
     }
 
     fn schedule_commit(&mut self, ctx: &mut Context<Self>) {
@@ -529,6 +517,7 @@ impl SegmentActor {
             result
         });
         ctx.spawn(job.into_actor(self).map(move |result, act, ctx| {
+            act.failpoints.hit(Work::Completion);
             act.sync_in_flight = false;
             act.last_sync = started;
             let outcome = match result {
@@ -566,7 +555,7 @@ impl SegmentActor {
     fn reopen(
         &mut self,
         ctx: &mut Context<Self>,
-        then: impl FnOnce(&mut Self, Result<(), StorageError>) + 'static,
+        then: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), StorageError>) + 'static,
     ) {
         let (dir, base, config, writable, synced) = (
             self.dir.clone(),
@@ -589,7 +578,8 @@ impl SegmentActor {
             })
             .await
         };
-        ctx.wait(job.into_actor(self).map(move |joined, act, _| {
+        ctx.wait(job.into_actor(self).map(move |joined, act, ctx| {
+            act.failpoints.hit(Work::Completion);
             let opened = joined.unwrap_or_else(|e| {
                 Err(StorageError::InvalidConfig(format!(
                     "recovery task failed: {e}"
@@ -600,9 +590,9 @@ impl SegmentActor {
                     act.flushed_next = segment.next();
                     act.synced_next = segment.next();
                     act.segment = Some(segment);
-                    then(act, Ok(()));
+                    then(act, ctx, Ok(()));
                 }
-                Err(e) => then(act, Err(e)),
+                Err(e) => then(act, ctx, Err(e)),
             }
         }));
     }
@@ -636,14 +626,6 @@ pub(crate) fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string())
-}
-
 impl Actor for SegmentActor {
     type Context = Context<Self>;
 
@@ -654,6 +636,7 @@ impl Actor for SegmentActor {
             && self.writable
         {
             ctx.run_interval(every.max(Duration::from_millis(1)), |act, ctx| {
+                act.failpoints.hit(Work::Timer);
                 if act.writable && act.sync_due() && !act.sync_in_flight && act.segment.is_some() {
                     act.start_sync(ctx);
                 }
@@ -663,40 +646,17 @@ impl Actor for SegmentActor {
 }
 
 impl Supervised for SegmentActor {
+    /// After a failure (the supervisor caught a panic, or [`SegmentActor::fail`]
+    /// stopped it): gives up the segment and the appends in flight, poisons
+    /// the sessions that may have had one, and reopens from the disk.
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         if self.retired {
             return;
         }
-        let cannot_read = |act: &mut Self, outcome: Result<(), StorageError>| {
-            if let Err(e) = outcome {
-                tracing::error!(partition = %act.partition, base = act.base, error = %e, "cannot reopen the failed segment for reads");
-            }
-        };
-        if self.failed.is_some() {
-            // Already given up on writes: keep serving reads.
-            self.writable = false;
-            self.reopen(ctx, cannot_read);
-            return;
-        }
+        self.abandon("the segment actor failed");
+        self.poisoned.poison_open_sessions();
         let reason = "restarted after a failure".to_string();
-        if !self.restarts.allow() {
-            let reason = format!(
-                "{} restarts within {:?}",
-                self.restarts.count(),
-                RestartBudget::WINDOW
-            );
-            tracing::error!(partition = %self.partition, base = self.base, %reason, "segment keeps failing: giving up on writes");
-            self.failed = Some(reason.clone());
-            // Keep serving what was committed: reopen read-only.
-            self.writable = false;
-            self.reopen(ctx, cannot_read);
-            self.emit(SegmentEvent::Failed {
-                base: self.base,
-                reason,
-            });
-            return;
-        }
-        self.reopen(ctx, move |act, outcome| match outcome {
+        self.reopen(ctx, move |act, ctx, outcome| match outcome {
             Ok(()) => {
                 let (next, size_bytes, entries) = act
                     .segment
@@ -711,19 +671,29 @@ impl Supervised for SegmentActor {
                     size_bytes,
                     entries,
                     reason,
-                    poisoned: act.poisoned.to_vec(),
+                    poisoned: act.poisoned.clone(),
                 });
             }
             Err(e) => {
-                let reason = format!("reopening after a failure: {e}");
-                tracing::error!(partition = %act.partition, base = act.base, %reason, "segment cannot be reopened");
-                act.failed = Some(reason.clone());
-                act.emit(SegmentEvent::Failed {
-                    base: act.base,
-                    reason,
-                });
+                // Another failure: the supervisor restarts it again, or
+                // escalates to the LogActor once the budget is spent.
+                tracing::error!(partition = %act.partition, base = act.base, error = %e, "segment cannot be reopened");
+                act.refuse_until_resume(Refusal::Restarted(e.to_string()));
+                ctx.stop();
             }
         });
+    }
+}
+
+/// Test-only: `Handler` panics here and now (appends queued before it are
+/// in flight); `Completion` at the next sync's completion; `Timer` at the
+/// next tick of the sync timer (`sync=interval`).
+impl Handler<InjectPanic> for SegmentActor {
+    type Result = ();
+
+    fn handle(&mut self, InjectPanic(work): InjectPanic, _ctx: &mut Context<Self>) {
+        self.failpoints.arm(work);
+        self.failpoints.hit(Work::Handler);
     }
 }
 
@@ -731,7 +701,7 @@ impl Handler<SegAppend> for SegmentActor {
     type Result = ();
 
     fn handle(&mut self, msg: SegAppend, ctx: &mut Context<Self>) {
-        if self.failed.is_some() || self.retired {
+        if self.retired || self.segment.is_none() {
             let e = self.unavailable();
             self.refuse(msg.reply, msg.session, e);
             return;
@@ -759,7 +729,7 @@ impl Handler<SegAppend> for SegmentActor {
             return;
         }
         let records = msg.records;
-        let result = self.guarded(ctx, true, |segment| {
+        let result = self.storage_work(ctx, true, |segment| {
             let mut offsets: Option<Range<u64>> = None;
             for record in &records {
                 if !segment.fits(record.len()) {
@@ -805,7 +775,7 @@ impl Handler<Commit> for SegmentActor {
             self.take_back(ctx, full);
             return;
         }
-        if self.guarded(ctx, true, Segment::flush).is_err() {
+        if self.storage_work(ctx, true, Segment::flush).is_err() {
             return; // pending appends were answered with the error
         }
         if let Some(segment) = self.segment.as_ref() {
@@ -838,7 +808,7 @@ impl Handler<SegRead> for SegmentActor {
     type Result = ResponseActFuture<Self, Result<Vec<u8>, LogError>>;
 
     fn handle(&mut self, msg: SegRead, ctx: &mut Context<Self>) -> Self::Result {
-        let plan = self.guarded(ctx, false, |segment| segment.plan_read(msg.offset));
+        let plan = self.storage_work(ctx, false, |segment| segment.plan_read(msg.offset));
         self.carry_out(
             plan,
             PlannedRead::record_if_cached,
@@ -851,7 +821,7 @@ impl Handler<SegReadBatch> for SegmentActor {
     type Result = ResponseActFuture<Self, Result<RecordBatch, LogError>>;
 
     fn handle(&mut self, msg: SegReadBatch, ctx: &mut Context<Self>) -> Self::Result {
-        let plan = self.guarded(ctx, false, |segment| {
+        let plan = self.storage_work(ctx, false, |segment| {
             segment.plan_batch(msg.from, msg.until, msg.max_bytes)
         });
         self.carry_out(
@@ -911,14 +881,13 @@ impl Handler<Seal> for SegmentActor {
     /// Its last records are committed (served, and under `sync=always`
     /// acknowledged) only once the seal has synced them.
     fn handle(&mut self, _: Seal, ctx: &mut Context<Self>) -> Self::Result {
-        if self.failed.is_some() || self.retired || !self.writable {
-            // A segment that gave up (or is sealed already) is not rolled:
-            // the partition has failed, or the roll happened.
+        if self.retired || !self.writable {
+            // A closed segment (or one sealed already) is not rolled.
             return Err(self.unavailable());
         }
         // Commit what is pending first, so no append is left unanswered.
         <Self as Handler<Commit>>::handle(self, Commit, ctx);
-        let (next, empty) = self.guarded(ctx, true, |segment| {
+        let (next, empty) = self.storage_work(ctx, true, |segment| {
             segment.flush()?;
             Ok((segment.next(), segment.is_empty()))
         })?;
@@ -926,7 +895,7 @@ impl Handler<Seal> for SegmentActor {
             // Nothing to seal: a new segment here would have the same base.
             return Ok(Sealed {
                 next,
-                poisoned: self.poisoned.to_vec(),
+                poisoned: self.poisoned.clone(),
                 still_active: true,
             });
         }
@@ -969,7 +938,7 @@ impl Handler<Seal> for SegmentActor {
         );
         Ok(Sealed {
             next,
-            poisoned: self.poisoned.to_vec(),
+            poisoned: self.poisoned.clone(),
             still_active: false,
         })
     }
@@ -985,7 +954,7 @@ impl Handler<CloseSegment> for SegmentActor {
         }
         <Self as Handler<Commit>>::handle(self, Commit, ctx);
         let timer = Instant::now();
-        let result = self.guarded(ctx, true, Segment::seal);
+        let result = self.storage_work(ctx, true, Segment::seal);
         if let Some(fsync) = &self.fsync {
             fsync.seal(timer.elapsed());
         }
@@ -1012,14 +981,5 @@ impl Handler<RemoveSegment> for SegmentActor {
             Some(segment) => segment.remove().map_err(LogError::from),
             None => Ok(()),
         }
-    }
-}
-
-impl Handler<PanicNow> for SegmentActor {
-    type Result = ();
-
-    fn handle(&mut self, _: PanicNow, ctx: &mut Context<Self>) {
-        self.panic_next = true;
-        let _ = self.guarded(ctx, true, |_| Ok(()));
     }
 }

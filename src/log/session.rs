@@ -13,11 +13,13 @@ use std::collections::{HashSet, VecDeque};
 /// no client can grow it: a session is poisoned only by a failure.
 const MAX_POISONED: usize = 4096;
 
-/// A bounded set of poisoned session ids.
+/// A bounded set of poisoned session ids, and a watermark below which
+/// every session is poisoned.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PoisonedSessions {
     order: VecDeque<u64>,
     set: HashSet<u64>,
+    below: u64,
 }
 
 impl PoisonedSessions {
@@ -33,17 +35,22 @@ impl PoisonedSessions {
     }
 
     pub(crate) fn contains(&self, session: Option<u64>) -> bool {
-        session.is_some_and(|s| self.set.contains(&s))
+        session.is_some_and(|s| s < self.below || self.set.contains(&s))
     }
 
-    pub(crate) fn extend(&mut self, sessions: impl IntoIterator<Item = u64>) {
-        for s in sessions {
-            self.insert(s);
+    /// Poisons every session opened so far. After a restart the batch an
+    /// actor was handling when it failed is unknown: every stream that may
+    /// have had one in flight must stop (its client opens a new one).
+    pub(crate) fn poison_open_sessions(&mut self) {
+        self.below = self.below.max(super::messages::sessions_opened());
+    }
+
+    /// Adds what `other` poisoned.
+    pub(crate) fn extend(&mut self, other: &PoisonedSessions) {
+        self.below = self.below.max(other.below);
+        for s in &other.order {
+            self.insert(*s);
         }
-    }
-
-    pub(crate) fn to_vec(&self) -> Vec<u64> {
-        self.order.iter().copied().collect()
     }
 }
 
@@ -60,6 +67,18 @@ mod tests {
         assert!(!p.contains(Some(0)));
         assert!(p.contains(Some(MAX_POISONED as u64 + 9)));
         assert!(!p.contains(None));
-        assert_eq!(p.to_vec().len(), MAX_POISONED);
+        assert_eq!(p.order.len(), MAX_POISONED);
+    }
+
+    #[test]
+    fn a_restart_poisons_every_session_opened_before_it() {
+        let (old, mut p) = (crate::log::new_session(), PoisonedSessions::default());
+        p.poison_open_sessions();
+        let new = crate::log::new_session();
+        assert!(p.contains(Some(old)));
+        assert!(!p.contains(Some(new)));
+        let mut q = PoisonedSessions::default();
+        q.extend(&p);
+        assert!(q.contains(Some(old)) && !q.contains(Some(new)));
     }
 }

@@ -12,9 +12,10 @@ use super::identity::{NodeId, now_millis};
 use super::stats::Counters;
 use super::task::{self, Control, TaskParams};
 use super::{
-    Crash, GetLocal, GetMembers, GetStats, GossipStats, InjectPanic, Leave, Member,
-    MembershipConfig, MembershipError, MembershipEvent, Subscribe, TapOutgoing,
+    Crash, GetLocal, GetMembers, GetStats, GossipStats, Leave, Member, MembershipConfig,
+    MembershipError, MembershipEvent, Subscribe, TapOutgoing,
 };
+use crate::supervision::{self, ChildSpec, InjectPanic, Parent, Work};
 
 /// How long to wait before retrying to bind the gossip socket after a
 /// restart found it busy.
@@ -32,10 +33,14 @@ enum RunState {
 }
 
 /// Owns the node's gossip task and fans its membership changes out to
-/// subscribers. Runs under `actix::Supervisor`: when the gossip task fails
-/// the actor stops, and the Supervisor restarts it with a new task under a
-/// newer incarnation; subscribers, counters and the last known peers are
-/// kept across restarts (they live in this struct).
+/// subscribers. Supervised (`crate::supervision`): a panic in one of its
+/// handlers, or its gossip task failing (a panic in the task, at a foca
+/// timer or a datagram, or a socket error), restarts it. The restart keeps
+/// the bound gossip port, subscribers, counters and the last known peers
+/// (they live in this struct), and reopens the gossip: a new task under a
+/// newer incarnation rejoins through the seeds and every known peer, then
+/// hands subscribers a fresh snapshot. Past its budget it escalates to the
+/// Agent.
 pub struct MembershipActor {
     config: MembershipConfig,
     /// This node's current identity (renewed on restart and rejoin).
@@ -60,8 +65,17 @@ pub struct MembershipActor {
 impl MembershipActor {
     /// Validates `config`, binds the gossip socket (so that a busy port is
     /// an error here, not a log line later) and starts the actor under a
-    /// Supervisor. Must be called from within an actix System.
+    /// supervisor with no parent. Must be called from within an actix System.
     pub fn start(config: MembershipConfig) -> Result<Addr<Self>, MembershipError> {
+        Self::start_under(config, None)
+    }
+
+    /// [`MembershipActor::start`], escalating to `parent` when the restart
+    /// budget is spent.
+    pub fn start_under(
+        config: MembershipConfig,
+        parent: Option<Parent>,
+    ) -> Result<Addr<Self>, MembershipError> {
         config.validate()?;
         let socket = bind(config.bind_addr)?;
         let local_addr = socket
@@ -82,20 +96,24 @@ impl MembershipActor {
             gossip_addr: config.advertise_addr.unwrap_or(local_addr),
             incarnation: config.incarnation.unwrap_or_else(now_millis),
         };
-        Ok(Supervisor::start(move |_| Self {
-            config,
-            identity,
-            local_addr,
-            socket: Some(socket),
-            generation: 0,
-            state: RunState::Running,
-            control: None,
-            task: None,
-            members: BTreeMap::new(),
-            subscribers: Vec::new(),
-            stats: Rc::default(),
-            restarted: false,
-        }))
+        let spec = ChildSpec::new("membership").parent(parent);
+        Ok(supervision::start(
+            spec,
+            Self {
+                config,
+                identity,
+                local_addr,
+                socket: Some(socket),
+                generation: 0,
+                state: RunState::Running,
+                control: None,
+                task: None,
+                members: BTreeMap::new(),
+                subscribers: Vec::new(),
+                stats: Rc::default(),
+                restarted: false,
+            },
+        ))
     }
 
     /// Starts a gossip task for the current generation.
@@ -190,6 +208,9 @@ impl Supervised for MembershipActor {
     /// newer incarnation (the old one may still be alive in peers' views)
     /// and hands subscribers a fresh snapshot once it has rejoined.
     fn restarting(&mut self, _ctx: &mut Self::Context) {
+        if self.state != RunState::Running {
+            return;
+        }
         self.kill_task();
         self.generation += 1;
         self.identity = self.identity.next_life();
@@ -342,12 +363,21 @@ impl Handler<Crash> for MembershipActor {
     }
 }
 
+/// Test-only: `Handler` panics here and now; `Completion` makes the gossip
+/// task panic (its end is this actor's completion); `Timer` makes it panic
+/// at its next foca timer.
 impl Handler<InjectPanic> for MembershipActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
-        if let Some(control) = &self.control {
-            let _ = control.send(Control::Panic);
+    fn handle(&mut self, InjectPanic(work): InjectPanic, _ctx: &mut Self::Context) {
+        let control = match work {
+            Work::Handler => panic!("injected panic (Handler)"),
+            Work::Completion => Control::Panic,
+            Work::Timer => Control::PanicAtTimer,
+            Work::Connection => return,
+        };
+        if let Some(tx) = &self.control {
+            let _ = tx.send(control);
         }
     }
 }

@@ -153,13 +153,6 @@ pub struct GetStats;
 #[rtype(result = "()")]
 pub struct Crash;
 
-/// Test support: makes the gossip task panic, as a bug would, to exercise
-/// supervision (the actor fails, the Supervisor restarts it, it rejoins).
-#[doc(hidden)]
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct InjectPanic;
-
 /// Test support: copies every datagram this node sends (sealed, as on the
 /// wire) with its destination to the given channel, e.g. to replay them.
 #[doc(hidden)]

@@ -37,8 +37,10 @@ const RECV_BUF: usize = 65_536;
 pub(crate) enum Control {
     /// Leave gracefully, answer, then end the task.
     Leave(oneshot::Sender<Result<(), MembershipError>>),
-    /// Panic (test support for supervision).
+    /// Panic now (test support for supervision).
     Panic,
+    /// Panic at the next foca timer (test support for supervision).
+    PanicAtTimer,
     /// Copy every sent datagram to this channel (test support).
     Tap(mpsc::UnboundedSender<(SocketAddr, Bytes)>),
 }
@@ -131,6 +133,7 @@ pub(crate) async fn run(params: TaskParams) {
         join_at: None,
         backoff: params.config.join_backoff_initial,
         config: params.config,
+        panic_at_timer: false,
     };
     if gossip.join_targets.is_empty() {
         // Nobody to join: a cluster of one has its (empty) view already.
@@ -168,6 +171,8 @@ struct Gossip {
     join_at: Option<Instant>,
     backoff: Duration,
     config: MembershipConfig,
+    /// Test support: panic at the next timer.
+    panic_at_timer: bool,
 }
 
 impl Gossip {
@@ -187,6 +192,7 @@ impl Gossip {
                         return true;
                     }
                     Some(Control::Panic) => panic!("injected panic in the gossip task"),
+                    Some(Control::PanicAtTimer) => self.panic_at_timer = true,
                     Some(Control::Tap(tx)) => self.tap = Some(tx),
                 },
                 Some(first) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
@@ -212,6 +218,9 @@ impl Gossip {
 
     /// Hands every timer due now to foca, in foca's order.
     async fn on_timers(&mut self, first: Timer<NodeId>) {
+        if std::mem::take(&mut self.panic_at_timer) {
+            panic!("injected panic at a gossip timer");
+        }
         let mut due = vec![first];
         let mut cx = Context::from_waker(Waker::noop());
         while let Poll::Ready(Some(next)) = self.timers.poll_expired(&mut cx) {

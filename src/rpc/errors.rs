@@ -33,10 +33,9 @@ pub fn classify(e: &LogError) -> WireError {
         LogError::Indeterminate { .. } => WireError::Indeterminate,
         LogError::ReadOnly { .. } => WireError::ReadOnly,
         LogError::UnknownPartition(id) => WireError::UnknownPartition(id.clone()),
-        LogError::Storage(_)
-        | LogError::Unavailable { .. }
-        | LogError::PartitionFailed { .. }
-        | LogError::Closed(_) => WireError::Unavailable,
+        LogError::Storage(_) | LogError::Unavailable { .. } | LogError::Closed(_) => {
+            WireError::Unavailable
+        }
     }
 }
 

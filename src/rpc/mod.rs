@@ -10,7 +10,7 @@ pub mod errors;
 mod server;
 mod service;
 
-pub use server::{Acceptor, PlainAcceptor, RpcConfig, RpcServer};
+pub use server::{Acceptor, PlainAcceptor, RpcConfig, RpcFront, RpcServer, StopAccepting};
 pub use service::{
     ACTION_CONSUME, ACTION_PRODUCE, Authorizer, InFlight, LogService, ServiceContext,
 };

@@ -1,18 +1,31 @@
-//! The RPC listener: one capnp-rpc task per connection on the actix System.
+//! The RPC front: an [`RpcFront`] actor owns the listener; each connection
+//! is one capnp-rpc task on the actix System.
+//!
+//! Supervision (`crate::supervision`): a panic in the front's handlers or
+//! in its accept loop restarts it; the restart keeps the bound listener
+//! (same port, connections waiting in the backlog are accepted after it)
+//! and the connections already open, and starts accepting again. A
+//! connection is a temporary child: a panic while serving one of its calls
+//! closes that connection (its client sees a disconnection and reconnects),
+//! is logged, and is never restarted; the front and every other connection
+//! go on. Past its budget the front escalates to the Agent.
 
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use actix::prelude::*;
 use capnp_rpc::RpcSystem;
 use capnp_rpc::rpc_twoparty_capnp::Side;
+use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use super::service::{LogService, ServiceContext};
 use crate::log_capnp::log;
+use crate::supervision::{self, ChildSpec, Failpoints, InjectPanic, Parent, Work, panic_message};
 use crate::telemetry::Metrics;
 use crate::wire::transport::{reader_options, vat_network};
 
@@ -64,11 +77,13 @@ impl Acceptor for PlainAcceptor {
     }
 }
 
-/// A running RPC server. Dropping it does not stop it; call [`RpcServer::stop_accepting`].
+/// A running RPC front: its address and a handle to the actor. Dropping it
+/// does not stop it; call [`RpcServer::stop_accepting`].
 pub struct RpcServer {
     local_addr: SocketAddr,
     open: Rc<Cell<usize>>,
-    stop: watch::Sender<bool>,
+    stop: Recipient<StopAccepting>,
+    inject: Recipient<InjectPanic>,
 }
 
 impl RpcServer {
@@ -79,35 +94,38 @@ impl RpcServer {
         ctx: Rc<ServiceContext>,
         acceptor: A,
     ) -> io::Result<RpcServer> {
-        Self::start_instrumented(config, ctx, acceptor, None).await
+        Self::start_under(config, ctx, acceptor, None, None).await
     }
 
-    /// [`RpcServer::start`], counting connections and calls in `metrics`.
-    pub async fn start_instrumented<A: Acceptor>(
+    /// [`RpcServer::start`], counting connections and calls in `metrics`,
+    /// the front escalating to `parent` when its restart budget is spent.
+    pub async fn start_under<A: Acceptor>(
         config: RpcConfig,
         ctx: Rc<ServiceContext>,
         acceptor: A,
         metrics: Option<Arc<Metrics>>,
+        parent: Option<Parent>,
     ) -> io::Result<RpcServer> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let open = Rc::new(Cell::new(0usize));
-        let (stop, stopped) = watch::channel(false);
-        let acceptor = Rc::new(acceptor);
-        actix_rt::spawn(accept_loop(
-            listener,
+        let front = RpcFront {
+            listener: Some(Rc::new(listener)),
             config,
             ctx,
-            acceptor,
-            open.clone(),
-            stopped,
+            acceptor: Rc::new(acceptor),
+            open: open.clone(),
             metrics,
-        ));
+            failpoints: Failpoints::default(),
+            accepting: None,
+        };
+        let addr = supervision::start(ChildSpec::new("rpc front").parent(parent), front);
         tracing::info!(%local_addr, "RPC server listening");
         Ok(RpcServer {
             local_addr,
             open,
-            stop,
+            stop: addr.clone().recipient(),
+            inject: addr.recipient(),
         })
     }
 
@@ -120,59 +138,164 @@ impl RpcServer {
         self.open.get()
     }
 
-    /// Stops accepting new connections (open ones go on).
+    /// Stops accepting new connections and closes the listener (open
+    /// connections go on).
     pub fn stop_accepting(&self) {
-        let _ = self.stop.send(true);
+        self.stop.do_send(StopAccepting);
+    }
+
+    /// Test support: where to send [`InjectPanic`] for the front.
+    pub fn front(&self) -> Recipient<InjectPanic> {
+        self.inject.clone()
     }
 }
 
-async fn accept_loop<A: Acceptor>(
-    listener: TcpListener,
+/// Stops accepting: the listener is closed.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopAccepting;
+
+/// The actor that accepts RPC connections and starts one task for each.
+pub struct RpcFront<A: Acceptor> {
+    /// `None` once it stopped accepting.
+    listener: Option<Rc<TcpListener>>,
     config: RpcConfig,
     ctx: Rc<ServiceContext>,
     acceptor: Rc<A>,
     open: Rc<Cell<usize>>,
-    mut stopped: watch::Receiver<bool>,
     metrics: Option<Arc<Metrics>>,
-) {
-    while let Some((tcp, peer)) = crate::net::accept_or_stop(&listener, &mut stopped, "rpc").await {
-        if open.get() >= config.max_connections {
-            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached: closing new connection");
+    failpoints: Failpoints,
+    /// The accept loop running in this actor's context.
+    accepting: Option<SpawnHandle>,
+}
+
+impl<A: Acceptor> Actor for RpcFront<A> {
+    type Context = Context<Self>;
+
+    /// Runs the accept loop in this actor's context (at start and after
+    /// every restart).
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(listener) = self.listener.clone() else {
+            return;
+        };
+        let conn = Connections {
+            config: self.config.clone(),
+            ctx: self.ctx.clone(),
+            acceptor: self.acceptor.clone(),
+            open: self.open.clone(),
+            metrics: self.metrics.clone(),
+            failpoints: self.failpoints.clone(),
+        };
+        self.accepting = Some(ctx.spawn(accept_loop(listener, conn).into_actor(self)));
+    }
+}
+
+impl<A: Acceptor> Supervised for RpcFront<A> {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        tracing::warn!(listening = self.listener.is_some(), "RPC front restarting");
+    }
+}
+
+impl<A: Acceptor> Handler<StopAccepting> for RpcFront<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: StopAccepting, ctx: &mut Context<Self>) {
+        if self.listener.take().is_some() {
+            tracing::info!("RPC server stopped accepting");
+        }
+        // Ends the accept loop, the last holder of the listener.
+        if let Some(accepting) = self.accepting.take() {
+            ctx.cancel_future(accepting);
+        }
+    }
+}
+
+/// Test-only: `Handler` panics here and now; `Completion` at the next
+/// accepted connection (in the accept loop); `Connection` in the next call
+/// served by any connection.
+impl<A: Acceptor> Handler<InjectPanic> for RpcFront<A> {
+    type Result = ();
+
+    fn handle(&mut self, InjectPanic(work): InjectPanic, _ctx: &mut Context<Self>) {
+        self.failpoints.arm(work);
+        self.failpoints.hit(Work::Handler);
+    }
+}
+
+/// What each connection task is started with.
+struct Connections<A> {
+    config: RpcConfig,
+    ctx: Rc<ServiceContext>,
+    acceptor: Rc<A>,
+    open: Rc<Cell<usize>>,
+    metrics: Option<Arc<Metrics>>,
+    failpoints: Failpoints,
+}
+
+async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Connections<A>) {
+    loop {
+        let (tcp, peer) = crate::net::accept(&listener, "rpc").await;
+        conn.failpoints.hit(Work::Completion);
+        if conn.open.get() >= conn.config.max_connections {
+            tracing::warn!(%peer, limit = conn.config.max_connections, "connection limit reached: closing new connection");
             drop(tcp);
             continue;
         }
         let _ = tcp.set_nodelay(true);
-        open.set(open.get() + 1);
-        let guard = OpenGuard(open.clone());
-        let counted = metrics.as_ref().map(|m| m.connection_opened());
-        let (ctx, acceptor, config) = (ctx.clone(), acceptor.clone(), config.clone());
-        let metrics = metrics.clone();
+        conn.open.set(conn.open.get() + 1);
+        let guard = OpenGuard(conn.open.clone());
+        let counted = conn.metrics.as_ref().map(|m| m.connection_opened());
+        let serve = serve_connection(
+            tcp,
+            peer,
+            conn.config.clone(),
+            conn.ctx.clone(),
+            conn.acceptor.clone(),
+            conn.metrics.clone(),
+            conn.failpoints.clone(),
+        );
         actix_rt::spawn(async move {
             let _guard = (guard, counted);
-            let (stream, subject) = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::info!(%peer, error = %e, "handshake failed: closing connection");
-                    return;
-                }
-            };
-            tracing::debug!(%peer, %subject, "client connected");
-            let network = vat_network(
-                stream,
-                Side::Server,
-                reader_options(config.max_message_bytes),
-                config.stream_window_bytes,
-            );
-            let service: log::Client =
-                capnp_rpc::new_client(LogService::new(ctx, subject.as_str()).with_metrics(metrics));
-            let rpc = RpcSystem::new(Box::new(network), Some(service.client));
-            match rpc.await {
-                Ok(()) => tracing::debug!(%peer, "client disconnected"),
-                Err(e) => tracing::info!(%peer, error = %e, "closing connection"),
+            // A temporary child: a panic closes this connection only.
+            if let Err(panic) = AssertUnwindSafe(serve).catch_unwind().await {
+                tracing::error!(%peer, panic = %panic_message(&*panic), "connection task panicked: connection closed");
             }
         });
     }
-    tracing::info!("RPC server stopped accepting");
+}
+
+async fn serve_connection<A: Acceptor>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: RpcConfig,
+    ctx: Rc<ServiceContext>,
+    acceptor: Rc<A>,
+    metrics: Option<Arc<Metrics>>,
+    failpoints: Failpoints,
+) {
+    let (stream, subject) = match acceptor.accept(tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "handshake failed: closing connection");
+            return;
+        }
+    };
+    tracing::debug!(%peer, %subject, "client connected");
+    let network = vat_network(
+        stream,
+        Side::Server,
+        reader_options(config.max_message_bytes),
+        config.stream_window_bytes,
+    );
+    let service = LogService::new(ctx, subject.as_str())
+        .with_metrics(metrics)
+        .with_failpoints(failpoints);
+    let service: log::Client = capnp_rpc::new_client(service);
+    let rpc = RpcSystem::new(Box::new(network), Some(service.client));
+    match rpc.await {
+        Ok(()) => tracing::debug!(%peer, "client disconnected"),
+        Err(e) => tracing::info!(%peer, error = %e, "closing connection"),
+    }
 }
 
 /// Counts a connection as open until dropped.

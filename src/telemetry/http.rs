@@ -11,9 +11,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use actix::prelude::*;
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+
+use crate::supervision::{self, ChildSpec, Failpoints, InjectPanic, Parent, Work, panic_message};
 
 use super::{CONTENT_TYPE, Telemetry};
 
@@ -28,23 +32,47 @@ const MAX_CONNECTIONS: usize = 64;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// A running HTTP server. Stops accepting when stopped or dropped.
-#[derive(Debug)]
+/// A running HTTP server: its address and a handle to its actor. Stops
+/// accepting when stopped or dropped.
 pub struct HttpServer {
     local_addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    front: Addr<HttpFront>,
+}
+
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
 }
 
 impl HttpServer {
     /// Binds `addr` (port 0 picks one) and serves `telemetry` on the
     /// current actix System.
     pub async fn start(addr: SocketAddr, telemetry: Rc<Telemetry>) -> io::Result<HttpServer> {
+        Self::start_under(addr, telemetry, None).await
+    }
+
+    /// [`HttpServer::start`], the front escalating to `parent` when its
+    /// restart budget is spent.
+    pub async fn start_under(
+        addr: SocketAddr,
+        telemetry: Rc<Telemetry>,
+        parent: Option<Parent>,
+    ) -> io::Result<HttpServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let (stop, stopped) = watch::channel(false);
-        actix_rt::spawn(accept_loop(listener, telemetry, stopped));
+        let front = HttpFront {
+            listener: Some(Rc::new(listener)),
+            telemetry,
+            open: Rc::default(),
+            failpoints: Failpoints::default(),
+            accepting: None,
+        };
+        let front = supervision::start(ChildSpec::new("http front").parent(parent), front);
         tracing::info!(%local_addr, "HTTP server (metrics, health) listening");
-        Ok(HttpServer { local_addr, stop })
+        Ok(HttpServer { local_addr, front })
     }
 
     /// Where it listens (the real port when 0 was asked).
@@ -54,7 +82,12 @@ impl HttpServer {
 
     /// Stops accepting connections (requests in progress are answered).
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        self.front.do_send(StopServing);
+    }
+
+    /// Test support: where to send [`InjectPanic`] for the front.
+    pub fn front(&self) -> Recipient<InjectPanic> {
+        self.front.clone().recipient()
     }
 }
 
@@ -64,26 +97,98 @@ impl Drop for HttpServer {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// Stops accepting: the listener is closed.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct StopServing;
+
+/// The actor that accepts HTTP connections and answers each in its own task.
+///
+/// Supervision (`crate::supervision`): a panic in its handlers or its accept
+/// loop restarts it, keeping the bound listener and the connections open; a
+/// connection is a temporary child (a panic while answering closes it, is
+/// logged, and nothing else stops). Past its budget it escalates to the Agent.
+pub struct HttpFront {
+    listener: Option<Rc<TcpListener>>,
     telemetry: Rc<Telemetry>,
-    mut stopped: watch::Receiver<bool>,
+    open: Rc<Cell<usize>>,
+    failpoints: Failpoints,
+    accepting: Option<SpawnHandle>,
+}
+
+impl Actor for HttpFront {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(listener) = self.listener.clone() else {
+            return;
+        };
+        let (telemetry, open, failpoints) = (
+            self.telemetry.clone(),
+            self.open.clone(),
+            self.failpoints.clone(),
+        );
+        let accept = accept_loop(listener, telemetry, open, failpoints);
+        self.accepting = Some(ctx.spawn(accept.into_actor(self)));
+    }
+}
+
+impl Supervised for HttpFront {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        tracing::warn!(listening = self.listener.is_some(), "HTTP front restarting");
+    }
+}
+
+impl Handler<StopServing> for HttpFront {
+    type Result = ();
+
+    fn handle(&mut self, _: StopServing, ctx: &mut Context<Self>) {
+        self.listener = None;
+        if let Some(accepting) = self.accepting.take() {
+            ctx.cancel_future(accepting);
+            tracing::debug!("HTTP server stopped accepting");
+        }
+    }
+}
+
+/// Test-only: `Handler` panics here and now; `Completion` at the next
+/// accepted connection; `Connection` in the next request answered.
+impl Handler<InjectPanic> for HttpFront {
+    type Result = ();
+
+    fn handle(&mut self, InjectPanic(work): InjectPanic, _ctx: &mut Context<Self>) {
+        self.failpoints.arm(work);
+        self.failpoints.hit(Work::Handler);
+    }
+}
+
+async fn accept_loop(
+    listener: Rc<TcpListener>,
+    telemetry: Rc<Telemetry>,
+    open: Rc<Cell<usize>>,
+    failpoints: Failpoints,
 ) {
-    let open = Rc::new(Cell::new(0usize));
-    while let Some((tcp, peer)) = crate::net::accept_or_stop(&listener, &mut stopped, "http").await
-    {
+    loop {
+        let (tcp, peer) = crate::net::accept(&listener, "http").await;
+        failpoints.hit(Work::Completion);
         if open.get() >= MAX_CONNECTIONS {
             tracing::debug!(%peer, "HTTP connection limit reached: closing new connection");
             continue;
         }
         open.set(open.get() + 1);
-        let (open, telemetry) = (open.clone(), telemetry.clone());
+        let (open, telemetry, failpoints) = (open.clone(), telemetry.clone(), failpoints.clone());
         actix_rt::spawn(async move {
-            serve_connection(tcp, &telemetry).await;
+            let serve = async {
+                failpoints.hit(Work::Connection);
+                serve_connection(tcp, &telemetry).await
+            };
+            // A temporary child: a panic closes this connection only.
+            if let Err(panic) = AssertUnwindSafe(serve).catch_unwind().await {
+                tracing::error!(%peer, panic = %panic_message(&*panic), "HTTP connection task panicked: connection closed");
+            }
             open.set(open.get() - 1);
         });
     }
-    tracing::debug!("HTTP server stopped accepting");
 }
 
 /// An answer.

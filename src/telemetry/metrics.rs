@@ -121,7 +121,6 @@ pub struct Metrics {
     partition_segments: Family<PartitionLabels, Gauge>,
     partition_bytes: Family<PartitionLabels, Gauge>,
     partition_restarts: Family<PartitionLabels, Counter>,
-    partition_failed: Family<PartitionLabels, Gauge>,
     partition_writes_refused: Family<RefusalLabels, Gauge>,
     partition_recovery_point: Family<PartitionLabels, Gauge>,
     members: Gauge,
@@ -211,18 +210,13 @@ impl Metrics {
         let partition_restarts = Family::<PartitionLabels, Counter>::default();
         r.register(
             "partition_restarts",
-            "Segment actor restarts of a partition since it was opened",
+            "Restarts of a partition's LogActor (each reopens the partition) since it was opened",
             partition_restarts.clone(),
-        );
-        let partition_failed = gauges(
-            &mut r,
-            "partition_failed",
-            "1 when a partition failed for good (writes refused)",
         );
         let partition_writes_refused = Family::<RefusalLabels, Gauge>::default();
         r.register(
             "partition_writes_refused",
-            "1 while a partition refuses writes, by cause: failed (restart budget spent), read_only (damaged durable data: run proglog repair), disk_full (until space returns)",
+            "1 while a partition refuses writes, by cause: read_only (damaged durable data: run proglog repair), disk_full (until space returns)",
             partition_writes_refused.clone(),
         );
         let partition_recovery_point = gauges(
@@ -259,7 +253,6 @@ impl Metrics {
             partition_segments,
             partition_bytes,
             partition_restarts,
-            partition_failed,
             partition_writes_refused,
             partition_recovery_point,
             members,
@@ -325,7 +318,6 @@ impl Metrics {
             &self.partition_next,
             &self.partition_segments,
             &self.partition_bytes,
-            &self.partition_failed,
         ] {
             family.clear();
         }
@@ -352,14 +344,10 @@ impl Metrics {
             self.partition_restarts
                 .get_or_create(&l)
                 .inc_by(stats.restarts);
-            self.partition_failed
-                .get_or_create(&l)
-                .set(i64::from(stats.failed.is_some()));
             self.partition_recovery_point
                 .get_or_create(&l)
                 .set(as_i64(stats.recovery_point));
             for (cause, on) in [
-                ("failed", stats.failed.is_some()),
                 ("read_only", stats.read_only.is_some()),
                 ("disk_full", stats.disk_full.is_some()),
             ] {

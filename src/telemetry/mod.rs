@@ -150,10 +150,16 @@ impl Telemetry {
     /// ready, with the partition and the cause in the answer.
     pub async fn check_ready(&self) -> Result<(), String> {
         self.readiness.check().map_err(str::to_string)?;
-        for (id, stats) in self.partition_stats().await {
-            if let Some(reason) = &stats.failed {
-                return Err(format!("partition {id} has failed: {reason}"));
+        if let Some(partitions) = &*self.partitions.borrow() {
+            for id in partitions.ids() {
+                if partitions.get(id).is_ok_and(|log| !log.connected()) {
+                    return Err(format!(
+                        "partition {id} has failed: its actor spent its restart budget"
+                    ));
+                }
             }
+        }
+        for (id, stats) in self.partition_stats().await {
             if let Some(reason) = &stats.read_only {
                 return Err(format!("partition {id} is read-only: {reason}"));
             }

@@ -167,6 +167,14 @@ impl Partition {
         }
     }
 
+    /// Whether the LogActor spent its restart budget and escalated: it is
+    /// gone (with no parent, nothing restarts it; a node would stop).
+    pub fn escalated(&self) -> bool {
+        let log = self.log.clone();
+        self.system
+            .block_on(async move { log.send(Stats).await.is_err() })
+    }
+
     /// Makes the active SegmentActor panic (its supervisor restarts it).
     pub fn inject_segment_fault(&self) {
         self.log.do_send(InjectSegmentFault);

@@ -32,11 +32,7 @@ impl Handler<Truncate> for LogActor {
     type Result = ResponseFuture<Result<usize, LogError>>;
 
     fn handle(&mut self, msg: Truncate, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(
-            ctx,
-            move |act, ctx| act.on_truncate(msg, ctx),
-            |e| -> Self::Result { Box::pin(ready(Err(e))) },
-        )
+        self.on_truncate(msg, ctx)
     }
 }
 
@@ -46,7 +42,7 @@ impl LogActor {
         msg: Truncate,
         _ctx: &mut Context<Self>,
     ) -> <Self as Handler<Truncate>>::Result {
-        if self.closed || self.failed.is_some() {
+        if self.closed {
             let e = self
                 .refuse_writes()
                 .unwrap_or_else(|| LogError::Closed(self.partition.clone()));
@@ -66,11 +62,7 @@ impl Handler<ApplyRetention> for LogActor {
     type Result = ResponseFuture<Result<usize, LogError>>;
 
     fn handle(&mut self, msg: ApplyRetention, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(
-            ctx,
-            move |act, ctx| act.on_apply_retention(msg, ctx),
-            |e| -> Self::Result { Box::pin(ready(Err(e))) },
-        )
+        self.on_apply_retention(msg, ctx)
     }
 }
 
@@ -80,7 +72,7 @@ impl LogActor {
         _msg: ApplyRetention,
         _ctx: &mut Context<Self>,
     ) -> <Self as Handler<ApplyRetention>>::Result {
-        if self.closed || self.failed.is_some() {
+        if self.closed {
             let e = self
                 .refuse_writes()
                 .unwrap_or_else(|| LogError::Closed(self.partition.clone()));
@@ -129,7 +121,6 @@ impl Handler<Stats> for LogActor {
                     self.active_bytes
                 },
             restarts: self.restarts,
-            failed: self.failed.clone(),
             read_only: self.read_only.clone(),
             disk_full: self.disk_full.clone(),
             recovery_point: self.durable_point(),

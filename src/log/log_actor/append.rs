@@ -1,4 +1,4 @@
-//! Appends: the write refusals (failed, read-only, disk full), dispatch to
+//! Appends: the write refusals (closed, read-only, disk full), dispatch to
 //! the active segment, rolls, and the ordered-append entry point.
 
 use super::*;
@@ -8,12 +8,6 @@ impl LogActor {
     pub(super) fn refuse_writes(&mut self) -> Option<LogError> {
         if self.closed {
             return Some(LogError::Closed(self.partition.clone()));
-        }
-        if let Some(reason) = &self.failed {
-            return Some(LogError::PartitionFailed {
-                partition: self.partition.clone(),
-                reason: reason.clone(),
-            });
         }
         if let Some(reason) = &self.read_only {
             return Some(LogError::ReadOnly {
@@ -208,7 +202,7 @@ impl LogActor {
                     return;
                 }
             };
-            act.poisoned.extend(sealed.poisoned);
+            act.poisoned.extend(&sealed.poisoned);
             if sealed.still_active {
                 // The estimate counted appends that were refused: it is empty.
                 act.active_bytes = FILE_HEADER_LEN as u64;
@@ -231,18 +225,10 @@ impl Handler<Append> for LogActor {
     type Result = ResponseFuture<Result<Range<u64>, LogError>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(
-            ctx,
-            move |act, ctx| {
-                let (tx, rx) = oneshot::channel();
-                act.on_append(msg, tx, ctx);
-                let partition = act.partition.clone();
-                Box::pin(
-                    async move { rx.await.unwrap_or_else(|_| Err(dropped_append(&partition))) },
-                ) as Self::Result
-            },
-            |e| -> Self::Result { Box::pin(ready(Err(e))) },
-        )
+        let (tx, rx) = oneshot::channel();
+        self.on_append(msg, tx, ctx);
+        let partition = self.partition.clone();
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(dropped_append(&partition))) })
     }
 }
 
@@ -289,10 +275,6 @@ impl Handler<AppendInOrder> for LogActor {
 
     fn handle(&mut self, msg: AppendInOrder, ctx: &mut Context<Self>) {
         // The reply goes straight to the segment: no task per append.
-        self.guarded(
-            ctx,
-            move |act, ctx| act.on_append(msg.append, msg.reply, ctx),
-            |_| (),
-        )
+        self.on_append(msg.append, msg.reply, ctx)
     }
 }

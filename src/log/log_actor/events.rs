@@ -1,6 +1,6 @@
 //! What the SegmentActors report: commits (which move what readers see),
 //! syncs (which move the recovery point, written to the checkpoint),
-//! rollbacks, restarts, failures and damage.
+//! rollbacks, restarts and damage; and their escalations.
 
 use super::*;
 
@@ -47,6 +47,7 @@ impl LogActor {
         let dir = self.dir.clone();
         let job = actix_rt::task::spawn_blocking(move || next.store(&dir).map(|()| next));
         ctx.spawn(job.into_actor(self).map(|joined, act, _| {
+            act.failpoints.hit(Work::Completion);
             act.checkpoint_writing = false;
             match joined {
                 Ok(Ok(written)) => act.checkpoint = written,
@@ -70,11 +71,7 @@ impl Handler<FromSegment> for LogActor {
             return;
         }
         let event = from.event;
-        self.guarded(
-            ctx,
-            move |act, ctx| act.on_segment_event(event, ctx),
-            |_| (),
-        )
+        self.on_segment_event(event, ctx)
     }
 }
 
@@ -100,7 +97,7 @@ impl LogActor {
                 error,
                 poisoned,
             } => {
-                self.poisoned.extend(poisoned);
+                self.poisoned.extend(&poisoned);
                 tracing::warn!(partition = %self.partition, base, %error, "disk full: appends refused until space returns");
                 self.disk_full = Some(error.to_string());
                 self.resume_segment(base, size_bytes, entries, generation);
@@ -115,7 +112,7 @@ impl LogActor {
                 poisoned,
             } => {
                 self.restarts += 1;
-                self.poisoned.extend(poisoned);
+                self.poisoned.extend(&poisoned);
                 tracing::warn!(partition = %self.partition, base, next, %reason, "segment restarted");
                 if let Some(h) = self.handle_of(base) {
                     h.committed = h.committed.max(next);
@@ -126,18 +123,6 @@ impl LogActor {
                 }
                 self.resume_segment(base, size_bytes, entries, generation);
                 self.advance_committed();
-            }
-            SegmentEvent::Failed { base, reason } => {
-                let is_active = self.active().is_some_and(|a| a.base == base);
-                tracing::error!(partition = %self.partition, base, %reason, "segment failed for good");
-                if is_active {
-                    self.failed = Some(format!("segment {base}: {reason}"));
-                    let (partition, reason) = (self.partition.clone(), reason.clone());
-                    self.fail_waiters(|| LogError::PartitionFailed {
-                        partition: partition.clone(),
-                        reason: reason.clone(),
-                    });
-                }
             }
             SegmentEvent::Damaged { base, reason } => {
                 tracing::error!(partition = %self.partition, base, %reason, "damaged durable data found by a read: the partition is now read-only");
@@ -167,5 +152,22 @@ impl LogActor {
         if let Some(h) = self.handle_of(base) {
             h.addr.do_send(Resume { generation });
         }
+    }
+}
+
+impl Handler<Escalation> for LogActor {
+    type Result = ();
+
+    /// A SegmentActor spent its restart budget (or could not reopen its
+    /// segment): this LogActor fails too, and its own restart reopens the
+    /// whole partition through recovery. Escalations of segment actors it
+    /// no longer runs are stale and ignored.
+    fn handle(&mut self, escalation: Escalation, ctx: &mut Context<Self>) {
+        if !self.segments.iter().any(|s| s.actor == escalation.id) {
+            tracing::debug!(child = %escalation.child, "escalation of a segment actor no longer running: ignored");
+            return;
+        }
+        tracing::error!(partition = %self.partition, child = %escalation.child, reason = %escalation.reason, "segment actor escalated: reopening the partition");
+        ctx.stop();
     }
 }

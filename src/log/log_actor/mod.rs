@@ -5,8 +5,18 @@
 //!
 //! States that refuse writes, each with a typed error: read-only (durable
 //! data is damaged: [`LogError::ReadOnly`]), disk full (until a probe sees
-//! space again: `StorageError::DiskFull`), failed (restart budget spent:
-//! [`LogError::PartitionFailed`]), closed.
+//! space again: `StorageError::DiskFull`), closed.
+//!
+//! Supervision (see `crate::supervision`): a panic in any of its work (a
+//! handler, a checkpoint write's or a reopen's completion, the checkpoint,
+//! retention and free-space timers), or an escalation from one of its
+//! SegmentActors, restarts it. The restart keeps the partition's identity,
+//! settings and the readers waiting at the end of the log (woken once the
+//! reopened log reaches them); it closes every SegmentActor (their pending
+//! appends are committed and answered), poisons the produce sessions that
+//! may have had a batch in flight, and reopens the directory as after a
+//! crash, on the blocking pool, while its mailbox waits (appends queue,
+//! none is lost). Past its budget it escalates to the Agent.
 //!
 //! This file: the actor, its state, start-up, supervision and restart.
 //! `append.rs`: refusals, dispatch, rolls. `read.rs`: range checks and
@@ -22,14 +32,11 @@ use actix::prelude::*;
 use futures::future::{join_all, ready};
 use tokio::sync::oneshot;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use super::error::LogError;
 use super::messages::*;
-use super::restart::RestartBudget;
 use super::segment_actor::{
-    AppendReply, CloseSegment, FromSegment, PanicNow, RemoveSegment, Resume, Seal, SegAppend,
-    SegRead, SegReadBatch, SegmentActor, SegmentEvent, SegmentSetup, free_bytes, new_actor_id,
+    AppendReply, CloseSegment, FromSegment, RemoveSegment, Resume, Seal, SegAppend, SegRead,
+    SegReadBatch, SegmentActor, SegmentEvent, SegmentSetup, free_bytes, new_actor_id,
 };
 use super::session::PoisonedSessions;
 use crate::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN};
@@ -37,6 +44,7 @@ use crate::storage::{
     Checkpoint, DirLock, LogConfig, OpenReport, RecordBatch, Segment, StorageError, file_name,
     open_dir,
 };
+use crate::supervision::{self, ChildSpec, Escalation, Failpoints, InjectPanic, Parent, Work};
 
 /// How often the retention settings are applied, when any are set.
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
@@ -91,9 +99,6 @@ pub struct LogActor {
     /// Readers waiting for an offset at or past `committed`.
     waiters: Vec<(u64, oneshot::Sender<Result<u64, LogError>>)>,
     restarts: u64,
-    /// Restarts of this LogActor itself, for escalation.
-    restart_budget: RestartBudget,
-    failed: Option<String>,
     /// Durable data is damaged: writes are refused until `proglog repair`.
     read_only: Option<String>,
     /// The lowest damaged offset found at open (reads there get corruption).
@@ -108,6 +113,7 @@ pub struct LogActor {
     fsync: super::observer::Observer,
     closed: bool,
     report: OpenReport,
+    failpoints: Failpoints,
 }
 
 mod admin;
@@ -145,8 +151,6 @@ impl LogActor {
             needs_segment: None,
             waiters: Vec::new(),
             restarts: 0,
-            restart_budget: RestartBudget::default(),
-            failed: None,
             read_only,
             damaged_from,
             disk_full: None,
@@ -156,6 +160,7 @@ impl LogActor {
             fsync: None,
             closed: false,
             report: opened.report,
+            failpoints: Failpoints::default(),
         })
     }
 
@@ -175,9 +180,17 @@ impl LogActor {
         self.read_only.as_deref()
     }
 
-    /// Starts the actor under a supervisor on the current actix arbiter.
+    /// Starts the actor under a supervisor on the current actix arbiter,
+    /// with no parent: when its restart budget is spent it is only logged
+    /// and the actor is gone. A node starts it with [`LogActor::start_under`].
     pub fn start(self) -> Addr<LogActor> {
-        actix::Supervisor::start(move |_| self)
+        self.start_under(None)
+    }
+
+    /// Starts the actor under a supervisor that escalates to `parent`.
+    pub fn start_under(self, parent: Option<Parent>) -> Addr<LogActor> {
+        let spec = ChildSpec::new(format!("log {}", self.partition)).parent(parent);
+        supervision::start(spec, self)
     }
 
     fn spawn_segment(&self, segment: Segment, ctx: &mut Context<Self>) -> SegmentHandle {
@@ -193,7 +206,10 @@ impl LogActor {
             poisoned: self.poisoned.clone(),
             fsync: self.fsync.clone(),
         };
-        let addr = actix::Supervisor::start(move |_| SegmentActor::new(setup, segment));
+        let spec = ChildSpec::new(format!("segment {}/{base}", self.partition))
+            .id(actor)
+            .parent(Some(supervision::parent(&ctx.address())));
+        let addr = supervision::start(spec, SegmentActor::new(setup, segment));
         SegmentHandle {
             base,
             committed: next,
@@ -228,29 +244,6 @@ impl LogActor {
         self.damaged_from.map_or(first, |d| d.min(first))
     }
 
-    /// Runs a handler body. A panic in it (a bug) stops the actor, so its
-    /// supervisor reopens the partition; the caller gets `on_panic`'s answer.
-    fn guarded<R>(
-        &mut self,
-        ctx: &mut Context<Self>,
-        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
-        on_panic: impl FnOnce(LogError) -> R,
-    ) -> R {
-        let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *self, &mut *ctx)));
-        match outcome {
-            Ok(r) => r,
-            Err(panic) => {
-                let reason = super::segment_actor::panic_message(&*panic);
-                tracing::error!(partition = %self.partition, %reason, "log actor failed: restarting it");
-                ctx.stop();
-                on_panic(LogError::indeterminate(
-                    &self.partition,
-                    format!("log actor failed ({reason}) and is restarting"),
-                ))
-            }
-        }
-    }
-
     /// The recovery path after a failure: every SegmentActor is closed
     /// (pending appends are committed and answered), the directory is
     /// reopened as after a crash, on the blocking pool (a long scan never
@@ -262,6 +255,7 @@ impl LogActor {
         let (dir, config) = (self.dir.clone(), self.config.clone());
         let job = actix_rt::task::spawn_blocking(move || open_dir(&dir, &config));
         ctx.wait(job.into_actor(self).map(|joined, act, ctx| {
+            act.failpoints.hit(Work::Completion);
             let opened = joined.unwrap_or_else(|e| {
                 Err(StorageError::InvalidConfig(format!(
                     "recovery task failed: {e}"
@@ -288,14 +282,10 @@ impl LogActor {
                 tracing::warn!(partition = %self.partition, next = self.committed, "log actor restarted: partition reopened");
             }
             Err(e) => {
-                let reason = format!("reopening after a failure: {e}");
-                tracing::error!(partition = %self.partition, %reason, "partition cannot be reopened");
-                self.failed = Some(reason.clone());
-                let partition = self.partition.clone();
-                self.fail_waiters(|| LogError::PartitionFailed {
-                    partition: partition.clone(),
-                    reason: reason.clone(),
-                });
+                // Another failure: the supervisor restarts it again, or
+                // escalates once the budget is spent.
+                tracing::error!(partition = %self.partition, error = %e, "partition cannot be reopened");
+                ctx.stop();
             }
         }
     }
@@ -338,32 +328,23 @@ impl Actor for LogActor {
                 ctx.notify(ApplyRetention)
             });
         }
-        ctx.run_interval(CHECKPOINT_INTERVAL, |act, ctx| act.write_checkpoint(ctx));
+        ctx.run_interval(CHECKPOINT_INTERVAL, |act, ctx| {
+            act.failpoints.hit(Work::Timer);
+            act.write_checkpoint(ctx)
+        });
         ctx.run_interval(DISK_FULL_PROBE_INTERVAL, |act, _| act.probe_free_space());
     }
 }
 
 impl Supervised for LogActor {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
-        if self.closed || self.failed.is_some() {
+        if self.closed {
             return;
         }
         self.restarts += 1;
-        if !self.restart_budget.allow() {
-            let reason = format!(
-                "log actor failed {} times within {:?}",
-                self.restart_budget.count(),
-                RestartBudget::WINDOW
-            );
-            tracing::error!(partition = %self.partition, %reason, "giving up on the partition");
-            self.failed = Some(reason.clone());
-            let partition = self.partition.clone();
-            self.fail_waiters(|| LogError::PartitionFailed {
-                partition: partition.clone(),
-                reason: reason.clone(),
-            });
-            return;
-        }
+        // The futures it had in flight were dropped with the failure.
+        self.checkpoint_writing = false;
+        self.poisoned.poison_open_sessions();
         let closes: Vec<_> = self
             .segments
             .drain(..)
@@ -378,11 +359,23 @@ impl Supervised for LogActor {
     }
 }
 
+/// Test-only: `Handler` panics here and now; `Completion` at the next
+/// checkpoint write's (or reopen's) completion; `Timer` at the next tick of
+/// the checkpoint timer.
+impl Handler<InjectPanic> for LogActor {
+    type Result = ();
+
+    fn handle(&mut self, InjectPanic(work): InjectPanic, _ctx: &mut Context<Self>) {
+        self.failpoints.arm(work);
+        self.failpoints.hit(Work::Handler);
+    }
+}
+
 impl Handler<InjectLogFault> for LogActor {
     type Result = ();
 
-    fn handle(&mut self, _: InjectLogFault, ctx: &mut Context<Self>) {
-        self.guarded(ctx, |_, _| panic!("injected fault"), |_| ());
+    fn handle(&mut self, _: InjectLogFault, _ctx: &mut Context<Self>) {
+        panic!("injected fault");
     }
 }
 
@@ -391,7 +384,7 @@ impl Handler<InjectSegmentFault> for LogActor {
 
     fn handle(&mut self, _: InjectSegmentFault, _ctx: &mut Context<Self>) {
         if let Some(active) = self.active() {
-            active.addr.do_send(PanicNow);
+            active.addr.do_send(InjectPanic(Work::Handler));
         }
     }
 }

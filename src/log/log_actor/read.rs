@@ -93,11 +93,7 @@ impl Handler<Read> for LogActor {
     type Result = ResponseFuture<Result<Vec<u8>, LogError>>;
 
     fn handle(&mut self, msg: Read, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(
-            ctx,
-            move |act, ctx| act.on_read(msg, ctx),
-            |e| -> Self::Result { Box::pin(ready(Err(e))) },
-        )
+        self.on_read(msg, ctx)
     }
 }
 
@@ -138,11 +134,7 @@ impl Handler<ReadBatch> for LogActor {
     type Result = ResponseFuture<Result<RecordBatch, LogError>>;
 
     fn handle(&mut self, msg: ReadBatch, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(
-            ctx,
-            move |act, ctx| act.on_read_batch(msg, ctx),
-            |e| -> Self::Result { Box::pin(ready(Err(e))) },
-        )
+        self.on_read_batch(msg, ctx)
     }
 }
 
@@ -171,11 +163,7 @@ impl Handler<WaitFor> for LogActor {
     type Result = ResponseFuture<Result<u64, LogError>>;
 
     fn handle(&mut self, msg: WaitFor, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(
-            ctx,
-            move |act, ctx| act.on_wait_for(msg, ctx),
-            |e| -> Self::Result { Box::pin(ready(Err(e))) },
-        )
+        self.on_wait_for(msg, ctx)
     }
 }
 
@@ -188,7 +176,7 @@ impl LogActor {
         if msg.offset < self.committed {
             return Box::pin(ready(Ok(self.committed)));
         }
-        if self.closed || self.failed.is_some() {
+        if self.closed {
             let e = self.refuse_writes();
             return Box::pin(ready(Err(
                 e.unwrap_or_else(|| LogError::Closed(self.partition.clone()))

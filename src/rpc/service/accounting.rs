@@ -136,6 +136,7 @@ impl LogService {
         method: Method,
         body: impl Future<Output = Result<Outcome, Error>>,
     ) -> Result<(), Error> {
+        self.failpoints.hit(crate::supervision::Work::Connection);
         let _in_flight = method.timed.then(|| self.ctx.in_flight.enter());
         let started = Instant::now();
         let mut counted = CallCount {

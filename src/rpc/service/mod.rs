@@ -53,6 +53,8 @@ pub struct LogService {
     subject: Rc<str>,
     /// Where calls are counted; `None` when metrics are off.
     metrics: Option<Arc<Metrics>>,
+    /// Test support: the RPC front's, so a test can make a call panic.
+    failpoints: crate::supervision::Failpoints,
 }
 
 impl LogService {
@@ -61,7 +63,15 @@ impl LogService {
             ctx,
             subject: subject.into(),
             metrics: None,
+            failpoints: Default::default(),
         }
+    }
+
+    /// Shares the front's failpoints (a panic injected at `Connection`
+    /// fires in the next call served).
+    pub fn with_failpoints(mut self, failpoints: crate::supervision::Failpoints) -> LogService {
+        self.failpoints = failpoints;
+        self
     }
 
     /// Counts this connection's calls in `metrics` (`None`: not at all).
