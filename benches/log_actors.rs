@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use proglog::log::{Append, InjectSegmentFault, LogActor, Read, ReadBatch, Stats, WaitFor};
+use proglog::log::{Append, InjectSegmentPanic, LogActor, Read, ReadBatch, Stats, WaitFor};
 use proglog::storage::{LogConfig, Segment, SyncPolicy};
+use proglog::supervision::Work;
 
 const RECORD: usize = 256;
 const ROUNDS: usize = 5;
@@ -228,12 +229,12 @@ async fn read_latency_beside_recovering_partition() -> (Vec<Duration>, Duration)
     let dir_c = tempfile::tempdir().unwrap();
     let c = start_log(dir_c.path(), SyncPolicy::Never);
     c.send(Append::one(vec![1])).await.unwrap().unwrap();
-    c.send(InjectSegmentFault).await.unwrap();
+    c.send(InjectSegmentPanic(Work::Handler)).await.unwrap();
     while c.send(Stats).await.unwrap().restarts == 0 {
         actix_rt::time::sleep(Duration::from_millis(1)).await;
     }
     let started = Instant::now();
-    a.do_send(InjectSegmentFault);
+    a.do_send(InjectSegmentPanic(Work::Handler));
     let done = std::rc::Rc::new(std::cell::Cell::new(None::<Duration>));
     let watcher = {
         let (a, done) = (a.clone(), done.clone());

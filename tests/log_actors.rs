@@ -8,6 +8,7 @@ use actix::Addr;
 use proglog::log::*;
 use proglog::storage::frame::{FILE_HEADER_LEN, INDEX_ENTRY_LEN};
 use proglog::storage::{LogConfig, Retention, StorageError, SyncPolicy};
+use proglog::supervision::{InjectPanic, Work};
 
 fn small_config(sync: SyncPolicy) -> LogConfig {
     LogConfig {
@@ -244,7 +245,7 @@ async fn a_panicking_segment_actor_is_restarted_and_loses_no_acknowledged_record
     let before: Vec<_> = (100..120)
         .map(|i| (i, log.send(Append::one(record(i)))))
         .collect();
-    log.do_send(InjectSegmentFault);
+    log.do_send(InjectSegmentPanic(Work::Handler));
     let after: Vec<_> = (200..220)
         .map(|i| (i, log.send(Append::one(record(i)))))
         .collect();
@@ -324,7 +325,7 @@ async fn a_segment_that_keeps_failing_escalates_and_its_log_actor_reopens_the_pa
     // Three restarts a minute are the segment's budget; the fourth failure
     // escalates to the LogActor, which restarts and reopens everything.
     for _ in 0..4 {
-        log.do_send(InjectSegmentFault);
+        log.do_send(InjectSegmentPanic(Work::Handler));
         let _ = append(&log, vec![record(1)]).await;
     }
     let stats = log.send(Stats).await.unwrap();
@@ -347,12 +348,12 @@ async fn a_log_actor_that_keeps_failing_escalates_and_loses_no_acknowledged_reco
         .start_under(Some(parent));
     let acked = append(&log, (0..10).map(record).collect()).await.unwrap();
     for _ in 0..3 {
-        log.do_send(InjectLogFault);
+        log.do_send(InjectPanic(Work::Handler));
         // Restarted each time: served again.
         assert_eq!(read(&log, 0).await.unwrap(), record(0));
     }
     assert!(escalated.take().is_none());
-    log.do_send(InjectLogFault);
+    log.do_send(InjectPanic(Work::Handler));
     // The fourth failure in a minute spends the budget: escalated, gone.
     let gone = log.send(Stats).await;
     assert!(gone.is_err(), "the actor is gone after escalating");
@@ -495,7 +496,7 @@ async fn a_panicking_log_actor_is_restarted_and_reopens_the_partition() {
     // refused with Unavailable; the ones sent after it queue until the
     // partition is reopened.
     let before = log.send(Append::one(record(30)));
-    log.do_send(InjectLogFault);
+    log.do_send(InjectPanic(Work::Handler));
     let after: Vec<_> = (0..5).map(|_| log.send(Append::one(record(99)))).collect();
     let mut acked: Vec<u64> = Vec::new();
     match before.await.unwrap() {

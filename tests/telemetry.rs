@@ -305,10 +305,7 @@ fn no_metrics_turns_metrics_off_but_not_health() {
 
 /// `GET path` from a server running on this test's own actix System.
 async fn get(addr: SocketAddr, path: &'static str) -> HttpResponse {
-    tokio::task::spawn_blocking(move || http_get(addr, path))
-        .await
-        .unwrap()
-        .unwrap()
+    support::http_get_async(addr, path).await.unwrap()
 }
 
 #[actix_rt::test]

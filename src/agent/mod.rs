@@ -444,10 +444,17 @@ impl Node {
             () = stop => Stopped::Requested,
             reason = self.failed() => Stopped::Escalated(reason),
         };
-        if let Stopped::Escalated(reason) = &stopped {
-            tracing::error!(%reason, "shutting down after an escalated failure");
+        match &stopped {
+            Stopped::Requested => self.shutdown().await?,
+            Stopped::Escalated(reason) => {
+                tracing::error!(%reason, "shutting down after an escalated failure");
+                // The failed child cannot close cleanly (its partition is
+                // recovered at the next start): the failure is the report.
+                if let Err(e) = self.shutdown().await {
+                    tracing::error!(error = %e, "shutdown after the failure was not clean");
+                }
+            }
         }
-        self.shutdown().await?;
         Ok(stopped)
     }
 

@@ -151,16 +151,11 @@ pub struct LogStats {
 #[rtype(result = "Result<(), LogError>")]
 pub struct Close;
 
-/// Test hook: makes the active SegmentActor panic inside its next handler, as
-/// a bug or a fatal I/O error would. The supervisor must restart it.
+/// Test hook: makes the active SegmentActor panic at `work` (see its
+/// `InjectPanic` handler), as a bug or a fatal I/O error would. Its
+/// supervisor must restart it. `InjectPanic` sent to the LogActor itself
+/// makes the LogActor panic.
 #[doc(hidden)]
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct InjectSegmentFault;
-
-/// Test hook: makes the LogActor itself panic inside a handler. Its
-/// supervisor must restart it and reopen the partition.
-#[doc(hidden)]
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct InjectLogFault;
+pub struct InjectSegmentPanic(pub crate::supervision::Work);

@@ -7,11 +7,12 @@ use std::path::Path;
 
 use actix::Addr;
 use proglog::log::{
-    Append, ApplyRetention, Close, InjectLogFault, InjectSegmentFault, LogActor, LogError,
-    LogStats, Read, ReadBatch, Stats, Truncate,
+    Append, ApplyRetention, Close, InjectSegmentPanic, LogActor, LogError, LogStats, Read,
+    ReadBatch, Stats, Truncate,
 };
 use proglog::storage::frame::{FILE_HEADER_LEN, INDEX_ENTRY_LEN};
 use proglog::storage::{LogConfig, OpenReport, RecordBatch, StorageError, SyncPolicy};
+use proglog::supervision::{InjectPanic, Work};
 
 /// Small segments (16 KiB, 200 entries) so tests roll them.
 pub fn config(sync: SyncPolicy) -> LogConfig {
@@ -177,13 +178,13 @@ impl Partition {
 
     /// Makes the active SegmentActor panic (its supervisor restarts it).
     pub fn inject_segment_fault(&self) {
-        self.log.do_send(InjectSegmentFault);
+        self.log.do_send(InjectSegmentPanic(Work::Handler));
         self.settle();
     }
 
     /// Makes the LogActor panic (its supervisor reopens the partition).
     pub fn inject_log_fault(&self) {
-        self.log.do_send(InjectLogFault);
+        self.log.do_send(InjectPanic(Work::Handler));
         self.settle();
     }
 

@@ -492,6 +492,14 @@ impl HttpResponse {
     }
 }
 
+/// [`http_get`] from a test whose server runs on this test's own actix
+/// System (the blocking request runs on another thread).
+pub async fn http_get_async(addr: SocketAddr, path: &'static str) -> std::io::Result<HttpResponse> {
+    tokio::task::spawn_blocking(move || http_get(addr, path))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// `GET path` from `addr` over plain HTTP/1.1 (the server closes the
 /// connection after answering), with bounded waits.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {

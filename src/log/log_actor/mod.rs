@@ -371,20 +371,12 @@ impl Handler<InjectPanic> for LogActor {
     }
 }
 
-impl Handler<InjectLogFault> for LogActor {
+impl Handler<InjectSegmentPanic> for LogActor {
     type Result = ();
 
-    fn handle(&mut self, _: InjectLogFault, _ctx: &mut Context<Self>) {
-        panic!("injected fault");
-    }
-}
-
-impl Handler<InjectSegmentFault> for LogActor {
-    type Result = ();
-
-    fn handle(&mut self, _: InjectSegmentFault, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, InjectSegmentPanic(work): InjectSegmentPanic, _ctx: &mut Context<Self>) {
         if let Some(active) = self.active() {
-            active.addr.do_send(InjectPanic(Work::Handler));
+            active.addr.do_send(InjectPanic(work));
         }
     }
 }
