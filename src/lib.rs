@@ -1,11 +1,15 @@
 //! proglog: a distributed commit log.
 //!
 //! - [`auth`]: mutual TLS, casbin authorization, certificates.
-//! - [`agent`]: boots and wires a node's actors; [`config`]: its settings.
+//! - [`agent`]: the Agent, root actor of the supervision tree; boots and
+//!   wires a node's actors; [`config`]: its settings.
+//! - [`supervision`]: the one mechanism that restarts every actor (panics
+//!   anywhere in its work), with restart budgets and escalation.
 //! - [`storage`]: the synchronous storage core (segments, index, recovery).
 //! - [`log`]: the storage as actix actors: a LogActor per partition, a
-//!   SegmentActor per segment, under supervisors.
-//! - [`rpc`]: the Cap'n Proto RPC front (`schema/log.capnp`), one task per connection.
+//!   SegmentActor per segment.
+//! - [`rpc`]: the Cap'n Proto RPC front (`schema/log.capnp`): a listener
+//!   actor, one task per connection.
 //! - [`wire`]: the wire contract shared by server and client: schema code,
 //!   typed wire errors, transport. The client depends on it alone.
 //! - [`client`]: the Rust client library.

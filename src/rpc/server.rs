@@ -111,12 +111,14 @@ impl RpcServer {
         let open = Rc::new(Cell::new(0usize));
         let front = RpcFront {
             listener: Some(Rc::new(listener)),
-            config,
-            ctx,
-            acceptor: Rc::new(acceptor),
-            open: open.clone(),
-            metrics,
-            failpoints: Failpoints::default(),
+            connections: Rc::new(Connections {
+                config,
+                ctx,
+                acceptor,
+                open: open.clone(),
+                metrics,
+                failpoints: Failpoints::default(),
+            }),
             accepting: None,
         };
         let addr = supervision::start(ChildSpec::new("rpc front").parent(parent), front);
@@ -159,12 +161,8 @@ pub struct StopAccepting;
 pub struct RpcFront<A: Acceptor> {
     /// `None` once it stopped accepting.
     listener: Option<Rc<TcpListener>>,
-    config: RpcConfig,
-    ctx: Rc<ServiceContext>,
-    acceptor: Rc<A>,
-    open: Rc<Cell<usize>>,
-    metrics: Option<Arc<Metrics>>,
-    failpoints: Failpoints,
+    /// What every connection is served with.
+    connections: Rc<Connections<A>>,
     /// The accept loop running in this actor's context.
     accepting: Option<SpawnHandle>,
 }
@@ -178,15 +176,8 @@ impl<A: Acceptor> Actor for RpcFront<A> {
         let Some(listener) = self.listener.clone() else {
             return;
         };
-        let conn = Connections {
-            config: self.config.clone(),
-            ctx: self.ctx.clone(),
-            acceptor: self.acceptor.clone(),
-            open: self.open.clone(),
-            metrics: self.metrics.clone(),
-            failpoints: self.failpoints.clone(),
-        };
-        self.accepting = Some(ctx.spawn(accept_loop(listener, conn).into_actor(self)));
+        let accept = accept_loop(listener, self.connections.clone());
+        self.accepting = Some(ctx.spawn(accept.into_actor(self)));
     }
 }
 
@@ -217,8 +208,9 @@ impl<A: Acceptor> Handler<InjectPanic> for RpcFront<A> {
     type Result = ();
 
     fn handle(&mut self, InjectPanic(work): InjectPanic, _ctx: &mut Context<Self>) {
-        self.failpoints.arm(work);
-        self.failpoints.hit(Work::Handler);
+        let failpoints = &self.connections.failpoints;
+        failpoints.arm(work);
+        failpoints.hit(Work::Handler);
     }
 }
 
@@ -226,13 +218,13 @@ impl<A: Acceptor> Handler<InjectPanic> for RpcFront<A> {
 struct Connections<A> {
     config: RpcConfig,
     ctx: Rc<ServiceContext>,
-    acceptor: Rc<A>,
+    acceptor: A,
     open: Rc<Cell<usize>>,
     metrics: Option<Arc<Metrics>>,
     failpoints: Failpoints,
 }
 
-async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Connections<A>) {
+async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Rc<Connections<A>>) {
     loop {
         let (tcp, peer) = crate::net::accept(&listener, "rpc").await;
         conn.failpoints.hit(Work::Completion);
@@ -245,15 +237,7 @@ async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Connections<A
         conn.open.set(conn.open.get() + 1);
         let guard = OpenGuard(conn.open.clone());
         let counted = conn.metrics.as_ref().map(|m| m.connection_opened());
-        let serve = serve_connection(
-            tcp,
-            peer,
-            conn.config.clone(),
-            conn.ctx.clone(),
-            conn.acceptor.clone(),
-            conn.metrics.clone(),
-            conn.failpoints.clone(),
-        );
+        let serve = serve_connection(tcp, peer, conn.clone());
         actix_rt::spawn(async move {
             let _guard = (guard, counted);
             // A temporary child: a panic closes this connection only.
@@ -264,16 +248,8 @@ async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Connections<A
     }
 }
 
-async fn serve_connection<A: Acceptor>(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    config: RpcConfig,
-    ctx: Rc<ServiceContext>,
-    acceptor: Rc<A>,
-    metrics: Option<Arc<Metrics>>,
-    failpoints: Failpoints,
-) {
-    let (stream, subject) = match acceptor.accept(tcp).await {
+async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: Rc<Connections<A>>) {
+    let (stream, subject) = match conn.acceptor.accept(tcp).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%peer, error = %e, "handshake failed: closing connection");
@@ -284,12 +260,12 @@ async fn serve_connection<A: Acceptor>(
     let network = vat_network(
         stream,
         Side::Server,
-        reader_options(config.max_message_bytes),
-        config.stream_window_bytes,
+        reader_options(conn.config.max_message_bytes),
+        conn.config.stream_window_bytes,
     );
-    let service = LogService::new(ctx, subject.as_str())
-        .with_metrics(metrics)
-        .with_failpoints(failpoints);
+    let service = LogService::new(conn.ctx.clone(), subject.as_str())
+        .with_metrics(conn.metrics.clone())
+        .with_failpoints(conn.failpoints.clone());
     let service: log::Client = capnp_rpc::new_client(service);
     let rpc = RpcSystem::new(Box::new(network), Some(service.client));
     match rpc.await {
