@@ -41,6 +41,12 @@ interface Log {
 
   # The partitions held by this node.
   listPartitions @6 () -> (partitions :List(PartitionInfo));
+
+  # Replication: as consumeStream, for a peer that keeps a replica of this
+  # node's own partition (the only partition a node lets others replicate,
+  # so copies never cycle). Authorized with the action `replicate`. Every
+  # record carries its CRC-32C, which the replica checks before writing.
+  replicate @7 (partition :Text, offset :UInt64, sink :RecordSink, maxBatchBytes :UInt32) -> (end :StreamEnd);
 }
 
 interface ProduceSink {
@@ -56,6 +62,8 @@ interface RecordSink {
 struct Record {
   offset @0 :UInt64;
   value @1 :Data;
+  # CRC-32C (Castagnoli) of `value`, filled by `replicate` (0 elsewhere).
+  crc32c @2 :UInt32;
 }
 
 struct Produced {

@@ -14,6 +14,8 @@
 //!   typed wire errors, transport. The client depends on it alone.
 //! - [`client`]: the Rust client library.
 //! - [`cluster`]: the cluster view (self and peers) the agent keeps.
+//! - [`replication`]: who holds which partition (rendezvous hashing) and
+//!   the ReplicatorActor that pulls a peer's own partition into a replica.
 //! - [`membership`]: SWIM gossip (foca) as a MembershipActor: who is in the cluster.
 //! - [`telemetry`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
@@ -25,6 +27,7 @@ pub mod config;
 pub mod log;
 pub mod membership;
 mod net;
+pub mod replication;
 pub mod rpc;
 pub mod storage;
 pub mod supervision;

@@ -25,6 +25,7 @@ use crate::log::{LogError, Partitions};
 use crate::membership::{
     GetLocal, Leave, MembershipActor, MembershipConfig, MembershipError, MembershipEvent, Subscribe,
 };
+use crate::replication::Connector;
 use crate::rpc::{Acceptor, PlainAcceptor, RpcConfig, RpcServer, ServiceContext};
 use crate::storage::StorageError;
 use crate::supervision::{self, ChildSpec, Escalation, InjectPanic, Parent, Work};
@@ -97,7 +98,20 @@ pub struct Agent {
     view: Rc<RefCell<ClusterView>>,
     telemetry: Rc<Telemetry>,
     failure: Rc<watch::Sender<Option<String>>>,
+    /// Set once partitions are open: what replicators are started with.
+    replication: Rc<std::cell::OnceCell<Replication>>,
+    /// Peers by name, as membership last told (for replication).
+    peers: std::collections::BTreeMap<String, replicas::Peer>,
+    /// One replicator per peer whose partition this node holds.
+    replicators: std::collections::BTreeMap<String, replicas::Running>,
+    /// Peers whose replicator spent its budget and rests before restarting.
+    resting: std::collections::BTreeSet<String>,
+    /// Shutting down: no replicator is started any more.
+    replication_stopped: bool,
 }
+
+mod replicas;
+pub use replicas::Replication;
 
 impl Agent {
     fn fail(&self, reason: String) {
@@ -122,8 +136,11 @@ impl Supervised for Agent {
 impl Handler<Escalation> for Agent {
     type Result = ();
 
-    fn handle(&mut self, e: Escalation, _ctx: &mut Context<Self>) {
-        self.fail(format!("{}: {}", e.child, e.reason));
+    fn handle(&mut self, e: Escalation, ctx: &mut Context<Self>) {
+        match e.child.strip_prefix("replicator ") {
+            Some(peer) => self.replicator_escalated(peer, &e.reason, ctx),
+            None => self.fail(format!("{}: {}", e.child, e.reason)),
+        }
     }
 }
 
@@ -144,7 +161,9 @@ impl Handler<MembershipEvent> for Agent {
 
     /// Keeps the RPC front's view of the cluster in step with membership,
     /// and marks the node joined (for `/readyz`) once it sees a peer.
-    fn handle(&mut self, event: MembershipEvent, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, event: MembershipEvent, ctx: &mut Context<Self>) {
+        self.track(&event);
+        self.reconcile(ctx);
         if matches!(&event, MembershipEvent::Snapshot(m) if !m.is_empty())
             || matches!(event, MembershipEvent::PeerUp { .. })
         {
@@ -159,17 +178,22 @@ impl Handler<MembershipEvent> for Agent {
                         name: m.name,
                         rpc_addr: m.rpc_addr.to_string(),
                         alive: true,
-                        partition: String::new(),
+                        partition: m.partition,
                     })
                     .collect();
             }
-            MembershipEvent::PeerUp { name, rpc_addr, .. } => {
+            MembershipEvent::PeerUp {
+                name,
+                rpc_addr,
+                partition,
+                ..
+            } => {
                 view.peers.retain(|p| p.name != name);
                 view.peers.push(ServerInfo {
                     name,
                     rpc_addr: rpc_addr.to_string(),
                     alive: true,
-                    partition: String::new(),
+                    partition,
                 });
             }
             MembershipEvent::PeerDown { name, reason } => {
@@ -190,7 +214,7 @@ impl Agent {
             tracing::warn!(
                 "--insecure: RPC is plain TCP without authentication or authorization; anyone who reaches the port can read and write"
             );
-            return Self::start_with(config, PlainAcceptor, None).await;
+            return Self::start_node(config, PlainAcceptor, None, Connector::Plain).await;
         }
         let tls = match &config.tls {
             Some(files) => files.clone(),
@@ -211,21 +235,34 @@ impl Agent {
             }
         };
         let server = crate::auth::tls::server_config(&tls.ca, &tls.cert, &tls.key)?;
+        // Replicators dial peers with this node's own certificate.
+        let client = crate::auth::tls::client_config(&tls.ca, &tls.cert, &tls.key)?;
         let acl = crate::auth::acl::Acl::load(&config.acl_model, &config.acl_policy).await?;
-        Self::start_with(
+        Self::start_node(
             config,
             crate::auth::tls::TlsAcceptor::new(server),
             Some(Rc::new(acl)),
+            Connector::Tls(client),
         )
         .await
     }
 
     /// Starts a node whose RPC connections go through `acceptor`, checked by
-    /// `authorizer` (`None`: every call allowed).
+    /// `authorizer` (`None`: every call allowed); its replicators dial peers
+    /// over plain TCP.
     pub async fn start_with<A: Acceptor>(
         config: NodeConfig,
         acceptor: A,
         authorizer: Option<Rc<dyn crate::rpc::Authorizer>>,
+    ) -> Result<Node, AgentError> {
+        Self::start_node(config, acceptor, authorizer, Connector::Plain).await
+    }
+
+    async fn start_node<A: Acceptor>(
+        config: NodeConfig,
+        acceptor: A,
+        authorizer: Option<Rc<dyn crate::rpc::Authorizer>>,
+        connector: Connector,
     ) -> Result<Node, AgentError> {
         let log_config = config.log_config()?;
         let telemetry = Telemetry::new(!config.no_metrics);
@@ -233,6 +270,7 @@ impl Agent {
         // (its budget spent) is the node's failure too.
         let cluster = Rc::new(RefCell::new(ClusterView::default()));
         let (failure, failed) = watch::channel(None);
+        let replication = Rc::new(std::cell::OnceCell::new());
         let failure = Rc::new(failure);
         let root_failure = failure.clone();
         let root: Parent = Rc::new(move |e: Escalation| {
@@ -245,6 +283,11 @@ impl Agent {
                 view: cluster.clone(),
                 telemetry: telemetry.clone(),
                 failure,
+                replication: replication.clone(),
+                peers: Default::default(),
+                replicators: Default::default(),
+                resting: Default::default(),
+                replication_stopped: false,
             },
         );
         let parent = Some(supervision::parent(&agent));
@@ -331,6 +374,7 @@ impl Agent {
             rpc_addr: advertise_rpc_addr,
             seeds: config.join.clone(),
             cluster_key,
+            partition: partitions.own_id().to_string(),
             ..MembershipConfig::default()
         };
         let membership = match MembershipActor::start_under(membership_config, parent) {
@@ -352,6 +396,14 @@ impl Agent {
         if config.join.iter().all(|seed| *seed == gossip_addr) {
             telemetry.readiness().set_membership_joined(true);
         }
+        let _ = replication.set(Replication {
+            me: config.node_name.clone(),
+            factor: config.replication_factor,
+            partitions: partitions.clone(),
+            connector: Rc::new(connector),
+            metrics: telemetry.metrics().cloned(),
+        });
+        agent.do_send(replicas::Reconcile);
         membership.do_send(Subscribe(agent.clone().recipient()));
 
         telemetry.readiness().set_started(true);
@@ -484,6 +536,8 @@ impl Node {
             Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster failed"),
             Err(e) => tracing::warn!(error = %e, "membership actor gone"),
         }
+        // Replicators stop writing before the partitions close.
+        let _ = self.agent.send(replicas::StopReplication).await;
         let closed = self.partitions.close_all().await;
         readiness.set_partitions_open(false);
         closed?;

@@ -37,6 +37,16 @@ pub enum ClientError {
     /// Offsets `[from, to)` will never be served; read on from `to`.
     #[error("records [{from}, {to}) are lost: {message}")]
     RecordsLost { from: u64, to: u64, message: String },
+    /// A replicated record's bytes do not match the CRC-32C the server
+    /// sent with them: damaged on the way; not written anywhere.
+    #[error(
+        "record {offset}: checksum {actual:#010x} does not match {expected:#010x} sent by the server"
+    )]
+    ChecksumMismatch {
+        offset: u64,
+        expected: u32,
+        actual: u32,
+    },
     /// The RPC itself failed (connection lost, protocol error).
     #[error("rpc: {0}")]
     Rpc(#[from] capnp::Error),

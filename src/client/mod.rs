@@ -253,6 +253,13 @@ impl Client {
         RecordStream::open(&self.log, partition, offset, 0)
     }
 
+    /// Replicates `partition` (the server's own) from `offset` on: as
+    /// [`Client::consume_stream`], each record checked against the CRC-32C
+    /// the server computed. Authorized as `replicate`.
+    pub fn replicate(&self, partition: &str, offset: u64) -> RecordStream {
+        RecordStream::replicate(&self.log, partition, offset, 0)
+    }
+
     /// The cluster's nodes as this node sees them.
     pub async fn servers(&self) -> Result<Vec<Server>, ClientError> {
         let response = self.log.get_servers_request().send().promise.await?;

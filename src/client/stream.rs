@@ -24,7 +24,9 @@ pub struct Record {
 const BUFFERED_BATCHES: usize = 4;
 
 struct Sink {
-    tx: mpsc::Sender<Vec<Record>>,
+    tx: mpsc::Sender<Result<Vec<Record>, ClientError>>,
+    /// Check each record against the CRC-32C sent with it (replication).
+    verify: bool,
 }
 
 impl record_sink::Server for Sink {
@@ -35,13 +37,27 @@ impl record_sink::Server for Sink {
         let list = params.get()?.get_records()?;
         let mut batch = Vec::with_capacity(list.len() as usize);
         for r in list.iter() {
+            let (offset, value) = (r.get_offset(), r.get_value()?);
+            if self.verify {
+                let (expected, actual) = (r.get_crc32c(), crc32c::crc32c(value));
+                if expected != actual {
+                    let e = ClientError::ChecksumMismatch {
+                        offset,
+                        expected,
+                        actual,
+                    };
+                    let message = e.to_string();
+                    let _ = self.tx.send(Err(e)).await;
+                    return Err(capnp::Error::failed(message));
+                }
+            }
             batch.push(Record {
-                offset: r.get_offset(),
-                value: r.get_value()?.to_vec(),
+                offset,
+                value: value.to_vec(),
             });
         }
         self.tx
-            .send(batch)
+            .send(Ok(batch))
             .await
             .map_err(|_| capnp::Error::disconnected("the consumer dropped the stream".into()))
     }
@@ -50,7 +66,7 @@ impl record_sink::Server for Sink {
 /// Records of a partition from an offset on, as they are appended. Dropping
 /// it cancels the call on the server.
 pub struct RecordStream {
-    rx: mpsc::Receiver<Vec<Record>>,
+    rx: mpsc::Receiver<Result<Vec<Record>, ClientError>>,
     pending: std::vec::IntoIter<Record>,
     end: Option<oneshot::Receiver<Result<(), ClientError>>>,
     call: tokio::task::JoinHandle<()>,
@@ -64,7 +80,7 @@ impl RecordStream {
         max_batch_bytes: u32,
     ) -> RecordStream {
         let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
-        let sink: record_sink::Client = capnp_rpc::new_client(Sink { tx });
+        let sink: record_sink::Client = capnp_rpc::new_client(Sink { tx, verify: false });
         let mut request = log.consume_stream_request();
         {
             let mut p = request.get();
@@ -73,23 +89,75 @@ impl RecordStream {
             p.set_sink(sink);
             p.set_max_batch_bytes(max_batch_bytes);
         }
+        Self::running(rx, async move {
+            let response = request.send().promise.await?;
+            read_end(response.get()?.get_end()?)
+        })
+    }
+
+    /// A replication stream of a peer's own partition: as
+    /// [`RecordStream::open`], each record checked against its CRC-32C.
+    pub(crate) fn replicate(
+        log: &log::Client,
+        partition: &str,
+        offset: u64,
+        max_batch_bytes: u32,
+    ) -> RecordStream {
+        let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
+        let sink: record_sink::Client = capnp_rpc::new_client(Sink { tx, verify: true });
+        let mut request = log.replicate_request();
+        {
+            let mut p = request.get();
+            p.set_partition(partition);
+            p.set_offset(offset);
+            p.set_sink(sink);
+            p.set_max_batch_bytes(max_batch_bytes);
+        }
+        Self::running(rx, async move {
+            let response = request.send().promise.await?;
+            read_end(response.get()?.get_end()?)
+        })
+    }
+
+    fn running(
+        rx: mpsc::Receiver<Result<Vec<Record>, ClientError>>,
+        call: impl Future<Output = Result<(), ClientError>> + 'static,
+    ) -> RecordStream {
         let (end_tx, end_rx) = oneshot::channel();
         let call = tokio::task::spawn_local(async move {
-            let outcome = async {
-                let response = request.send().promise.await?;
-                match response.get()?.get_end()?.which()? {
-                    stream_end::Which::SinkClosed(()) => Ok(()),
-                    stream_end::Which::Error(e) => Err(ClientError::from_wire(e?)?),
-                }
-            }
-            .await;
-            let _ = end_tx.send(outcome);
+            let _ = end_tx.send(call.await);
         });
         RecordStream {
             rx,
             pending: Vec::new().into_iter(),
             end: Some(end_rx),
             call,
+        }
+    }
+}
+
+/// How a stream call ended.
+fn read_end(end: stream_end::Reader<'_>) -> Result<(), ClientError> {
+    match end.which()? {
+        stream_end::Which::SinkClosed(()) => Ok(()),
+        stream_end::Which::Error(e) => Err(ClientError::from_wire(e?)?),
+    }
+}
+
+impl RecordStream {
+    /// The next batch as the server sent it (what is left of it, if
+    /// records were taken one by one); `None` once the call ended cleanly.
+    pub async fn next_batch(&mut self) -> Option<Result<Vec<Record>, ClientError>> {
+        let pending: Vec<Record> = self.pending.by_ref().collect();
+        if !pending.is_empty() {
+            return Some(Ok(pending));
+        }
+        match self.rx.recv().await {
+            Some(batch) => Some(batch),
+            None => match self.end.take()?.await {
+                Ok(Err(e)) => Some(Err(e)),
+                Ok(Ok(())) | Err(_) => None,
+            },
         }
     }
 }
@@ -109,7 +177,8 @@ impl Stream for RecordStream {
                 return Poll::Ready(Some(Ok(record)));
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => self.pending = batch.into_iter(),
+                Poll::Ready(Some(Ok(batch))) => self.pending = batch.into_iter(),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     // The sink is gone: the call ended; report how.

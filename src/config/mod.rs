@@ -94,6 +94,11 @@ pub struct ServeArgs {
     /// Most client connections at once [default: 1024].
     #[arg(long, env = "PROGLOG_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Copies of each partition in the cluster, its leader's included: each
+    /// partition is replicated by the N-1 live members ranked first by
+    /// rendezvous hashing [default: 3].
+    #[arg(long, env = "PROGLOG_REPLICATION_FACTOR")]
+    pub replication_factor: Option<usize>,
     /// Largest RPC message accepted, bytes [default: 67108864].
     #[arg(long, env = "PROGLOG_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -134,6 +139,7 @@ impl ServeArgs {
             retention_seconds: self.retention_seconds.or(lower.retention_seconds),
             min_free_bytes: self.min_free_bytes.or(lower.min_free_bytes),
             max_connections: self.max_connections.or(lower.max_connections),
+            replication_factor: self.replication_factor.or(lower.replication_factor),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             http_addr: self.http_addr.or(lower.http_addr),
             no_metrics: self.no_metrics || lower.no_metrics,
@@ -189,6 +195,7 @@ pub struct NodeConfig {
     pub retention_seconds: Option<u64>,
     pub min_free_bytes: u64,
     pub max_connections: usize,
+    pub replication_factor: usize,
     pub max_message_bytes: usize,
     pub http_addr: SocketAddr,
     pub no_metrics: bool,
@@ -292,6 +299,7 @@ impl NodeConfig {
             retention_seconds: a.retention_seconds,
             min_free_bytes: a.min_free_bytes.unwrap_or(log_defaults.min_free_bytes),
             max_connections: a.max_connections.unwrap_or(1024),
+            replication_factor: a.replication_factor.unwrap_or(3),
             max_message_bytes: a.max_message_bytes.unwrap_or(64 << 20),
             http_addr: a
                 .http_addr
@@ -320,6 +328,12 @@ impl NodeConfig {
         })?;
         if self.max_connections == 0 {
             return Err(invalid("max-connections", "must be at least 1"));
+        }
+        if self.replication_factor == 0 {
+            return Err(invalid(
+                "replication-factor",
+                "must be at least 1 (the leader's own copy)",
+            ));
         }
         if self.max_message_bytes < self.max_record_bytes as usize + 1024 {
             return Err(invalid(

@@ -23,6 +23,16 @@ pub enum LogError {
     /// refuses writes until an operator runs `proglog repair`.
     #[error("partition {partition} is read-only: {reason}")]
     ReadOnly { partition: String, reason: String },
+    /// A replica's append named another offset than the next one: nothing
+    /// was written (replication of that partition stops, reported).
+    #[error(
+        "partition {partition}: replica append at offset {got}, but the next offset is {expected}"
+    )]
+    OffsetMismatch {
+        partition: String,
+        expected: u64,
+        got: u64,
+    },
     /// No partition with that id on this node.
     #[error("unknown partition {0:?}")]
     UnknownPartition(String),

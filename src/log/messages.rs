@@ -18,6 +18,10 @@ pub struct Append {
     /// fails, every later batch of it is refused (not appended), so a
     /// stream's records never land out of order behind a failed batch.
     pub session: Option<u64>,
+    /// Replication: the offset the first record must get. The segment that
+    /// assigns it checks; anything else is refused with
+    /// [`LogError::OffsetMismatch`] and nothing is written.
+    pub at: Option<u64>,
 }
 
 impl Append {
@@ -29,6 +33,7 @@ impl Append {
         Append {
             records,
             session: None,
+            at: None,
         }
     }
 
@@ -37,6 +42,16 @@ impl Append {
         Append {
             records,
             session: Some(session),
+            at: None,
+        }
+    }
+
+    /// A replica's batch: `records` at offsets `first..`, exactly.
+    pub fn at(first: u64, records: Vec<Vec<u8>>) -> Append {
+        Append {
+            records,
+            session: None,
+            at: Some(first),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The node's identity (`node.toml`) and the registry of its partitions.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -122,7 +123,8 @@ pub struct Partitions {
     fsync: Observer,
     /// Where a LogActor that spent its restart budget escalates.
     parent: Option<Parent>,
-    logs: BTreeMap<String, Addr<LogActor>>,
+    /// Grows at run time: a replica is opened when its replication starts.
+    logs: RefCell<BTreeMap<String, Addr<LogActor>>>,
 }
 
 impl Partitions {
@@ -183,7 +185,7 @@ impl Partitions {
             config,
             fsync,
             parent,
-            logs,
+            logs: RefCell::new(logs),
         })
     }
 
@@ -197,7 +199,7 @@ impl Partitions {
     }
 
     /// The LogActor of the node's own partition.
-    pub fn own(&self) -> Result<&Addr<LogActor>, LogError> {
+    pub fn own(&self) -> Result<Addr<LogActor>, LogError> {
         self.get(&self.identity.partition)
     }
 
@@ -207,30 +209,38 @@ impl Partitions {
     }
 
     /// The LogActor of partition `id`; the empty id means the node's own.
-    pub fn get(&self, id: &str) -> Result<&Addr<LogActor>, LogError> {
+    pub fn get(&self, id: &str) -> Result<Addr<LogActor>, LogError> {
         let id = self.resolve(id);
         self.logs
+            .borrow()
             .get(id)
+            .cloned()
             .ok_or_else(|| LogError::UnknownPartition(id.to_string()))
     }
 
     /// Ids of all partitions held here.
-    pub fn ids(&self) -> impl Iterator<Item = &str> {
-        self.logs.keys().map(String::as_str)
+    pub fn ids(&self) -> Vec<String> {
+        self.logs.borrow().keys().cloned().collect()
+    }
+
+    /// Whether partition `id` is the one this node leads.
+    pub fn is_own(&self, id: &str) -> bool {
+        id == self.identity.partition
     }
 
     /// Opens (creating if new) the replica of a peer's partition.
-    pub fn open_replica(&mut self, id: &str) -> Result<&Addr<LogActor>, StorageError> {
+    pub fn open_replica(&self, id: &str) -> Result<Addr<LogActor>, StorageError> {
         if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
             return Err(StorageError::InvalidConfig(format!(
                 "bad partition id {id:?}"
             )));
         }
-        if !self.logs.contains_key(id) {
+        if !self.logs.borrow().contains_key(id) {
             let dir = self.data_dir.join(PARTITIONS_DIR).join(id);
             let log = LogActor::open(id.to_string(), dir, self.config.clone())?
                 .observed_by(self.fsync.clone());
             self.logs
+                .borrow_mut()
                 .insert(id.to_string(), log.start_under(self.parent.clone()));
         }
         self.get(id)
@@ -239,12 +249,13 @@ impl Partitions {
 
     /// Closes every partition (flush, sync, seal): the next start needs no recovery.
     pub async fn close_all(&self) -> Result<(), LogError> {
-        let closes: Vec<_> = self.logs.values().map(|log| log.send(Close)).collect();
+        let logs = self.logs.borrow().clone();
+        let closes: Vec<_> = logs.values().map(|log| log.send(Close)).collect();
         let mut result = Ok(());
         for (outcome, id) in futures::future::join_all(closes)
             .await
             .into_iter()
-            .zip(self.logs.keys())
+            .zip(logs.keys())
         {
             let outcome =
                 outcome.unwrap_or_else(|_| Err(LogError::unavailable(id, "log actor went away")));

@@ -42,6 +42,8 @@ pub(crate) struct SegAppend {
     pub reply: AppendReply,
     /// The produce stream it belongs to, whose order must hold.
     pub session: Option<u64>,
+    /// The offset the first record must get (replication), if any.
+    pub at: Option<u64>,
 }
 
 #[derive(Message)]
@@ -726,6 +728,18 @@ impl Handler<SegAppend> for SegmentActor {
                 &self.partition,
                 "an earlier batch of this produce stream failed; later batches are not appended",
             )));
+            return;
+        }
+        if let Some(at) = msg.at
+            && let Some(next) = self.segment.as_ref().map(Segment::next)
+            && next != at
+        {
+            let e = LogError::OffsetMismatch {
+                partition: self.partition.clone(),
+                expected: next,
+                got: at,
+            };
+            let _ = msg.reply.send(Err(e));
             return;
         }
         let records = msg.records;

@@ -95,6 +95,7 @@ impl MembershipActor {
             rpc_addr: config.rpc_addr,
             gossip_addr: config.advertise_addr.unwrap_or(local_addr),
             incarnation: config.incarnation.unwrap_or_else(now_millis),
+            partition: config.partition.clone(),
         };
         let spec = ChildSpec::new("membership").parent(parent);
         Ok(supervision::start(
@@ -259,12 +260,14 @@ impl Handler<Report> for MembershipActor {
                             rpc_addr,
                             gossip_addr,
                             incarnation,
+                            partition,
                         } => {
                             let member = Member {
                                 name: name.clone(),
                                 rpc_addr: *rpc_addr,
                                 gossip_addr: *gossip_addr,
                                 incarnation: *incarnation,
+                                partition: partition.clone(),
                             };
                             self.members.insert(name.clone(), member);
                         }

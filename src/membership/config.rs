@@ -70,6 +70,9 @@ pub struct MembershipConfig {
     /// to be preferred over its previous life. `None` uses the wall clock in
     /// milliseconds since the Unix epoch. Default: `None`.
     pub incarnation: Option<u64>,
+    /// The id of the partition this node leads, gossiped to peers (they
+    /// replicate it and name it in `getServers`). Default: empty.
+    pub partition: String,
 }
 
 impl Default for MembershipConfig {
@@ -91,6 +94,7 @@ impl Default for MembershipConfig {
             resync_timeout: Duration::from_secs(3),
             max_packet_size: 1400,
             incarnation: None,
+            partition: String::new(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct NodeId {
     pub gossip_addr: SocketAddr,
     /// Grows with every restart or rejoin of the node.
     pub incarnation: u64,
+    /// The id of the partition the node leads (empty for a seed stand-in).
+    pub partition: String,
 }
 
 impl NodeId {
@@ -35,6 +37,7 @@ impl NodeId {
             rpc_addr: addr,
             gossip_addr: addr,
             incarnation: 0,
+            partition: String::new(),
         }
     }
 
@@ -54,6 +57,7 @@ impl NodeId {
             rpc_addr: self.rpc_addr,
             gossip_addr: self.gossip_addr,
             incarnation: self.incarnation,
+            partition: self.partition.clone(),
         }
     }
 }
@@ -102,6 +106,7 @@ mod tests {
             rpc_addr: "127.0.0.1:1".parse().unwrap(),
             gossip_addr: "127.0.0.1:2".parse().unwrap(),
             incarnation: inc,
+            partition: "a-1".into(),
         }
     }
 

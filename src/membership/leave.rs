@@ -133,6 +133,7 @@ mod tests {
             rpc_addr: "127.0.0.1:1".parse().unwrap(),
             gossip_addr: "[::1]:8401".parse().unwrap(),
             incarnation: 42,
+            partition: "n-1".into(),
         };
         let key = decode(&encode(&id)).unwrap();
         assert_eq!(key.addr, id.gossip_addr);

@@ -41,6 +41,8 @@ pub struct Member {
     pub gossip_addr: SocketAddr,
     /// Which life of the node this is; larger means a later restart.
     pub incarnation: u64,
+    /// The id of the partition the member leads.
+    pub partition: String,
 }
 
 /// Why a peer is no longer a member.
@@ -69,6 +71,8 @@ pub enum MembershipEvent {
         gossip_addr: SocketAddr,
         /// Which life of the node this is.
         incarnation: u64,
+        /// The id of the partition it leads.
+        partition: String,
     },
     /// A peer is gone.
     PeerDown {
@@ -87,6 +91,7 @@ impl MembershipEvent {
             rpc_addr: member.rpc_addr,
             gossip_addr: member.gossip_addr,
             incarnation: member.incarnation,
+            partition: member.partition.clone(),
         }
     }
 }

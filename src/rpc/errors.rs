@@ -33,9 +33,11 @@ pub fn classify(e: &LogError) -> WireError {
         LogError::Indeterminate { .. } => WireError::Indeterminate,
         LogError::ReadOnly { .. } => WireError::ReadOnly,
         LogError::UnknownPartition(id) => WireError::UnknownPartition(id.clone()),
-        LogError::Storage(_) | LogError::Unavailable { .. } | LogError::Closed(_) => {
-            WireError::Unavailable
-        }
+        // Never from a client's call: only a replicator appends at an offset.
+        LogError::Storage(_)
+        | LogError::OffsetMismatch { .. }
+        | LogError::Unavailable { .. }
+        | LogError::Closed(_) => WireError::Unavailable,
     }
 }
 

@@ -72,6 +72,8 @@ pub enum StreamKind {
     Consume,
     /// `produceStream`: a client's sink of batches.
     Produce,
+    /// `replicate`: records pushed to a peer's replica.
+    Replicate,
 }
 
 /// Holds a gauge up by one until dropped.
@@ -115,12 +117,15 @@ pub struct Metrics {
     open_connections: Gauge,
     consume_streams: Gauge,
     produce_streams: Gauge,
+    replicate_streams: Gauge,
     fsync: FsyncMetrics,
     partition_lowest: Family<PartitionLabels, Gauge>,
     partition_next: Family<PartitionLabels, Gauge>,
     partition_segments: Family<PartitionLabels, Gauge>,
     partition_bytes: Family<PartitionLabels, Gauge>,
     partition_restarts: Family<PartitionLabels, Counter>,
+    replication_halts: Family<PartitionLabels, Counter>,
+    replicated_records: Family<PartitionLabels, Counter>,
     partition_writes_refused: Family<RefusalLabels, Gauge>,
     partition_recovery_point: Family<PartitionLabels, Gauge>,
     members: Gauge,
@@ -173,6 +178,7 @@ impl Metrics {
         );
         let consume_streams = streams.get_or_create_owned(&KindLabels { kind: "consume" });
         let produce_streams = streams.get_or_create_owned(&KindLabels { kind: "produce" });
+        let replicate_streams = streams.get_or_create_owned(&KindLabels { kind: "replicate" });
         let fsyncs: HistogramFamily<KindLabels> = Family::new_with_constructor(fsync_histogram);
         r.register_with_unit(
             "fsync_duration",
@@ -213,6 +219,18 @@ impl Metrics {
             "Restarts of a partition's LogActor (each reopens the partition) since it was opened",
             partition_restarts.clone(),
         );
+        let replication_halts = Family::<PartitionLabels, Counter>::default();
+        r.register(
+            "replication_halts",
+            "Replications of a partition halted by a record at an unexpected offset or with a bad checksum (never written)",
+            replication_halts.clone(),
+        );
+        let replicated_records = Family::<PartitionLabels, Counter>::default();
+        r.register(
+            "replicated_records",
+            "Records appended to this node's replica of a partition by its replicator",
+            replicated_records.clone(),
+        );
         let partition_writes_refused = Family::<RefusalLabels, Gauge>::default();
         r.register(
             "partition_writes_refused",
@@ -247,12 +265,15 @@ impl Metrics {
             open_connections,
             consume_streams,
             produce_streams,
+            replicate_streams,
             fsync,
             partition_lowest,
             partition_next,
             partition_segments,
             partition_bytes,
             partition_restarts,
+            replication_halts,
+            replicated_records,
             partition_writes_refused,
             partition_recovery_point,
             members,
@@ -285,6 +306,24 @@ impl Metrics {
         self.bytes_read.inc_by(bytes);
     }
 
+    /// A replication of `partition` halted (bad offset or checksum).
+    pub fn replication_halted(&self, partition: &str) {
+        self.replication_halts
+            .get_or_create(&PartitionLabels {
+                partition: partition.to_string(),
+            })
+            .inc();
+    }
+
+    /// `records` were appended to the replica of `partition`.
+    pub fn replicated(&self, partition: &str, records: u64) {
+        self.replicated_records
+            .get_or_create(&PartitionLabels {
+                partition: partition.to_string(),
+            })
+            .inc_by(records);
+    }
+
     /// Counts an open RPC connection until the guard is dropped.
     pub fn connection_opened(&self) -> GaugeGuard {
         self.open_connections.inc();
@@ -296,6 +335,7 @@ impl Metrics {
         let gauge = match kind {
             StreamKind::Consume => &self.consume_streams,
             StreamKind::Produce => &self.produce_streams,
+            StreamKind::Replicate => &self.replicate_streams,
         };
         gauge.inc();
         GaugeGuard(gauge.clone())

@@ -128,7 +128,8 @@ impl Telemetry {
         let logs: Vec<_> = match &*self.partitions.borrow() {
             Some(p) => p
                 .ids()
-                .filter_map(|id| Some((id.to_string(), p.get(id).ok()?.clone())))
+                .into_iter()
+                .filter_map(|id| Some((id.clone(), p.get(&id).ok()?)))
                 .collect(),
             None => Vec::new(),
         };
@@ -152,7 +153,7 @@ impl Telemetry {
         self.readiness.check().map_err(str::to_string)?;
         if let Some(partitions) = &*self.partitions.borrow() {
             for id in partitions.ids() {
-                if partitions.get(id).is_ok_and(|log| !log.connected()) {
+                if partitions.get(&id).is_ok_and(|log| !log.connected()) {
                     return Err(format!(
                         "partition {id} has failed: its actor spent its restart budget"
                     ));

@@ -94,6 +94,7 @@ impl LogActor {
         &mut self,
         mut records: Vec<Vec<u8>>,
         session: Option<u64>,
+        at: Option<u64>,
         reply: AppendReply,
         ctx: &mut Context<Self>,
     ) {
@@ -128,6 +129,7 @@ impl LogActor {
                 records,
                 reply,
                 session,
+                at,
             });
             return;
         }
@@ -149,6 +151,7 @@ impl LogActor {
                 records,
                 reply: first_tx,
                 session,
+                at,
             });
             let partition = self.partition.clone();
             actix_rt::spawn(async move {
@@ -172,7 +175,8 @@ impl LogActor {
             });
             rest_tx
         };
-        self.roll_then_dispatch(rest, session, rest_reply, ctx);
+        let rest_at = at.map(|first| first + fit as u64);
+        self.roll_then_dispatch(rest, session, rest_at, rest_reply, ctx);
     }
 
     /// Seals the active segment, starts the next one at its real end, then
@@ -182,6 +186,7 @@ impl LogActor {
         &mut self,
         records: Vec<Vec<u8>>,
         session: Option<u64>,
+        at: Option<u64>,
         reply: AppendReply,
         ctx: &mut Context<Self>,
     ) {
@@ -207,7 +212,7 @@ impl LogActor {
                 // The estimate counted appends that were refused: it is empty.
                 act.active_bytes = FILE_HEADER_LEN as u64;
                 act.active_entries = 0;
-                act.dispatch(records, session, reply, ctx);
+                act.dispatch(records, session, at, reply, ctx);
                 return;
             }
             if let Some(old) = act.segments.last_mut() {
@@ -216,7 +221,7 @@ impl LogActor {
             }
             act.needs_segment = Some(sealed.next);
             tracing::debug!(partition = %act.partition, base = sealed.next, "rolling to a new segment");
-            act.dispatch(records, session, reply, ctx);
+            act.dispatch(records, session, at, reply, ctx);
         }));
     }
 }
@@ -260,7 +265,7 @@ impl LogActor {
             let _ = reply.send(Ok(at..at));
             return;
         }
-        self.dispatch(msg.records, msg.session, reply, ctx);
+        self.dispatch(msg.records, msg.session, msg.at, reply, ctx);
     }
 }
 

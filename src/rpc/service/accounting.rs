@@ -75,6 +75,7 @@ pub(super) const SINK_WRITE: Method = Method::call("produceSink.write");
 pub(super) const SINK_FINISH: Method = Method::call("produceSink.finish");
 pub(super) const CONSUME: Method = Method::call("consume");
 pub(super) const CONSUME_STREAM: Method = Method::stream("consumeStream");
+pub(super) const REPLICATE: Method = Method::stream("replicate");
 pub(super) const GET_SERVERS: Method = Method::call("getServers");
 pub(super) const LIST_PARTITIONS: Method = Method::call("listPartitions");
 

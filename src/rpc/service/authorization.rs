@@ -13,6 +13,8 @@ pub trait Authorizer {
 /// Actions checked by the authorizer.
 pub const ACTION_PRODUCE: &str = "produce";
 pub const ACTION_CONSUME: &str = "consume";
+/// Pulling a node's own partition into a replica (`replicate`).
+pub const ACTION_REPLICATE: &str = "replicate";
 
 impl LogService {
     /// Resolves a partition id (empty = own) and checks the caller may

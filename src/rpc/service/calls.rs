@@ -43,6 +43,7 @@ impl LogService {
         let append = Append {
             records: values,
             session,
+            at: None,
         };
         // In order, whatever the mailbox's fill: batches of one stream (and
         // calls of one connection) land in the order they arrived.
@@ -166,39 +167,33 @@ impl log::Server for LogService {
     ) -> Result<(), Error> {
         self.call(CONSUME_STREAM, async {
             let p = params.get()?;
-            let id = text(p.get_partition())?;
-            let from = p.get_offset();
-            let sink: record_sink::Client = p.get_sink()?;
-            let max_bytes = match p.get_max_batch_bytes() {
-                0 => self.ctx.max_stream_batch_bytes,
-                n => n.min(self.ctx.max_stream_batch_bytes),
-            } as usize;
-            let end = match self.partition(&id, ACTION_CONSUME) {
-                Ok((id, log)) => {
-                    note(&id, from, 0);
-                    let _open: Option<GaugeGuard> = self
-                        .metrics
-                        .as_ref()
-                        .map(|m| m.stream_opened(StreamKind::Consume));
-                    let mut sent = 0;
-                    let end = self
-                        .stream_records(&log, from, &sink, max_bytes, &mut sent)
-                        .await;
-                    tracing::Span::current().record("count", sent);
-                    end
-                }
-                Err(e) => Some(e),
+            let stream = StreamRequest {
+                id: text(p.get_partition())?,
+                from: p.get_offset(),
+                sink: p.get_sink()?,
+                max_batch_bytes: p.get_max_batch_bytes(),
             };
-            match end {
-                None => {
-                    results.get().init_end().set_sink_closed(());
-                    Ok(Ok(()))
-                }
-                Some((kind, message)) => {
-                    write_error(results.get().init_end().init_error(), &kind, &message);
-                    Ok(Err(kind.kind()))
-                }
-            }
+            let end = self.serve_stream(stream, false).await;
+            Ok(write_stream_end(results.get().init_end(), end))
+        })
+        .await
+    }
+
+    async fn replicate(
+        self: CapRc<Self>,
+        params: log::ReplicateParams,
+        mut results: log::ReplicateResults,
+    ) -> Result<(), Error> {
+        self.call(REPLICATE, async {
+            let p = params.get()?;
+            let stream = StreamRequest {
+                id: text(p.get_partition())?,
+                from: p.get_offset(),
+                sink: p.get_sink()?,
+                max_batch_bytes: p.get_max_batch_bytes(),
+            };
+            let end = self.serve_stream(stream, true).await;
+            Ok(write_stream_end(results.get().init_end(), end))
         })
         .await
     }
@@ -238,13 +233,7 @@ impl log::Server for LogService {
         self.call(LIST_PARTITIONS, async {
             let own = self.ctx.partitions.own_id().to_string();
             let mut infos = Vec::new();
-            for id in self
-                .ctx
-                .partitions
-                .ids()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-            {
+            for id in self.ctx.partitions.ids() {
                 let Ok(log) = self.ctx.partitions.get(&id) else {
                     continue;
                 };

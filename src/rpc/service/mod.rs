@@ -29,7 +29,7 @@ mod streams;
 
 pub use accounting::InFlight;
 use accounting::*;
-pub use authorization::{ACTION_CONSUME, ACTION_PRODUCE, Authorizer};
+pub use authorization::{ACTION_CONSUME, ACTION_PRODUCE, ACTION_REPLICATE, Authorizer};
 use calls::*;
 use streams::*;
 

@@ -3,7 +3,84 @@
 
 use super::*;
 
+/// What a consumeStream or replicate call asks for.
+pub(super) struct StreamRequest {
+    pub id: String,
+    pub from: u64,
+    pub sink: record_sink::Client,
+    pub max_batch_bytes: u32,
+}
+
+/// Fills a `StreamEnd`; the call's outcome for its count.
+pub(super) fn write_stream_end(
+    mut end: crate::log_capnp::stream_end::Builder<'_>,
+    outcome: Option<(WireError, String)>,
+) -> Outcome {
+    match outcome {
+        None => {
+            end.set_sink_closed(());
+            Ok(())
+        }
+        Some((kind, message)) => {
+            write_error(end.init_error(), &kind, &message);
+            Err(kind.kind())
+        }
+    }
+}
+
 impl LogService {
+    /// Serves a consumeStream (`replication` false) or a replicate call: a
+    /// replica may pull only this node's own partition (never one this node
+    /// replicates itself: copies of copies would cycle), is authorized with
+    /// `replicate`, and gets a CRC-32C with every record.
+    pub(super) async fn serve_stream(
+        &self,
+        request: StreamRequest,
+        replication: bool,
+    ) -> Option<(WireError, String)> {
+        let max_bytes = match request.max_batch_bytes {
+            0 => self.ctx.max_stream_batch_bytes,
+            n => n.min(self.ctx.max_stream_batch_bytes),
+        } as usize;
+        let action = if replication {
+            ACTION_REPLICATE
+        } else {
+            ACTION_CONSUME
+        };
+        let (id, log) = match self.partition(&request.id, action) {
+            Ok(found) => found,
+            Err(e) => return Some(e),
+        };
+        if replication && id != self.ctx.partitions.own_id() {
+            return Some((
+                WireError::UnknownPartition(id.clone()),
+                format!(
+                    "{id} is not led by this node: replicate only pulls a node's own partition"
+                ),
+            ));
+        }
+        note(&id, request.from, 0);
+        let kind = if replication {
+            StreamKind::Replicate
+        } else {
+            StreamKind::Consume
+        };
+        let _open: Option<GaugeGuard> = self.metrics.as_ref().map(|m| m.stream_opened(kind));
+        let mut sent = 0;
+        let end = self
+            .stream_records(
+                &log,
+                request.from,
+                &request.sink,
+                max_bytes,
+                replication,
+                &mut sent,
+            )
+            .await;
+        tracing::Span::current().record("count", sent);
+        end
+    }
+
     /// Pushes records from `next` on to `sink` until an error (answered)
     /// or until the sink goes away (`None`); counts them in `sent`.
     pub(super) async fn stream_records(
@@ -12,6 +89,7 @@ impl LogService {
         mut next: u64,
         sink: &record_sink::Client,
         max_bytes: usize,
+        checksums: bool,
         sent: &mut u64,
     ) -> Option<(WireError, String)> {
         loop {
@@ -46,6 +124,9 @@ impl LogService {
                     let mut r = list.reborrow().get(i as u32);
                     r.set_offset(offset);
                     r.set_value(value);
+                    if checksums {
+                        r.set_crc32c(crc32c::crc32c(value));
+                    }
                 }
             }
             if let Err(e) = request.send().await {

@@ -1,0 +1,224 @@
+//! The Agent's replicators: one per peer whose partition this node holds,
+//! started, replaced and stopped as membership changes (DESIGN §2).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::Agent;
+use crate::log::Partitions;
+use crate::membership::{DownReason, MembershipEvent};
+use crate::replication::{Connector, ReplicatorActor, ReplicatorSetup, holders};
+use crate::supervision::{self, ChildSpec};
+use crate::telemetry::Metrics;
+
+/// How long a replicator that spent its restart budget rests before the
+/// Agent starts it again.
+pub(super) const REPLICATOR_REST: Duration = Duration::from_secs(30);
+
+/// What the Agent needs to run replicators; given once partitions are open.
+pub struct Replication {
+    /// This node's name.
+    pub me: String,
+    /// Copies of each partition, the leader's included.
+    pub factor: usize,
+    pub partitions: Rc<Partitions>,
+    pub connector: Rc<Connector>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// A peer as membership last told.
+#[derive(Debug, Clone)]
+pub(super) struct Peer {
+    rpc_addr: SocketAddr,
+    partition: String,
+    /// Down by failure (not left): its replicator keeps retrying.
+    alive: bool,
+}
+
+/// A running replicator and what it pulls.
+pub(super) struct Running {
+    partition: String,
+    rpc_addr: SocketAddr,
+    addr: Addr<ReplicatorActor>,
+}
+
+/// Stops a replicator: its pull ends and the actor is dropped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopReplicating;
+
+impl Handler<StopReplicating> for ReplicatorActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopReplicating, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Stops every replicator for good (shutdown): the replicas stay on disk.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct StopReplication;
+
+impl Handler<StopReplication> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, _: StopReplication, _ctx: &mut Context<Self>) {
+        self.replication_stopped = true;
+        for (_, run) in std::mem::take(&mut self.replicators) {
+            run.addr.do_send(StopReplicating);
+        }
+    }
+}
+
+/// Brings the replicators in line with membership (sent once the
+/// replication settings are in place).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Reconcile;
+
+impl Handler<Reconcile> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, _: Reconcile, ctx: &mut Context<Self>) {
+        self.reconcile(ctx);
+    }
+}
+
+impl Agent {
+    /// Records what a membership event says of peers (for replication).
+    pub(super) fn track(&mut self, event: &MembershipEvent) {
+        match event {
+            MembershipEvent::Snapshot(members) => {
+                self.peers = members
+                    .iter()
+                    .map(|m| {
+                        let peer = Peer {
+                            rpc_addr: m.rpc_addr,
+                            partition: m.partition.clone(),
+                            alive: true,
+                        };
+                        (m.name.clone(), peer)
+                    })
+                    .collect();
+            }
+            MembershipEvent::PeerUp {
+                name,
+                rpc_addr,
+                partition,
+                ..
+            } => {
+                let peer = Peer {
+                    rpc_addr: *rpc_addr,
+                    partition: partition.clone(),
+                    alive: true,
+                };
+                self.peers.insert(name.clone(), peer);
+            }
+            MembershipEvent::PeerDown { name, reason } => match reason {
+                DownReason::Left => {
+                    self.peers.remove(name);
+                }
+                DownReason::Failed => {
+                    if let Some(p) = self.peers.get_mut(name) {
+                        p.alive = false;
+                    }
+                }
+            },
+        }
+    }
+
+    /// Starts, replaces or stops replicators so that exactly the peers
+    /// whose partition this node holds have one. Holders are computed over
+    /// the live members (and the leader itself, alive or not: a failed
+    /// leader's holders keep retrying until it returns).
+    pub(super) fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        let replication = self.replication.clone();
+        let Some(r) = replication.get() else {
+            return;
+        };
+        if self.replication_stopped {
+            return;
+        }
+        let live: Vec<&str> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .map(|(n, _)| n.as_str())
+            .chain([r.me.as_str()])
+            .collect();
+        let mut wanted: BTreeMap<String, Peer> = BTreeMap::new();
+        for (name, peer) in &self.peers {
+            if peer.partition.is_empty() || peer.partition == r.partitions.own_id() {
+                continue;
+            }
+            let members = live.iter().copied().chain([name.as_str()]);
+            if holders(&peer.partition, name, members, r.factor).contains(&r.me.as_str()) {
+                wanted.insert(name.clone(), peer.clone());
+            }
+        }
+        let stale: Vec<String> = self
+            .replicators
+            .iter()
+            .filter(|(name, run)| {
+                wanted
+                    .get(*name)
+                    .is_none_or(|p| p.partition != run.partition || p.rpc_addr != run.rpc_addr)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(run) = self.replicators.remove(&name) {
+                tracing::info!(peer = %name, partition = %run.partition, "stopping replication (the replica stays on disk, readable)");
+                run.addr.do_send(StopReplicating);
+            }
+        }
+        for (name, peer) in wanted {
+            if self.replicators.contains_key(&name) || self.resting.contains(&name) {
+                continue;
+            }
+            let setup = ReplicatorSetup {
+                peer: name.clone(),
+                rpc_addr: peer.rpc_addr,
+                partition: peer.partition.clone(),
+                partitions: r.partitions.clone(),
+                connector: r.connector.clone(),
+                metrics: r.metrics.clone(),
+            };
+            let spec = ChildSpec::new(format!("replicator {name}"))
+                .parent(Some(supervision::parent(&ctx.address())));
+            let addr = supervision::start(spec, ReplicatorActor::new(setup));
+            self.replicators.insert(
+                name,
+                Running {
+                    partition: peer.partition,
+                    rpc_addr: peer.rpc_addr,
+                    addr,
+                },
+            );
+        }
+    }
+
+    /// A replicator spent its restart budget: it rests, then starts again.
+    /// Its failure stays its own: the node goes on serving.
+    pub(super) fn replicator_escalated(
+        &mut self,
+        peer: &str,
+        reason: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        tracing::error!(%peer, %reason, ?REPLICATOR_REST, "replicator keeps failing: resting before it starts again");
+        self.replicators.remove(peer);
+        self.resting.insert(peer.to_string());
+        let peer = peer.to_string();
+        ctx.run_later(REPLICATOR_REST, move |act, ctx| {
+            act.resting.remove(&peer);
+            act.reconcile(ctx);
+        });
+    }
+}

@@ -1,0 +1,206 @@
+//! ReplicatorActor: pulls one peer's own partition into this node's replica.
+//!
+//! Supervision (`crate::supervision`): a lost connection, a peer that is
+//! down or an error it answers is not a failure: the pull reconnects with
+//! backoff (100 ms doubling to 5 s) and resumes from the replica's end. A
+//! panic in its handler, in the pull (its completion: a batch appended) or
+//! in its backoff timer restarts it; the restart keeps its peer, partition
+//! and whether it halted, and starts the pull again from the replica's end.
+//! Past its budget it escalates to the Agent, which starts it again later:
+//! a replicator failing never touches the node's own partition or its RPC
+//! service. A halted replication (the leader sent a record at an offset
+//! other than the next, or with a bad checksum) stays halted, logged and counted, until the node
+//! restarts: nothing of it is written.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::client::{Client, ClientError};
+use crate::log::{Append, LogActor, Partitions, Stats, append_in_order};
+use crate::supervision::{Failpoints, InjectPanic, Work};
+use crate::telemetry::Metrics;
+
+/// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How a replicator reaches its peer's RPC service.
+pub enum Connector {
+    /// Plain TCP (`--insecure` clusters).
+    Plain,
+    /// Mutual TLS with this node's certificate; the peer's certificate must
+    /// name the IP address it is dialed at.
+    Tls(Arc<rustls::ClientConfig>),
+}
+
+impl Connector {
+    async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
+        match self {
+            Connector::Plain => Client::connect(addr).await,
+            Connector::Tls(config) => {
+                Client::connect_tls(addr, &addr.ip().to_string(), config.clone()).await
+            }
+        }
+    }
+}
+
+/// What a ReplicatorActor replicates, and with what.
+pub struct ReplicatorSetup {
+    /// The peer's node name.
+    pub peer: String,
+    pub rpc_addr: SocketAddr,
+    /// The peer's own partition.
+    pub partition: String,
+    pub partitions: Rc<Partitions>,
+    pub connector: Rc<Connector>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Keeps this node's replica of one peer's partition in step.
+pub struct ReplicatorActor {
+    setup: Rc<ReplicatorSetup>,
+    /// Why the replication halted, once it has (it stays halted).
+    halted: Option<String>,
+    failpoints: Failpoints,
+}
+
+impl ReplicatorActor {
+    pub fn new(setup: ReplicatorSetup) -> ReplicatorActor {
+        ReplicatorActor {
+            setup: Rc::new(setup),
+            halted: None,
+            failpoints: Failpoints::default(),
+        }
+    }
+}
+
+impl Actor for ReplicatorActor {
+    type Context = Context<Self>;
+
+    /// Starts the pull in this actor's context (at start and after every
+    /// restart); it ends only when the replication halts.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.halted.is_some() {
+            return;
+        }
+        let pull = pull(self.setup.clone(), self.failpoints.clone());
+        ctx.spawn(pull.into_actor(self).map(|reason, act, _| {
+            let s = &act.setup;
+            tracing::error!(peer = %s.peer, partition = %s.partition, %reason, "replication halted: nothing more is written to this replica");
+            if let Some(m) = &s.metrics {
+                m.replication_halted(&s.partition);
+            }
+            act.halted = Some(reason);
+        }));
+    }
+}
+
+impl Supervised for ReplicatorActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        let s = &self.setup;
+        tracing::warn!(peer = %s.peer, partition = %s.partition, "replicator restarting: the pull resumes from the replica's end");
+    }
+}
+
+/// Test-only: `Handler` panics here and now; `Completion` after the next
+/// batch appended; `Timer` after the next backoff wait.
+impl Handler<InjectPanic> for ReplicatorActor {
+    type Result = ();
+
+    fn handle(&mut self, InjectPanic(work): InjectPanic, _ctx: &mut Context<Self>) {
+        self.failpoints.arm(work);
+        self.failpoints.hit(Work::Handler);
+    }
+}
+
+/// Why a pull stopped.
+enum Stop {
+    /// For good: nothing more may be written (bad offset or checksum).
+    Halt(String),
+    /// For now: reconnect after the backoff. `progress` when it appended
+    /// something first (the backoff starts over).
+    Retry { reason: String, progress: bool },
+}
+
+/// Pulls until the replication halts; returns why.
+async fn pull(setup: Rc<ReplicatorSetup>, failpoints: Failpoints) -> String {
+    let log = match setup.partitions.open_replica(&setup.partition) {
+        Ok(log) => log,
+        Err(e) => return format!("cannot open the replica: {e}"),
+    };
+    tracing::info!(peer = %setup.peer, partition = %setup.partition, "replicating");
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match pull_once(&setup, &log, &failpoints).await {
+            Stop::Halt(reason) => return reason,
+            Stop::Retry { reason, progress } => {
+                if progress {
+                    backoff = MIN_BACKOFF;
+                }
+                tracing::info!(peer = %setup.peer, partition = %setup.partition, %reason, ?backoff, "replication interrupted: reconnecting");
+                tokio::time::sleep(backoff).await;
+                failpoints.hit(Work::Timer);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One connection's worth of pulling: from the replica's end, every batch
+/// appended at the leader's offsets, until something stops it.
+async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &Failpoints) -> Stop {
+    let retry = |reason: String, progress| Stop::Retry { reason, progress };
+    let mut next = match log.send(Stats).await {
+        Ok(stats) => stats.next_offset,
+        Err(e) => return retry(format!("replica unavailable: {e}"), false),
+    };
+    let client = match setup.connector.connect(setup.rpc_addr).await {
+        Ok(client) => client,
+        Err(e) => return retry(format!("connecting to {}: {e}", setup.rpc_addr), false),
+    };
+    let mut stream = client.replicate(&setup.partition, next);
+    let mut progress = false;
+    loop {
+        let batch = match stream.next_batch().await {
+            None => return retry("the stream ended".into(), progress),
+            Some(Ok(batch)) => batch,
+            Some(Err(e @ ClientError::ChecksumMismatch { .. })) => {
+                return Stop::Halt(e.to_string());
+            }
+            Some(Err(e)) => return retry(e.to_string(), progress),
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let mut values = Vec::with_capacity(batch.len());
+        for (i, record) in batch.into_iter().enumerate() {
+            let expected = next + i as u64;
+            if record.offset != expected {
+                return Stop::Halt(format!(
+                    "the leader sent offset {} where {expected} was expected",
+                    record.offset
+                ));
+            }
+            values.push(record.value);
+        }
+        let count = values.len() as u64;
+        match append_in_order(log, Append::at(next, values)).await {
+            Ok(range) => {
+                next = range.end;
+                progress = true;
+                if let Some(m) = &setup.metrics {
+                    m.replicated(&setup.partition, count);
+                }
+                failpoints.hit(Work::Completion);
+            }
+            // The replica's own end disagrees with what it reported (its
+            // readers' end lags a roll's seal, or an append in doubt did
+            // land): nothing was written; start again from its end.
+            Err(e) => return retry(format!("appending to the replica: {e}"), progress),
+        }
+    }
+}
