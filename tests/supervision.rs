@@ -6,17 +6,18 @@
 //! graceful shutdown reported as a failure (non-zero exit for `serve`).
 //!
 //! The MembershipActor's restarts (and its rejoin) are tested with a real
-//! cluster in `membership.rs`.
+//! cluster in `membership.rs`; the ReplicatorActor's here, with two nodes.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use proglog::agent::{Agent, Node, Stopped};
+use proglog::agent::{Agent, GetReplicators, Node, Stopped};
 use proglog::client::Client;
 use proglog::config::{NodeConfig, ServeArgs};
 use proglog::log::{InjectSegmentPanic, Stats};
+use proglog::replication::GetStatus;
 use proglog::supervision::{InjectPanic, Work};
 use support::http_get_async as http_get;
 
@@ -286,4 +287,112 @@ async fn a_spent_budget_escalates_to_the_root_which_shuts_the_node_down_as_a_fai
     assert_acked_intact(&client, &acked).await;
     assert_eq!(produce(&client, 20..25).await.len(), 5);
     node.shutdown().await.unwrap();
+}
+
+/// Two in-process nodes, `b` joined to `a` (each replicates the other).
+async fn pair(dirs: &[tempfile::TempDir; 2]) -> (Node, Node) {
+    let a = Agent::start(named(dirs[0].path(), "pair-a", None))
+        .await
+        .unwrap();
+    let b = Agent::start(named(dirs[1].path(), "pair-b", Some(a.gossip_addr())))
+        .await
+        .unwrap();
+    (a, b)
+}
+
+fn named(dir: &std::path::Path, name: &str, join: Option<std::net::SocketAddr>) -> NodeConfig {
+    let any = || Some("127.0.0.1:0".parse().unwrap());
+    NodeConfig::resolve(ServeArgs {
+        insecure: true,
+        data_dir: Some(dir.to_path_buf()),
+        node_name: Some(name.into()),
+        rpc_addr: any(),
+        gossip_addr: any(),
+        http_addr: any(),
+        join: join.map(|seed| vec![seed]),
+        ..ServeArgs::default()
+    })
+    .unwrap()
+}
+
+/// `node`'s replicator of `peer`, once it runs.
+async fn replicator(node: &Node, peer: &str) -> actix::Addr<proglog::replication::ReplicatorActor> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = node.agent().send(GetReplicators).await.unwrap();
+        if let Some((_, addr)) = list.into_iter().find(|(p, _)| p == peer) {
+            return addr;
+        }
+        assert!(Instant::now() < deadline, "no replicator of {peer}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `node` holds `count` records of `partition`.
+async fn replicated(node: &Node, partition: &str, count: u64) {
+    eventually("replicated", || async move {
+        match node.partitions().get(partition) {
+            Ok(log) => log.send(Stats).await.unwrap().next_offset == count,
+            Err(_) => false,
+        }
+    })
+    .await;
+}
+
+async fn replicator_restarts(r: &actix::Addr<proglog::replication::ReplicatorActor>) -> u64 {
+    r.send(GetStatus).await.map(|s| s.restarts).unwrap_or(0)
+}
+
+#[actix_rt::test]
+async fn replicator_restarts_after_panics_in_its_handler_and_its_pull_and_catches_up() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (a, b) = pair(&dirs).await;
+    let client = Client::connect(a.rpc_addr()).await.unwrap();
+    let own = a.partitions().own_id().to_string();
+    assert_eq!(produce(&client, 0..50).await.len(), 50);
+    let r = replicator(&b, "pair-a").await;
+    replicated(&b, &own, 50).await;
+
+    r.do_send(InjectPanic(Work::Handler));
+    eventually("restarted after the handler panic", || {
+        let r = r.clone();
+        async move { replicator_restarts(&r).await == 1 }
+    })
+    .await;
+    // A panic after the next batch is appended (the pull's completion).
+    r.send(InjectPanic(Work::Completion)).await.unwrap();
+    assert_eq!(produce(&client, 50..100).await.len(), 50);
+    eventually("restarted after the completion panic", || {
+        let r = r.clone();
+        async move { replicator_restarts(&r).await == 2 }
+    })
+    .await;
+    // It resumes from the replica's end: every record, once, in order.
+    assert_eq!(produce(&client, 100..150).await.len(), 50);
+    replicated(&b, &own, 150).await;
+    let copy = Client::connect(b.rpc_addr()).await.unwrap();
+    for i in 0..150 {
+        assert_eq!(copy.consume(&own, i).await.unwrap(), record(i));
+    }
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn replicator_restarts_after_a_panic_in_its_backoff_timer_and_the_node_serves_on() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (a, b) = pair(&dirs).await;
+    let r = replicator(&b, "pair-a").await;
+    r.send(InjectPanic(Work::Timer)).await.unwrap();
+    // The leader goes away: the pull waits out a backoff, whose timer panics.
+    a.shutdown().await.unwrap();
+    eventually("restarted after the timer panic", || {
+        let r = r.clone();
+        async move { replicator_restarts(&r).await >= 1 }
+    })
+    .await;
+    // The replicator's failure is its own: the node serves its partition.
+    let client = Client::connect(b.rpc_addr()).await.unwrap();
+    assert_eq!(produce(&client, 0..10).await.len(), 10);
+    b.shutdown().await.unwrap();
 }

@@ -111,7 +111,7 @@ pub struct Agent {
 }
 
 mod replicas;
-pub use replicas::Replication;
+pub use replicas::{GetReplicators, Replication};
 
 impl Agent {
     fn fail(&self, reason: String) {

@@ -60,6 +60,24 @@ impl Handler<StopReplicating> for ReplicatorActor {
     }
 }
 
+/// The replicators running now, by peer name.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, Addr<ReplicatorActor>)>")]
+pub struct GetReplicators;
+
+impl Handler<GetReplicators> for Agent {
+    type Result = MessageResult<GetReplicators>;
+
+    fn handle(&mut self, _: GetReplicators, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.replicators
+                .iter()
+                .map(|(peer, run)| (peer.clone(), run.addr.clone()))
+                .collect(),
+        )
+    }
+}
+
 /// Stops every replicator for good (shutdown): the replicas stay on disk.
 #[derive(Message)]
 #[rtype(result = "()")]

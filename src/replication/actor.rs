@@ -65,7 +65,37 @@ pub struct ReplicatorActor {
     setup: Rc<ReplicatorSetup>,
     /// Why the replication halted, once it has (it stays halted).
     halted: Option<String>,
+    restarts: u64,
     failpoints: Failpoints,
+}
+
+/// What a replicator reports of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatorStatus {
+    pub peer: String,
+    pub partition: String,
+    /// Restarts after failures (panics) since it was started.
+    pub restarts: u64,
+    /// Why the replication halted, if it did.
+    pub halted: Option<String>,
+}
+
+/// Asks a replicator for its [`ReplicatorStatus`].
+#[derive(Debug, Message)]
+#[rtype(result = "ReplicatorStatus")]
+pub struct GetStatus;
+
+impl Handler<GetStatus> for ReplicatorActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(ReplicatorStatus {
+            peer: self.setup.peer.clone(),
+            partition: self.setup.partition.clone(),
+            restarts: self.restarts,
+            halted: self.halted.clone(),
+        })
+    }
 }
 
 impl ReplicatorActor {
@@ -73,6 +103,7 @@ impl ReplicatorActor {
         ReplicatorActor {
             setup: Rc::new(setup),
             halted: None,
+            restarts: 0,
             failpoints: Failpoints::default(),
         }
     }
@@ -101,6 +132,7 @@ impl Actor for ReplicatorActor {
 
 impl Supervised for ReplicatorActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.restarts += 1;
         let s = &self.setup;
         tracing::warn!(peer = %s.peer, partition = %s.partition, "replicator restarting: the pull resumes from the replica's end");
     }

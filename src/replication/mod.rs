@@ -19,7 +19,7 @@
 
 mod actor;
 
-pub use actor::{Connector, ReplicatorActor, ReplicatorSetup};
+pub use actor::{Connector, GetStatus, ReplicatorActor, ReplicatorSetup, ReplicatorStatus};
 
 use sha2::{Digest, Sha256};
 
