@@ -106,6 +106,8 @@ struct PartitionInfo {
   lowestOffset @2 :UInt64;
   nextOffset @3 :UInt64;
   isLeader @4 :Bool;       # this node leads it (else it holds a replica)
+  following @5 :Bool;      # a replica this node keeps in step now (false for a
+                           # copy it no longer pulls: kept until retention)
 }
 
 # A domain error. For a failed produce, each kind says whether the records

@@ -18,4 +18,7 @@ pub struct ServerInfo {
 pub struct ClusterView {
     pub local: Option<ServerInfo>,
     pub peers: Vec<ServerInfo>,
+    /// Partitions this node's replicators keep in step now (a replica not
+    /// in here is a copy it no longer pulls, kept until retention).
+    pub following: std::collections::BTreeSet<String>,
 }

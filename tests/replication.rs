@@ -196,3 +196,127 @@ fn a_killed_follower_catches_up_from_where_its_replica_ended() {
         assert_eq!(value, &record("a", i as u64), "offset {i}");
     }
 }
+
+/// Which of `servers` hold `partition` with all `count` records as its
+/// leader or a replica they keep in step (not a copy they stopped pulling).
+fn holding(servers: &[&Server], partition: &str, count: u64) -> Vec<String> {
+    servers
+        .iter()
+        .filter(|s| {
+            block_on(partitions(s)).iter().any(|p| {
+                p.id == partition && p.next_offset == count && (p.is_leader || p.following)
+            })
+        })
+        .map(|s| s.partition.clone())
+        .collect()
+}
+
+/// Waits (at most 60 s) until `partition` is held, complete and followed,
+/// by exactly `copies` of `servers`; returns the holders' own partition ids.
+fn wait_copies(servers: &[&Server], partition: &str, count: u64, copies: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = holding(servers, partition, count);
+        if held.len() == copies {
+            return held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{partition}: held by {held:?}, wanted {copies} copies"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn five_nodes_with_factor_three_keep_three_copies_when_a_holder_leaves() {
+    let names = ["rf-a", "rf-b", "rf-c", "rf-d", "rf-e"];
+    let dirs: Vec<_> = names.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = start(
+        names[0],
+        dirs[0].path(),
+        None,
+        &["--replication-factor", "3"],
+    );
+    let mut servers = vec![first];
+    for (name, dir) in names.iter().zip(&dirs).skip(1) {
+        let s = start(
+            name,
+            dir.path(),
+            Some(&servers[0]),
+            &["--replication-factor", "3"],
+        );
+        servers.push(s);
+    }
+    for s in &servers {
+        block_on(async {
+            let client = Client::connect(s.rpc).await.unwrap();
+            let batch: Vec<Vec<u8>> = (0..100).map(|i| record(&s.partition, i)).collect();
+            client.produce_batch(&batch).await.unwrap();
+        });
+    }
+    let all: Vec<&Server> = servers.iter().collect();
+    let mut held = BTreeMap::new();
+    for s in &servers {
+        let holders = wait_copies(&all, &s.partition, 100, 3);
+        assert!(holders.contains(&s.partition), "the leader holds its own");
+        held.insert(s.partition.clone(), holders);
+    }
+    // Stop a holder that is not the leader of the first partition.
+    let target = servers[0].partition.clone();
+    let leaving = held[&target]
+        .iter()
+        .find(|p| **p != target)
+        .unwrap()
+        .clone();
+    let at = servers.iter().position(|s| s.partition == leaving).unwrap();
+    let mut gone = servers.remove(at);
+    let (status, _) = gone.stop();
+    assert!(status.success());
+    let live: Vec<&Server> = servers.iter().collect();
+    let holders = wait_copies(&live, &target, 100, 3);
+    assert!(!holders.contains(&leaving));
+    // The records of the new copy are the leader's.
+    let newcomer = servers
+        .iter()
+        .find(|s| holders.contains(&s.partition) && !held[&target].contains(&s.partition))
+        .expect("another member pulls it");
+    let copy = block_on(read_all(newcomer, &target, 100));
+    for (i, value) in copy.iter().enumerate() {
+        assert_eq!(value, &record(&target, i as u64));
+    }
+}
+
+#[test]
+fn a_wiped_node_leads_a_new_partition_and_its_old_one_stays_readable_on_its_peers() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(NODES[0], dirs[0].path(), None, &[]);
+    let mut b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
+    let c = start(NODES[2], dirs[2].path(), Some(&a), &[]);
+    let old = b.partition.clone();
+    block_on(async {
+        let client = Client::connect(b.rpc).await.unwrap();
+        let batch: Vec<Vec<u8>> = (0..200).map(|i| record("old-b", i)).collect();
+        client.produce_batch(&batch).await.unwrap();
+    });
+    wait_copies(&[&a, &b, &c], &old, 200, 3);
+    let (status, _) = b.stop();
+    assert!(status.success());
+    drop(b);
+    std::fs::remove_dir_all(dirs[1].path()).unwrap();
+    let b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
+    assert_ne!(b.partition, old, "a wiped node takes a new partition id");
+    // The old partition stays whole and readable where it was replicated.
+    for peer in [&a, &c] {
+        let copy = block_on(read_all(peer, &old, 200));
+        for (i, value) in copy.iter().enumerate() {
+            assert_eq!(value, &record("old-b", i as u64));
+        }
+    }
+    // And the new one is replicated like any other.
+    block_on(async {
+        let client = Client::connect(b.rpc).await.unwrap();
+        client.produce(b"new life").await.unwrap();
+    });
+    wait_copies(&[&a, &b, &c], &b.partition, 1, 3);
+}

@@ -220,6 +220,16 @@ impl Agent {
                 },
             );
         }
+        self.publish_following();
+    }
+
+    /// Publishes which partitions are pulled now (for `listPartitions`).
+    fn publish_following(&self) {
+        self.view.borrow_mut().following = self
+            .replicators
+            .values()
+            .map(|run| run.partition.clone())
+            .collect();
     }
 
     /// A replicator spent its restart budget: it rests, then starts again.
@@ -232,6 +242,7 @@ impl Agent {
     ) {
         tracing::error!(%peer, %reason, ?REPLICATOR_REST, "replicator keeps failing: resting before it starts again");
         self.replicators.remove(peer);
+        self.publish_following();
         self.resting.insert(peer.to_string());
         let peer = peer.to_string();
         ctx.run_later(REPLICATOR_REST, move |act, ctx| {

@@ -262,7 +262,11 @@ pub fn partitions(args: ConnectArgs) -> Result<(), BoxError> {
             "PARTITION", "OWNER", "LOWEST", "NEXT"
         );
         for p in client.partitions().await? {
-            let role = if p.is_leader { "leader" } else { "replica" };
+            let role = match (p.is_leader, p.following) {
+                (true, _) => "leader",
+                (false, true) => "replica",
+                (false, false) => "replica (not pulled)",
+            };
             println!(
                 "{:<40} {:<20} {:>12} {:>12} {role}",
                 p.id, p.owner, p.lowest_offset, p.next_offset

@@ -87,6 +87,9 @@ pub struct PartitionInfo {
     pub lowest_offset: u64,
     pub next_offset: u64,
     pub is_leader: bool,
+    /// A replica the node keeps in step now (false: a copy it no longer
+    /// pulls, or the leader's own).
+    pub following: bool,
 }
 
 /// A connection to one node.
@@ -287,6 +290,7 @@ impl Client {
                 lowest_offset: p.get_lowest_offset(),
                 next_offset: p.get_next_offset(),
                 is_leader: p.get_is_leader(),
+                following: p.get_following(),
             });
         }
         Ok(out)

@@ -240,17 +240,20 @@ impl log::Server for LogService {
                 let Ok(stats) = log.send(Stats).await else {
                     continue;
                 };
-                let owner = owner_of(&id, &self.ctx.cluster.borrow());
-                infos.push((id.clone(), owner, stats, id == own));
+                let cluster = self.ctx.cluster.borrow();
+                let owner = owner_of(&id, &cluster);
+                let following = cluster.following.contains(&id);
+                infos.push((id.clone(), owner, stats, id == own, following));
             }
             let mut list = results.get().init_partitions(infos.len() as u32);
-            for (i, (id, owner, stats, leader)) in infos.into_iter().enumerate() {
+            for (i, (id, owner, stats, leader, following)) in infos.into_iter().enumerate() {
                 let mut b = list.reborrow().get(i as u32);
                 b.set_id(&id);
                 b.set_owner(&owner);
                 b.set_lowest_offset(stats.lowest_offset);
                 b.set_next_offset(stats.next_offset);
                 b.set_is_leader(leader);
+                b.set_following(following);
             }
             Ok(Ok(()))
         })
