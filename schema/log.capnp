@@ -15,16 +15,16 @@ using Stream = import "/capnp/stream.capnp";
 
 # The service a node exposes on its RPC port.
 interface Log {
-  # Appends one record to the node's own partition.
-  produce @0 (value :Data) -> (result :Produced);
+  # Appends one record to the node's own partition, answered per `acks`.
+  produce @0 (value :Data, acks :Acks) -> (result :Produced);
 
   # Appends records in order; they get consecutive offsets.
-  produceBatch @1 (values :List(Data)) -> (result :Produced);
+  produceBatch @1 (values :List(Data), acks :Acks) -> (result :Produced);
 
   # Opens a flow-controlled produce stream: call `sink.write` repeatedly
   # (each write is one batch with consecutive offsets), then `sink.finish`
   # for the outcome of every write.
-  produceStream @2 () -> (sink :ProduceSink);
+  produceStream @2 (acks :Acks) -> (sink :ProduceSink);
 
   # Reads the record at `offset` of `partition`.
   consume @3 (partition :Text, offset :UInt64) -> (result :Consumed);
@@ -47,6 +47,20 @@ interface Log {
   # so copies never cycle). Authorized with the action `replicate`. Every
   # record carries its CRC-32C, which the replica checks before writing.
   replicate @7 (partition :Text, offset :UInt64, sink :RecordSink, maxBatchBytes :UInt32) -> (end :StreamEnd);
+
+  # Replication: the replica of `partition` held by node `node` has
+  # committed every record below `committed` (under that node's sync
+  # policy). Sent by the replicator after each batch it appends; the leader
+  # answers `acks=all` produces from these positions. Authorized with the
+  # action `replicate`.
+  replicated @8 (partition :Text, node :Text, committed :UInt64) -> ();
+}
+
+# When a produce is answered.
+enum Acks {
+  leader @0;   # once the leader has committed it (its sync policy), as before
+  all @1;      # once min-insync-replicas holders, the leader included, have
+               # committed it; fewer live holders: notEnoughReplicas at once
 }
 
 interface ProduceSink {
@@ -132,7 +146,18 @@ struct Error {
     indeterminate @10 :Void; # MAYBE appended: a write or fsync failed after
                            # the records reached the file
     recordsLost @11 :RecordsLost; # these offsets will never be served
+    notEnoughReplicas @12 :NotEnoughReplicas; # not appended (acks=all): too
+                           # few live holders of the partition
+    replicationTimeout @13 :Void; # APPENDED on the leader (acks=all), but
+                           # fewer than min-insync-replicas holders confirmed it
+                           # in time; it may still be replicated: resending may
+                           # duplicate it
   }
+}
+
+struct NotEnoughReplicas {
+  live @0 :UInt32;         # live holders, the leader included
+  required @1 :UInt32;     # min-insync-replicas
 }
 
 struct RecordsLost {

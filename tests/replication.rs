@@ -320,3 +320,119 @@ fn a_wiped_node_leads_a_new_partition_and_its_old_one_stays_readable_on_its_peer
     });
     wait_copies(&[&a, &b, &c], &b.partition, 1, 3);
 }
+
+/// Waits (at most 30 s) until `observer` sees exactly `alive` nodes alive.
+fn wait_alive(observer: &Server, alive: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let servers = block_on(async {
+            let client = Client::connect(observer.rpc).await.unwrap();
+            client.servers().await.unwrap()
+        });
+        if servers.iter().filter(|s| s.alive).count() == alive {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {alive} alive: {servers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn acks_all_needs_min_insync_live_holders_and_fails_fast_without_them() {
+    use proglog::client::{Acks, ClientError};
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(NODES[0], dirs[0].path(), None, &[]);
+    let b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
+    let c = start(NODES[2], dirs[2].path(), Some(&a), &[]);
+    wait_alive(&a, 3);
+    let produce_all = |server: &Server, value: &[u8]| {
+        block_on(async {
+            let client = Client::connect(server.rpc)
+                .await
+                .unwrap()
+                .with_acks(Acks::All);
+            client.produce(value).await
+        })
+    };
+    // All up: confirmed by the holders; readable on a replica at once.
+    let acked = produce_all(&a, b"all up").unwrap();
+    let on_a_replica = [&b, &c].iter().any(|replica| {
+        block_on(async {
+            let client = Client::connect(replica.rpc).await.unwrap();
+            client.consume(&a.partition, acked.offset).await.ok()
+        })
+        .is_some_and(|v| v == b"all up")
+    });
+    assert!(on_a_replica, "acks=all answered only once a replica had it");
+
+    // One of three down: two holders remain, min-insync-replicas is 2.
+    c.child.sigkill();
+    let second = produce_all(&a, b"one down").unwrap();
+    wait_alive(&a, 2);
+    let third = produce_all(&a, b"one down, noticed").unwrap();
+    assert!(third.offset > second.offset);
+
+    // Two of three down (and noticed): refused at once, not appended.
+    b.child.sigkill();
+    wait_alive(&a, 1);
+    let started = Instant::now();
+    let err = produce_all(&a, b"two down").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::NotEnoughReplicas {
+                live: 1,
+                required: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.maybe_appended());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "fails fast, no hang"
+    );
+    let next = block_on(partitions(&a))
+        .into_iter()
+        .find(|p| p.id == a.partition)
+        .unwrap()
+        .next_offset;
+    assert_eq!(
+        next,
+        third.offset + 1,
+        "the refused record was not appended"
+    );
+}
+
+#[test]
+fn a_record_acked_by_all_is_readable_from_a_replica_after_its_leader_is_killed() {
+    use proglog::client::Acks;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(NODES[0], dirs[0].path(), None, &[]);
+    let b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
+    let c = start(NODES[2], dirs[2].path(), Some(&a), &[]);
+    wait_alive(&a, 3);
+    let acked: Vec<u64> = block_on(async {
+        let client = Client::connect(a.rpc).await.unwrap().with_acks(Acks::All);
+        let mut offsets = Vec::new();
+        for i in 0..100 {
+            offsets.push(client.produce(&record("acked", i)).await.unwrap().offset);
+        }
+        offsets
+    });
+    a.child.sigkill();
+    // Every acknowledged record is on at least one replica (min-insync 2).
+    for (i, offset) in acked.iter().enumerate() {
+        let found = [&b, &c].iter().any(|replica| {
+            block_on(async {
+                let client = Client::connect(replica.rpc).await.unwrap();
+                client.consume(&a.partition, *offset).await.ok()
+            })
+            .is_some_and(|v| v == record("acked", i as u64))
+        });
+        assert!(found, "acked offset {offset} lost with its leader");
+    }
+}

@@ -89,6 +89,7 @@ async fn halts_and_writes_nothing_bad(fault: Fault, expect: &str) {
             partitions: partitions.clone(),
             connector: Rc::new(Connector::Plain),
             metrics: None,
+            me: "follower".into(),
         }),
     );
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -24,6 +24,10 @@ async fn start_node(rpc: RpcConfig) -> Node {
     };
     let partitions = Rc::new(Partitions::open(dir.path(), "node-t", config).unwrap());
     let ctx = Rc::new(ServiceContext {
+        in_sync: Rc::new(proglog::replication::InSync::new(
+            1,
+            std::time::Duration::from_secs(5),
+        )),
         partitions,
         in_flight: Default::default(),
         cluster: Rc::new(std::cell::RefCell::new(ClusterView::default())),

@@ -76,6 +76,10 @@ async fn start_tls_node(pki: &Pki) -> Node {
         .await
         .unwrap();
     let ctx = Rc::new(ServiceContext {
+        in_sync: Rc::new(proglog::replication::InSync::new(
+            1,
+            std::time::Duration::from_secs(5),
+        )),
         partitions,
         in_flight: Default::default(),
         cluster: Rc::new(std::cell::RefCell::new(ClusterView::default())),

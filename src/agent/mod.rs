@@ -322,7 +322,12 @@ impl Agent {
         // The RPC listener binds first, so the address gossiped to peers is
         // the real one even when port 0 was asked for.
         let in_flight = Rc::new(crate::rpc::InFlight::default());
+        let in_sync = Rc::new(crate::replication::InSync::new(
+            config.min_insync_replicas,
+            std::time::Duration::from_millis(config.ack_timeout_ms),
+        ));
         let ctx = Rc::new(ServiceContext {
+            in_sync: in_sync.clone(),
             partitions: partitions.clone(),
             in_flight: in_flight.clone(),
             cluster: cluster.clone(),
@@ -402,6 +407,7 @@ impl Agent {
             partitions: partitions.clone(),
             connector: Rc::new(connector),
             metrics: telemetry.metrics().cloned(),
+            in_sync,
         });
         agent.do_send(replicas::Reconcile);
         membership.do_send(Subscribe(agent.clone().recipient()));

@@ -29,6 +29,8 @@ pub struct Replication {
     pub partitions: Rc<Partitions>,
     pub connector: Rc<Connector>,
     pub metrics: Option<Arc<Metrics>>,
+    /// `acks=all` state of the own partition: its live followers are set here.
+    pub in_sync: Rc<crate::replication::InSync>,
 }
 
 /// A peer as membership last told.
@@ -170,6 +172,15 @@ impl Agent {
             .map(|(n, _)| n.as_str())
             .chain([r.me.as_str()])
             .collect();
+        // Who holds this node's own partition, for `acks=all`.
+        let own = r.partitions.own_id();
+        let followers = holders(own, &r.me, live.iter().copied(), r.factor);
+        r.in_sync.set_followers(
+            followers
+                .into_iter()
+                .filter(|f| *f != r.me)
+                .map(str::to_string),
+        );
         let mut wanted: BTreeMap<String, Peer> = BTreeMap::new();
         for (name, peer) in &self.peers {
             if peer.partition.is_empty() || peer.partition == r.partitions.own_id() {
@@ -207,6 +218,7 @@ impl Agent {
                 partitions: r.partitions.clone(),
                 connector: r.connector.clone(),
                 metrics: r.metrics.clone(),
+                me: r.me.clone(),
             };
             let spec = ChildSpec::new(format!("replicator {name}"))
                 .parent(Some(supervision::parent(&ctx.address())));

@@ -82,6 +82,16 @@ pub struct ProduceArgs {
     /// Print each result as a JSON line ({"partition":..,"offset":..}) instead of the bare offset.
     #[arg(long)]
     json: bool,
+    /// When the node answers: `leader` once it has committed the records,
+    /// `all` once min-insync-replicas holders have.
+    #[arg(long, value_enum, default_value = "leader")]
+    acks: AcksArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcksArg {
+    Leader,
+    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -129,7 +139,11 @@ fn print_produced(
 
 pub fn produce(args: ProduceArgs) -> Result<(), BoxError> {
     super::block_on(async move {
-        let client = args.connect.connect().await?;
+        let acks = match args.acks {
+            AcksArg::Leader => proglog::client::Acks::Leader,
+            AcksArg::All => proglog::client::Acks::All,
+        };
+        let client = args.connect.connect().await?.with_acks(acks);
         if !args.values.is_empty() {
             let batch = client.produce_batch(&args.values).await?;
             let mut out = std::io::stdout().lock();

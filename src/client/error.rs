@@ -37,6 +37,14 @@ pub enum ClientError {
     /// Offsets `[from, to)` will never be served; read on from `to`.
     #[error("records [{from}, {to}) are lost: {message}")]
     RecordsLost { from: u64, to: u64, message: String },
+    /// Not appended (`acks=all`): fewer live holders of the partition than
+    /// `min-insync-replicas`; retry when more nodes are up.
+    #[error("not enough replicas (not appended): {live} live holders, {required} required")]
+    NotEnoughReplicas { live: u32, required: u32 },
+    /// Appended on the leader (`acks=all`) but not confirmed by enough
+    /// holders in time; it may still be replicated: resending may duplicate.
+    #[error("replication timed out (appended on the leader, maybe not replicated): {0}")]
+    ReplicationTimeout(String),
     /// A replicated record's bytes do not match the CRC-32C the server
     /// sent with them: damaged on the way; not written anywhere.
     #[error(
@@ -94,6 +102,10 @@ impl ClientError {
             WireError::ReadOnly => ClientError::ReadOnly(message),
             WireError::Indeterminate => ClientError::Indeterminate(message),
             WireError::RecordsLost { from, to } => ClientError::RecordsLost { from, to, message },
+            WireError::NotEnoughReplicas { live, required } => {
+                ClientError::NotEnoughReplicas { live, required }
+            }
+            WireError::ReplicationTimeout => ClientError::ReplicationTimeout(message),
         })
     }
 
@@ -103,7 +115,10 @@ impl ClientError {
     pub fn maybe_appended(&self) -> bool {
         matches!(
             self,
-            ClientError::Indeterminate(_) | ClientError::Rpc(_) | ClientError::Io(_)
+            ClientError::Indeterminate(_)
+                | ClientError::ReplicationTimeout(_)
+                | ClientError::Rpc(_)
+                | ClientError::Io(_)
         )
     }
 }

@@ -96,7 +96,13 @@ pub struct PartitionInfo {
 pub struct Client {
     log: log::Client,
     rpc: tokio::task::JoinHandle<()>,
+    /// When produces are answered (see [`Client::with_acks`]).
+    acks: Acks,
 }
+
+/// When a produce is answered: `Leader` (default) once the leader has
+/// committed it, `All` once `min-insync-replicas` holders have.
+pub use crate::wire::schema::Acks;
 
 impl Drop for Client {
     fn drop(&mut self) {
@@ -166,13 +172,28 @@ impl Client {
                 tracing::debug!(error = %e, "connection closed");
             }
         });
-        Client { log, rpc }
+        Client {
+            log,
+            rpc,
+            acks: Acks::Leader,
+        }
+    }
+
+    /// Produces through this client are answered per `acks`. With
+    /// [`Acks::All`] a produce fails at once with `NotEnoughReplicas` (not
+    /// appended) when too few holders are live, and with
+    /// `ReplicationTimeout` (appended on the leader, maybe not replicated:
+    /// resending may duplicate) when they do not confirm in time.
+    pub fn with_acks(mut self, acks: Acks) -> Client {
+        self.acks = acks;
+        self
     }
 
     /// Appends one record to the node's own partition.
     pub async fn produce(&self, value: &[u8]) -> Result<Produced, ClientError> {
         let mut request = self.log.produce_request();
         request.get().set_value(value);
+        request.get().set_acks(self.acks);
         let response = request.send().promise.await?;
         let batch = read_produced(response.get()?.get_result()?)?;
         Ok(Produced {
@@ -187,6 +208,7 @@ impl Client {
         values: &[V],
     ) -> Result<ProducedBatch, ClientError> {
         let mut request = self.log.produce_batch_request();
+        request.get().set_acks(self.acks);
         {
             let mut list = request.get().init_values(values.len() as u32);
             for (i, v) in values.iter().enumerate() {
@@ -208,14 +230,9 @@ impl Client {
         B::Item: AsRef<[V]>,
         V: AsRef<[u8]>,
     {
-        let sink = self
-            .log
-            .produce_stream_request()
-            .send()
-            .promise
-            .await?
-            .get()?
-            .get_sink()?;
+        let mut request = self.log.produce_stream_request();
+        request.get().set_acks(self.acks);
+        let sink = request.send().promise.await?.get()?.get_sink()?;
         for batch in batches {
             let batch = batch.as_ref();
             let mut request = sink.write_request();
@@ -261,6 +278,25 @@ impl Client {
     /// the server computed. Authorized as `replicate`.
     pub fn replicate(&self, partition: &str, offset: u64) -> RecordStream {
         RecordStream::replicate(&self.log, partition, offset, 0)
+    }
+
+    /// Tells the leader that `node`'s replica of `partition` has committed
+    /// every record below `committed` (replicators do, for `acks=all`).
+    /// Sent at once; the answer is not awaited.
+    pub fn report_replicated(&self, partition: &str, node: &str, committed: u64) {
+        let mut request = self.log.replicated_request();
+        {
+            let mut p = request.get();
+            p.set_partition(partition);
+            p.set_node(node);
+            p.set_committed(committed);
+        }
+        let answer = request.send().promise;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = answer.await {
+                tracing::debug!(error = %e, "position report failed");
+            }
+        });
     }
 
     /// The cluster's nodes as this node sees them.

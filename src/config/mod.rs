@@ -99,6 +99,16 @@ pub struct ServeArgs {
     /// rendezvous hashing [default: 3].
     #[arg(long, env = "PROGLOG_REPLICATION_FACTOR")]
     pub replication_factor: Option<usize>,
+    /// Holders of a partition, its leader included, that must have
+    /// committed a record before an `acks=all` produce is answered; fewer
+    /// live holders refuse it at once [default: 2].
+    #[arg(long, env = "PROGLOG_MIN_INSYNC_REPLICAS")]
+    pub min_insync_replicas: Option<usize>,
+    /// Longest wait, in milliseconds, for `min-insync-replicas` holders to
+    /// confirm an `acks=all` produce; past it the answer is a timeout (the
+    /// record is on the leader and may still be replicated) [default: 5000].
+    #[arg(long, env = "PROGLOG_ACK_TIMEOUT_MS")]
+    pub ack_timeout_ms: Option<u64>,
     /// Largest RPC message accepted, bytes [default: 67108864].
     #[arg(long, env = "PROGLOG_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -140,6 +150,8 @@ impl ServeArgs {
             min_free_bytes: self.min_free_bytes.or(lower.min_free_bytes),
             max_connections: self.max_connections.or(lower.max_connections),
             replication_factor: self.replication_factor.or(lower.replication_factor),
+            min_insync_replicas: self.min_insync_replicas.or(lower.min_insync_replicas),
+            ack_timeout_ms: self.ack_timeout_ms.or(lower.ack_timeout_ms),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             http_addr: self.http_addr.or(lower.http_addr),
             no_metrics: self.no_metrics || lower.no_metrics,
@@ -196,6 +208,8 @@ pub struct NodeConfig {
     pub min_free_bytes: u64,
     pub max_connections: usize,
     pub replication_factor: usize,
+    pub min_insync_replicas: usize,
+    pub ack_timeout_ms: u64,
     pub max_message_bytes: usize,
     pub http_addr: SocketAddr,
     pub no_metrics: bool,
@@ -300,6 +314,8 @@ impl NodeConfig {
             min_free_bytes: a.min_free_bytes.unwrap_or(log_defaults.min_free_bytes),
             max_connections: a.max_connections.unwrap_or(1024),
             replication_factor: a.replication_factor.unwrap_or(3),
+            min_insync_replicas: a.min_insync_replicas.unwrap_or(2),
+            ack_timeout_ms: a.ack_timeout_ms.unwrap_or(5000),
             max_message_bytes: a.max_message_bytes.unwrap_or(64 << 20),
             http_addr: a
                 .http_addr
@@ -334,6 +350,18 @@ impl NodeConfig {
                 "replication-factor",
                 "must be at least 1 (the leader's own copy)",
             ));
+        }
+        if self.min_insync_replicas == 0 || self.min_insync_replicas > self.replication_factor {
+            return Err(invalid(
+                "min-insync-replicas",
+                format!(
+                    "{}: must be between 1 and the replication factor ({})",
+                    self.min_insync_replicas, self.replication_factor
+                ),
+            ));
+        }
+        if self.ack_timeout_ms == 0 {
+            return Err(invalid("ack-timeout-ms", "must be at least 1"));
         }
         if self.max_message_bytes < self.max_record_bytes as usize + 1024 {
             return Err(invalid(

@@ -58,6 +58,8 @@ pub struct ReplicatorSetup {
     pub partitions: Rc<Partitions>,
     pub connector: Rc<Connector>,
     pub metrics: Option<Arc<Metrics>>,
+    /// This node's name, in the positions it reports to the leader.
+    pub me: String,
 }
 
 /// Keeps this node's replica of one peer's partition in step.
@@ -224,6 +226,8 @@ async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &F
             Ok(range) => {
                 next = range.end;
                 progress = true;
+                // The leader answers `acks=all` produces from this.
+                client.report_replicated(&setup.partition, &setup.me, next);
                 if let Some(m) = &setup.metrics {
                     m.replicated(&setup.partition, count);
                 }

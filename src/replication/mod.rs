@@ -18,8 +18,10 @@
 //!   that replication, logged and counted, and is never written.
 
 mod actor;
+mod in_sync;
 
 pub use actor::{Connector, GetStatus, ReplicatorActor, ReplicatorSetup, ReplicatorStatus};
+pub use in_sync::{AckError, InSync};
 
 use sha2::{Digest, Sha256};
 

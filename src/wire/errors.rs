@@ -31,6 +31,14 @@ pub enum WireError {
         from: u64,
         to: u64,
     },
+    /// Not appended (`acks=all`): too few live holders.
+    NotEnoughReplicas {
+        live: u32,
+        required: u32,
+    },
+    /// Appended on the leader (`acks=all`), not confirmed by enough holders
+    /// in time: resending may duplicate.
+    ReplicationTimeout,
 }
 
 impl WireError {
@@ -48,6 +56,8 @@ impl WireError {
             WireError::ReadOnly => "read_only",
             WireError::Indeterminate => "indeterminate",
             WireError::RecordsLost { .. } => "records_lost",
+            WireError::NotEnoughReplicas { .. } => "not_enough_replicas",
+            WireError::ReplicationTimeout => "replication_timeout",
         }
     }
 
@@ -55,7 +65,10 @@ impl WireError {
     /// (sending them again may duplicate them); false when they certainly
     /// were not.
     pub fn maybe_appended(&self) -> bool {
-        matches!(self, WireError::Indeterminate)
+        matches!(
+            self,
+            WireError::Indeterminate | WireError::ReplicationTimeout
+        )
     }
 }
 
@@ -101,6 +114,12 @@ pub fn write_error(mut builder: error::Builder<'_>, kind: &WireError, message: &
             r.set_from(*from);
             r.set_to(*to);
         }
+        WireError::NotEnoughReplicas { live, required } => {
+            let mut r = k.init_not_enough_replicas();
+            r.set_live(*live);
+            r.set_required(*required);
+        }
+        WireError::ReplicationTimeout => k.set_replication_timeout(()),
     }
 }
 
@@ -151,6 +170,14 @@ pub fn read_error(reader: error::Reader<'_>) -> capnp::Result<(WireError, String
                 to: r.get_to(),
             }
         }
+        Which::NotEnoughReplicas(r) => {
+            let r = r?;
+            WireError::NotEnoughReplicas {
+                live: r.get_live(),
+                required: r.get_required(),
+            }
+        }
+        Which::ReplicationTimeout(()) => WireError::ReplicationTimeout,
     };
     Ok((kind, message))
 }

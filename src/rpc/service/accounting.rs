@@ -76,6 +76,7 @@ pub(super) const SINK_FINISH: Method = Method::call("produceSink.finish");
 pub(super) const CONSUME: Method = Method::call("consume");
 pub(super) const CONSUME_STREAM: Method = Method::stream("consumeStream");
 pub(super) const REPLICATE: Method = Method::stream("replicate");
+pub(super) const REPLICATED: Method = Method::call("replicated");
 pub(super) const GET_SERVERS: Method = Method::call("getServers");
 pub(super) const LIST_PARTITIONS: Method = Method::call("listPartitions");
 

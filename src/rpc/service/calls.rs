@@ -10,6 +10,25 @@ pub(super) fn log_error(e: &LogError) -> (WireError, String) {
     (crate::rpc::errors::classify(e), e.to_string())
 }
 
+/// An `acks=all` refusal or timeout as a wire error.
+pub(super) fn ack_error(e: crate::replication::AckError) -> (WireError, String) {
+    use crate::replication::AckError;
+    match e {
+        AckError::NotEnoughReplicas { live, required } => (
+            WireError::NotEnoughReplicas { live, required },
+            format!(
+                "not appended: {live} live holders of the partition, min-insync-replicas is {required}"
+            ),
+        ),
+        AckError::Timeout { after, confirmed } => (
+            WireError::ReplicationTimeout,
+            format!(
+                "only {confirmed} holders confirmed within {after:?}; it may still be replicated"
+            ),
+        ),
+    }
+}
+
 pub(super) fn write_produced(
     out: produced::Builder<'_>,
     outcome: Result<(String, u64, u32), (WireError, String)>,
@@ -32,9 +51,13 @@ impl LogService {
         &self,
         values: Vec<Vec<u8>>,
         session: Option<u64>,
+        acks: Acks,
     ) -> AppendOutcome {
         self.check_sizes(values.iter().map(Vec::as_slice))?;
         let (id, log) = self.partition("", ACTION_PRODUCE)?;
+        if acks == Acks::All {
+            self.ctx.in_sync.check_live().map_err(ack_error)?;
+        }
         let count = values.len() as u32;
         let bytes = match &self.metrics {
             Some(_) => values.iter().map(Vec::len).sum::<usize>() as u64,
@@ -53,6 +76,13 @@ impl LogService {
                 if let Some(m) = &self.metrics {
                     m.appended(count.into(), bytes);
                 }
+                if acks == Acks::All {
+                    self.ctx.in_sync.wait(range.end).await.map_err(|e| {
+                        let (kind, why) = ack_error(e);
+                        let offsets = format!("offsets {}..{} of {id}", range.start, range.end);
+                        (kind, format!("{offsets} appended on the leader: {why}"))
+                    })?;
+                }
                 Ok((id, range.start, count))
             }
             Err(e) => Err(log_error(&e)),
@@ -60,8 +90,13 @@ impl LogService {
     }
 
     /// Appends to the own partition; fills a `Produced`.
-    pub(super) async fn append(&self, values: Vec<Vec<u8>>, out: produced::Builder<'_>) -> Outcome {
-        let outcome = self.append_values(values, None).await;
+    pub(super) async fn append(
+        &self,
+        values: Vec<Vec<u8>>,
+        acks: Acks,
+        out: produced::Builder<'_>,
+    ) -> Outcome {
+        let outcome = self.append_values(values, None, acks).await;
         let label = match &outcome {
             Ok(_) => Ok(()),
             Err((kind, _)) => Err(kind.kind()),
@@ -78,8 +113,11 @@ impl log::Server for LogService {
         mut results: log::ProduceResults,
     ) -> Result<(), Error> {
         self.call(PRODUCE, async {
-            let value = params.get()?.get_value()?.to_vec();
-            Ok(self.append(vec![value], results.get().init_result()).await)
+            let p = params.get()?;
+            let (value, acks) = (p.get_value()?.to_vec(), p.get_acks()?);
+            Ok(self
+                .append(vec![value], acks, results.get().init_result())
+                .await)
         })
         .await
     }
@@ -90,25 +128,29 @@ impl log::Server for LogService {
         mut results: log::ProduceBatchResults,
     ) -> Result<(), Error> {
         self.call(PRODUCE_BATCH, async {
-            let list = params.get()?.get_values()?;
+            let p = params.get()?;
+            let list = p.get_values()?;
             let mut values = Vec::with_capacity(list.len() as usize);
             for v in list.iter() {
                 values.push(v?.to_vec());
             }
-            Ok(self.append(values, results.get().init_result()).await)
+            Ok(self
+                .append(values, p.get_acks()?, results.get().init_result())
+                .await)
         })
         .await
     }
 
     async fn produce_stream(
         self: CapRc<Self>,
-        _: log::ProduceStreamParams,
+        params: log::ProduceStreamParams,
         mut results: log::ProduceStreamResults,
     ) -> Result<(), Error> {
         self.call(PRODUCE_STREAM, async {
             let sink = ProduceSink {
                 service: self.clone(),
                 session: crate::log::new_session(),
+                acks: params.get()?.get_acks()?,
                 results: RefCell::new(Vec::new()),
                 _open: self
                     .metrics
@@ -194,6 +236,27 @@ impl log::Server for LogService {
             };
             let end = self.serve_stream(stream, true).await;
             Ok(write_stream_end(results.get().init_end(), end))
+        })
+        .await
+    }
+
+    async fn replicated(
+        self: CapRc<Self>,
+        params: log::ReplicatedParams,
+        _: log::ReplicatedResults,
+    ) -> Result<(), Error> {
+        self.call(REPLICATED, async {
+            let p = params.get()?;
+            let (id, node) = (text(p.get_partition())?, text(p.get_node())?);
+            let id = self.ctx.partitions.resolve(&id).to_string();
+            // No result to carry a typed error: a denial fails the call.
+            if let Err((_, message)) = self.authorize(ACTION_REPLICATE, &id) {
+                return Err(Error::failed(message));
+            }
+            if self.ctx.partitions.is_own(&id) {
+                self.ctx.in_sync.report(&node, p.get_committed());
+            }
+            Ok(Ok(()))
         })
         .await
     }

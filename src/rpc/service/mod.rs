@@ -17,7 +17,7 @@ use tracing::field::Empty;
 
 use crate::cluster::{ClusterView, ServerInfo};
 use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats, WaitFor};
-use crate::log_capnp::{log, produce_sink, produced, record_sink};
+use crate::log_capnp::{Acks, log, produce_sink, produced, record_sink};
 use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
 use crate::wire::errors::{WireError, write_error};
 use crate::wire::text;
@@ -44,6 +44,8 @@ pub struct ServiceContext {
     pub max_record_bytes: u32,
     /// Default and upper bound of a consumeStream batch, in bytes.
     pub max_stream_batch_bytes: u32,
+    /// `acks=all`: the live holders of the own partition and their positions.
+    pub in_sync: Rc<crate::replication::InSync>,
 }
 
 /// One client connection's view of the service: its identity goes with it.

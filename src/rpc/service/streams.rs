@@ -147,6 +147,8 @@ impl LogService {
 pub(super) struct ProduceSink {
     pub(super) service: CapRc<LogService>,
     pub(super) session: u64,
+    /// When each write is answered.
+    pub(super) acks: Acks,
     /// One slot per write, in the order the writes arrived (a slot is
     /// filled when its append completes, whatever the completion order).
     pub(super) results: RefCell<Vec<Option<AppendOutcome>>>,
@@ -168,7 +170,10 @@ impl produce_sink::Server for ProduceSink {
                     results.push(None);
                     results.len() - 1
                 };
-                let outcome = self.service.append_values(values, Some(self.session)).await;
+                let outcome = self
+                    .service
+                    .append_values(values, Some(self.session), self.acks)
+                    .await;
                 let label = match &outcome {
                     Ok(_) => Ok(()),
                     Err((kind, _)) => Err(kind.kind()),
