@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Process id of the server: its peak resident memory is reported.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// When produces are answered: `leader` or `all` (min-insync-replicas holders).
+    #[arg(long, value_enum, default_value = "leader")]
+    acks: super::client::AcksArg,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -89,7 +92,7 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
         return Err("--records, --window and --batch must be at least 1".into());
     }
     super::block_on(async move {
-        let client = args.connect.connect().await?;
+        let client = args.connect.connect().await?.with_acks(args.acks.acks());
         let value = vec![0x5au8; args.size];
         let calls = args.records.div_ceil(args.batch as u64);
         let mut latencies: Vec<Duration> = Vec::with_capacity(calls as usize);
@@ -132,7 +135,7 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
         println!(
             "{}",
             serde_json::json!({
-                "phase": "produce", "records": args.records, "size": args.size, "window": args.window, "batch": args.batch,
+                "phase": "produce", "records": args.records, "size": args.size, "window": args.window, "batch": args.batch, "acks": format!("{:?}", args.acks).to_lowercase(),
                 "seconds": elapsed, "records_per_s": rate.round(), "mb_per_s": (rate * args.size as f64 / 1e6 * 10.0).round() / 10.0,
                 "p50_us": percentile(&latencies, 0.50).round(), "p99_us": percentile(&latencies, 0.99).round(),
             })

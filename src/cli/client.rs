@@ -94,6 +94,15 @@ pub enum AcksArg {
     All,
 }
 
+impl AcksArg {
+    pub fn acks(self) -> proglog::client::Acks {
+        match self {
+            AcksArg::Leader => proglog::client::Acks::Leader,
+            AcksArg::All => proglog::client::Acks::All,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// The record's bytes, then a newline.
@@ -139,11 +148,7 @@ fn print_produced(
 
 pub fn produce(args: ProduceArgs) -> Result<(), BoxError> {
     super::block_on(async move {
-        let acks = match args.acks {
-            AcksArg::Leader => proglog::client::Acks::Leader,
-            AcksArg::All => proglog::client::Acks::All,
-        };
-        let client = args.connect.connect().await?.with_acks(acks);
+        let client = args.connect.connect().await?.with_acks(args.acks.acks());
         if !args.values.is_empty() {
             let batch = client.produce_batch(&args.values).await?;
             let mut out = std::io::stdout().lock();

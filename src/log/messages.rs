@@ -73,14 +73,25 @@ pub async fn append_in_order(
     log: &actix::Addr<super::LogActor>,
     append: Append,
 ) -> Result<Range<u64>, LogError> {
+    send_in_order(log, append).await
+}
+
+/// [`append_in_order`], sent now: the returned future only waits for the
+/// answer, so several appends can be in flight, landing in the order sent.
+pub fn send_in_order(
+    log: &actix::Addr<super::LogActor>,
+    append: Append,
+) -> impl std::future::Future<Output = Result<Range<u64>, LogError>> + 'static {
     let (reply, answer) = tokio::sync::oneshot::channel();
     log.do_send(AppendInOrder { append, reply });
-    answer.await.unwrap_or_else(|_| {
-        Err(LogError::indeterminate(
-            "",
-            "the append was dropped by a failing actor: it may have been written",
-        ))
-    })
+    async move {
+        answer.await.unwrap_or_else(|_| {
+            Err(LogError::indeterminate(
+                "",
+                "the append was dropped by a failing actor: it may have been written",
+            ))
+        })
+    }
 }
 
 /// A fresh produce-session id, unique in this process.

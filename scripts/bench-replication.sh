@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Replication figures on this machine, release build, plaintext loopback:
+#  1. catch-up: a leader holds N records of 256 B (default 4,194,304: 1 GiB
+#     of values); its consumeStream rate is measured (`proglog bench`'s
+#     consume phase), then a fresh follower joins and the time until its
+#     replica holds all N records gives the catch-up rate; the ratio of the
+#     two is printed.
+#  2. acks: three nodes; `proglog bench` against one of them with
+#     --acks leader and --acks all, W=1 single records and batched.
+# Every line printed is JSON.
+#
+#   scripts/bench-replication.sh [BINARY] [RECORDS]
+set -euo pipefail
+bin="${1:-target/release/proglog}"; records="${2:-4194304}"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+. "$(cd "$(dirname "$0")" && pwd)/node.sh"
+
+gossip() { sed -n 's/^ready .*gossip=\([^ ]*\).*/\1/p' "$work/$1.out"; }
+partition() { sed -n 's/^ready .*partition=\([^ ]*\).*/\1/p' "$work/$1.out"; }
+# The next offset of partition $2 as node $1 lists it (0 when not held yet).
+next_of() {
+  "$bin" partitions --insecure --addr "$1" | awk -v p="$2" '$1 == p { print $4; found=1 } END { if (!found) print 0 }'
+}
+
+# 1. Catch-up.
+start leader "$bin" --insecure; leader="$addr"; leader_pid="$pid"
+"$bin" bench --insecure --addr "$leader" -n "$records" -s 256 -w 8 -b 1000 --server-pid "$leader_pid" \
+  | sed 's/^{/{"case":"leader_load",/'
+p="$(partition leader)"
+t0="$(date +%s.%N)"
+start follower "$bin" --insecure --join "$(gossip leader)"; follower="$addr"
+while [ "$(next_of "$follower" "$p")" -lt "$records" ]; do sleep 0.05; done
+t1="$(date +%s.%N)"
+python3 - "$t0" "$t1" "$records" <<'PY'
+import json, sys
+t0, t1, n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+s = t1 - t0
+print(json.dumps({"case": "catch_up", "records": n, "seconds": round(s, 3),
+                  "records_per_s": round(n / s), "mb_per_s": round(n * 256 / s / 1e6, 1)}))
+PY
+kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
+
+# 2. acks=leader vs acks=all on three nodes.
+start a "$bin" --insecure; a="$addr"; a_pid="$pid"
+start b "$bin" --insecure --join "$(gossip a)"
+start c "$bin" --insecure --join "$(gossip a)"
+sleep 1
+for round in 1 2 3; do
+  for acks in leader all; do
+    "$bin" bench --insecure --addr "$a" --acks "$acks" -n 5000 -w 1 -b 1 --no-consume \
+      | sed "s/^{/{\"case\":\"w1\",\"round\":$round,/"
+    "$bin" bench --insecure --addr "$a" --acks "$acks" -n 1000000 -w 8 -b 1000 --no-consume \
+      | sed "s/^{/{\"case\":\"batched\",\"round\":$round,/"
+  done
+done
