@@ -169,40 +169,11 @@ impl Handler<MembershipEvent> for Agent {
         {
             self.telemetry.readiness().set_membership_joined(true);
         }
-        let mut view = self.view.borrow_mut();
-        match event {
-            MembershipEvent::Snapshot(members) => {
-                view.peers = members
-                    .into_iter()
-                    .map(|m| ServerInfo {
-                        name: m.name,
-                        rpc_addr: m.rpc_addr.to_string(),
-                        alive: true,
-                        partition: m.partition,
-                    })
-                    .collect();
-            }
-            MembershipEvent::PeerUp {
-                name,
-                rpc_addr,
-                partition,
-                ..
-            } => {
-                view.peers.retain(|p| p.name != name);
-                view.peers.push(ServerInfo {
-                    name,
-                    rpc_addr: rpc_addr.to_string(),
-                    alive: true,
-                    partition,
-                });
-            }
-            MembershipEvent::PeerDown { name, reason } => {
-                tracing::info!(peer = %name, ?reason, "peer down");
-                for p in view.peers.iter_mut().filter(|p| p.name == name) {
-                    p.alive = false;
-                }
-            }
+        if let MembershipEvent::PeerDown { name, reason } = &event {
+            tracing::info!(peer = %name, ?reason, "peer down");
         }
+        // The RPC front's view: every peer known, alive or not.
+        self.view.borrow_mut().peers = self.peers_view();
     }
 }
 

@@ -38,8 +38,22 @@ pub struct Replication {
 pub(super) struct Peer {
     rpc_addr: SocketAddr,
     partition: String,
-    /// Down by failure (not left): its replicator keeps retrying.
+    /// Down (failed or left) when false.
     alive: bool,
+    /// It left gracefully: nothing is pulled from it any more. A peer down
+    /// by failure keeps its replicator, which retries until it returns.
+    left: bool,
+}
+
+impl Peer {
+    fn up(rpc_addr: SocketAddr, partition: String) -> Peer {
+        Peer {
+            rpc_addr,
+            partition,
+            alive: true,
+            left: false,
+        }
+    }
 }
 
 /// A running replicator and what it pulls.
@@ -117,14 +131,7 @@ impl Agent {
             MembershipEvent::Snapshot(members) => {
                 self.peers = members
                     .iter()
-                    .map(|m| {
-                        let peer = Peer {
-                            rpc_addr: m.rpc_addr,
-                            partition: m.partition.clone(),
-                            alive: true,
-                        };
-                        (m.name.clone(), peer)
-                    })
+                    .map(|m| (m.name.clone(), Peer::up(m.rpc_addr, m.partition.clone())))
                     .collect();
             }
             MembershipEvent::PeerUp {
@@ -133,24 +140,29 @@ impl Agent {
                 partition,
                 ..
             } => {
-                let peer = Peer {
-                    rpc_addr: *rpc_addr,
-                    partition: partition.clone(),
-                    alive: true,
-                };
+                let peer = Peer::up(*rpc_addr, partition.clone());
                 self.peers.insert(name.clone(), peer);
             }
-            MembershipEvent::PeerDown { name, reason } => match reason {
-                DownReason::Left => {
-                    self.peers.remove(name);
+            MembershipEvent::PeerDown { name, reason } => {
+                if let Some(p) = self.peers.get_mut(name) {
+                    p.alive = false;
+                    p.left = *reason == DownReason::Left;
                 }
-                DownReason::Failed => {
-                    if let Some(p) = self.peers.get_mut(name) {
-                        p.alive = false;
-                    }
-                }
-            },
+            }
         }
+    }
+
+    /// The peers as `getServers` reports them.
+    pub(super) fn peers_view(&self) -> Vec<crate::cluster::ServerInfo> {
+        self.peers
+            .iter()
+            .map(|(name, p)| crate::cluster::ServerInfo {
+                name: name.clone(),
+                rpc_addr: p.rpc_addr.to_string(),
+                alive: p.alive,
+                partition: p.partition.clone(),
+            })
+            .collect()
     }
 
     /// Starts, replaces or stops replicators so that exactly the peers
@@ -183,7 +195,7 @@ impl Agent {
         );
         let mut wanted: BTreeMap<String, Peer> = BTreeMap::new();
         for (name, peer) in &self.peers {
-            if peer.partition.is_empty() || peer.partition == r.partitions.own_id() {
+            if peer.left || peer.partition.is_empty() || peer.partition == r.partitions.own_id() {
                 continue;
             }
             let members = live.iter().copied().chain([name.as_str()]);

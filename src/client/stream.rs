@@ -72,6 +72,30 @@ pub struct RecordStream {
     call: tokio::task::JoinHandle<()>,
 }
 
+/// Starts a consumeStream or replicate call (alike, but two generated
+/// request types) into a fresh sink; `verify` checks each record's CRC.
+macro_rules! stream_call {
+    ($request:expr, $partition:expr, $offset:expr, $max:expr, $verify:expr) => {{
+        let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
+        let sink: record_sink::Client = capnp_rpc::new_client(Sink {
+            tx,
+            verify: $verify,
+        });
+        let mut request = $request;
+        {
+            let mut p = request.get();
+            p.set_partition($partition);
+            p.set_offset($offset);
+            p.set_sink(sink);
+            p.set_max_batch_bytes($max);
+        }
+        Self::running(rx, async move {
+            let response = request.send().promise.await?;
+            read_end(response.get()?.get_end()?)
+        })
+    }};
+}
+
 impl RecordStream {
     pub(crate) fn open(
         log: &log::Client,
@@ -79,20 +103,13 @@ impl RecordStream {
         offset: u64,
         max_batch_bytes: u32,
     ) -> RecordStream {
-        let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
-        let sink: record_sink::Client = capnp_rpc::new_client(Sink { tx, verify: false });
-        let mut request = log.consume_stream_request();
-        {
-            let mut p = request.get();
-            p.set_partition(partition);
-            p.set_offset(offset);
-            p.set_sink(sink);
-            p.set_max_batch_bytes(max_batch_bytes);
-        }
-        Self::running(rx, async move {
-            let response = request.send().promise.await?;
-            read_end(response.get()?.get_end()?)
-        })
+        stream_call!(
+            log.consume_stream_request(),
+            partition,
+            offset,
+            max_batch_bytes,
+            false
+        )
     }
 
     /// A replication stream of a peer's own partition: as
@@ -103,20 +120,13 @@ impl RecordStream {
         offset: u64,
         max_batch_bytes: u32,
     ) -> RecordStream {
-        let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
-        let sink: record_sink::Client = capnp_rpc::new_client(Sink { tx, verify: true });
-        let mut request = log.replicate_request();
-        {
-            let mut p = request.get();
-            p.set_partition(partition);
-            p.set_offset(offset);
-            p.set_sink(sink);
-            p.set_max_batch_bytes(max_batch_bytes);
-        }
-        Self::running(rx, async move {
-            let response = request.send().promise.await?;
-            read_end(response.get()?.get_end()?)
-        })
+        stream_call!(
+            log.replicate_request(),
+            partition,
+            offset,
+            max_batch_bytes,
+            true
+        )
     }
 
     fn running(

@@ -6,6 +6,20 @@ use super::*;
 /// The outcome of an append as `Produced` carries it: (partition, first offset, count) or the error.
 pub(super) type AppendOutcome = Result<(String, u64, u32), (WireError, String)>;
 
+/// The [`StreamRequest`] of a consumeStream or replicate call (their
+/// parameters are alike but of two generated types).
+macro_rules! stream_request {
+    ($params:expr) => {{
+        let p = $params.get()?;
+        StreamRequest {
+            id: text(p.get_partition())?,
+            from: p.get_offset(),
+            sink: p.get_sink()?,
+            max_batch_bytes: p.get_max_batch_bytes(),
+        }
+    }};
+}
+
 pub(super) fn log_error(e: &LogError) -> (WireError, String) {
     (crate::rpc::errors::classify(e), e.to_string())
 }
@@ -208,14 +222,7 @@ impl log::Server for LogService {
         mut results: log::ConsumeStreamResults,
     ) -> Result<(), Error> {
         self.call(CONSUME_STREAM, async {
-            let p = params.get()?;
-            let stream = StreamRequest {
-                id: text(p.get_partition())?,
-                from: p.get_offset(),
-                sink: p.get_sink()?,
-                max_batch_bytes: p.get_max_batch_bytes(),
-            };
-            let end = self.serve_stream(stream, false).await;
+            let end = self.serve_stream(stream_request!(params), false).await;
             Ok(write_stream_end(results.get().init_end(), end))
         })
         .await
@@ -227,14 +234,7 @@ impl log::Server for LogService {
         mut results: log::ReplicateResults,
     ) -> Result<(), Error> {
         self.call(REPLICATE, async {
-            let p = params.get()?;
-            let stream = StreamRequest {
-                id: text(p.get_partition())?,
-                from: p.get_offset(),
-                sink: p.get_sink()?,
-                max_batch_bytes: p.get_max_batch_bytes(),
-            };
-            let end = self.serve_stream(stream, true).await;
+            let end = self.serve_stream(stream_request!(params), true).await;
             Ok(write_stream_end(results.get().init_end(), end))
         })
         .await
