@@ -1,6 +1,7 @@
-//! Replication between real `proglog serve` processes on loopback: every
-//! node leads its own partition, and its peers' ReplicatorActors copy it
-//! at identical offsets, byte for byte, with nothing duplicated or cycled.
+//! Replication between real `proglog serve` processes on loopback, with
+//! mutual TLS on (the nodes share a development CA through `--tls-dir`):
+//! every node leads its own partition, and its peers' ReplicatorActors copy
+//! it at identical offsets, byte for byte, with nothing duplicated or cycled.
 
 mod support;
 
@@ -12,8 +13,12 @@ use support::{ServeOptions, Server};
 
 const NODES: [&str; 3] = ["repl-a", "repl-b", "repl-c"];
 
+/// Starts a node with mutual TLS: every node of a test keeps its data in
+/// `<root>/<node>` and shares the development CA in `<root>/tls` (made by
+/// the first), so they trust each other; the ACL grants them `replicate`.
 fn start(name: &str, dir: &std::path::Path, join: Option<&Server>, extra: &[&str]) -> Server {
-    let mut extra_args = vec!["--insecure".to_string()];
+    let tls = dir.parent().unwrap().join("tls");
+    let mut extra_args = vec!["--tls-dir".to_string(), tls.display().to_string()];
     if let Some(seed) = join {
         extra_args.extend(["--join".to_string(), seed.gossip.to_string()]);
     }
@@ -32,19 +37,35 @@ fn record(node: &str, i: u64) -> Vec<u8> {
     format!("{node}:{i:06}:{}", "x".repeat((i % 97) as usize)).into_bytes()
 }
 
+/// A client of `server`, as `root`, over mutual TLS with the shared CA.
+async fn connect(server: &Server) -> Client {
+    connect_at(server.rpc, &server.data_dir).await
+}
+
+async fn connect_at(rpc: std::net::SocketAddr, data_dir: &std::path::Path) -> Client {
+    let tls = data_dir.parent().unwrap().join("tls");
+    let config = proglog::auth::tls::client_config(
+        &tls.join("ca.pem"),
+        &tls.join("root.pem"),
+        &tls.join("root.key"),
+    )
+    .unwrap();
+    Client::connect_tls(rpc, "127.0.0.1", config).await.unwrap()
+}
+
 /// Runs `f` on a fresh actix System (the client is `!Send`).
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     actix_rt::System::new().block_on(f)
 }
 
 async fn partitions(server: &Server) -> Vec<PartitionInfo> {
-    let client = Client::connect(server.rpc).await.unwrap();
+    let client = connect(server).await;
     client.partitions().await.unwrap()
 }
 
 /// Every record of `partition` on `server`, from 0 to `next`.
 async fn read_all(server: &Server, partition: &str, next: u64) -> Vec<Vec<u8>> {
-    let client = Client::connect(server.rpc).await.unwrap();
+    let client = connect(server).await;
     let mut stream = client.consume_stream(partition, 0);
     let mut out = Vec::new();
     while (out.len() as u64) < next {
@@ -89,19 +110,20 @@ fn wait_replicated(servers: &[&Server], expected: &BTreeMap<String, u64>) {
 
 #[test]
 fn three_nodes_hold_every_partition_byte_identical_to_its_leader() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(NODES[0], dirs[0].path(), None, &[]);
-    let b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
-    let c = start(NODES[2], dirs[2].path(), Some(&a), &[]);
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let a = start(NODES[0], &dirs[0], None, &[]);
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
+    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
     let servers = [&a, &b, &c];
 
     // Produce to each node at once: batches and single records.
     const PER_NODE: u64 = 3_000;
     std::thread::scope(|scope| {
-        for (rpc, name) in servers.iter().map(|s| s.rpc).zip(NODES) {
+        for ((rpc, dir), name) in servers.iter().map(|s| (s.rpc, &s.data_dir)).zip(NODES) {
             scope.spawn(move || {
                 block_on(async {
-                    let client = Client::connect(rpc).await.unwrap();
+                    let client = connect_at(rpc, dir).await;
                     let mut i = 0;
                     while i < PER_NODE {
                         if i % 3 == 0 {
@@ -151,12 +173,13 @@ fn three_nodes_hold_every_partition_byte_identical_to_its_leader() {
 
 #[test]
 fn a_killed_follower_catches_up_from_where_its_replica_ended() {
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(NODES[0], dirs[0].path(), None, &[]);
-    let b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..2).map(|i| root.path().join(format!("n{i}"))).collect();
+    let a = start(NODES[0], &dirs[0], None, &[]);
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
     let produce = |from: u64, to: u64| {
         block_on(async {
-            let client = Client::connect(a.rpc).await.unwrap();
+            let client = connect(&a).await;
             let batch: Vec<Vec<u8>> = (from..to).map(|i| record("a", i)).collect();
             for chunk in batch.chunks(100) {
                 client.produce_batch(chunk).await.unwrap();
@@ -173,7 +196,7 @@ fn a_killed_follower_catches_up_from_where_its_replica_ended() {
     b.child.sigkill();
     drop(b);
     produce(2_000, 4_000);
-    let b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
     let expected: BTreeMap<String, u64> = [(a.partition.clone(), 4_000), (b.partition.clone(), 0)]
         .into_iter()
         .collect();
@@ -231,26 +254,17 @@ fn wait_copies(servers: &[&Server], partition: &str, count: u64, copies: usize) 
 #[test]
 fn five_nodes_with_factor_three_keep_three_copies_when_a_holder_leaves() {
     let names = ["rf-a", "rf-b", "rf-c", "rf-d", "rf-e"];
-    let dirs: Vec<_> = names.iter().map(|_| tempfile::tempdir().unwrap()).collect();
-    let first = start(
-        names[0],
-        dirs[0].path(),
-        None,
-        &["--replication-factor", "3"],
-    );
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<std::path::PathBuf> = names.iter().map(|n| root.path().join(n)).collect();
+    let first = start(names[0], &dirs[0], None, &["--replication-factor", "3"]);
     let mut servers = vec![first];
     for (name, dir) in names.iter().zip(&dirs).skip(1) {
-        let s = start(
-            name,
-            dir.path(),
-            Some(&servers[0]),
-            &["--replication-factor", "3"],
-        );
+        let s = start(name, dir, Some(&servers[0]), &["--replication-factor", "3"]);
         servers.push(s);
     }
     for s in &servers {
         block_on(async {
-            let client = Client::connect(s.rpc).await.unwrap();
+            let client = connect(s).await;
             let batch: Vec<Vec<u8>> = (0..100).map(|i| record(&s.partition, i)).collect();
             client.produce_batch(&batch).await.unwrap();
         });
@@ -289,13 +303,14 @@ fn five_nodes_with_factor_three_keep_three_copies_when_a_holder_leaves() {
 
 #[test]
 fn a_wiped_node_leads_a_new_partition_and_its_old_one_stays_readable_on_its_peers() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(NODES[0], dirs[0].path(), None, &[]);
-    let mut b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
-    let c = start(NODES[2], dirs[2].path(), Some(&a), &[]);
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let a = start(NODES[0], &dirs[0], None, &[]);
+    let mut b = start(NODES[1], &dirs[1], Some(&a), &[]);
+    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
     let old = b.partition.clone();
     block_on(async {
-        let client = Client::connect(b.rpc).await.unwrap();
+        let client = connect(&b).await;
         let batch: Vec<Vec<u8>> = (0..200).map(|i| record("old-b", i)).collect();
         client.produce_batch(&batch).await.unwrap();
     });
@@ -303,8 +318,8 @@ fn a_wiped_node_leads_a_new_partition_and_its_old_one_stays_readable_on_its_peer
     let (status, _) = b.stop();
     assert!(status.success());
     drop(b);
-    std::fs::remove_dir_all(dirs[1].path()).unwrap();
-    let b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
+    std::fs::remove_dir_all(&dirs[1]).unwrap();
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
     assert_ne!(b.partition, old, "a wiped node takes a new partition id");
     // The old partition stays whole and readable where it was replicated.
     for peer in [&a, &c] {
@@ -315,7 +330,7 @@ fn a_wiped_node_leads_a_new_partition_and_its_old_one_stays_readable_on_its_peer
     }
     // And the new one is replicated like any other.
     block_on(async {
-        let client = Client::connect(b.rpc).await.unwrap();
+        let client = connect(&b).await;
         client.produce(b"new life").await.unwrap();
     });
     wait_copies(&[&a, &b, &c], &b.partition, 1, 3);
@@ -326,7 +341,7 @@ fn wait_alive(observer: &Server, alive: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let servers = block_on(async {
-            let client = Client::connect(observer.rpc).await.unwrap();
+            let client = connect(observer).await;
             client.servers().await.unwrap()
         });
         if servers.iter().filter(|s| s.alive).count() == alive {
@@ -343,17 +358,15 @@ fn wait_alive(observer: &Server, alive: usize) {
 #[test]
 fn acks_all_needs_min_insync_live_holders_and_fails_fast_without_them() {
     use proglog::client::{Acks, ClientError};
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(NODES[0], dirs[0].path(), None, &[]);
-    let b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
-    let c = start(NODES[2], dirs[2].path(), Some(&a), &[]);
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let a = start(NODES[0], &dirs[0], None, &[]);
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
+    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
     wait_alive(&a, 3);
     let produce_all = |server: &Server, value: &[u8]| {
         block_on(async {
-            let client = Client::connect(server.rpc)
-                .await
-                .unwrap()
-                .with_acks(Acks::All);
+            let client = connect(server).await.with_acks(Acks::All);
             client.produce(value).await
         })
     };
@@ -361,7 +374,7 @@ fn acks_all_needs_min_insync_live_holders_and_fails_fast_without_them() {
     let acked = produce_all(&a, b"all up").unwrap();
     let on_a_replica = [&b, &c].iter().any(|replica| {
         block_on(async {
-            let client = Client::connect(replica.rpc).await.unwrap();
+            let client = connect(replica).await;
             client.consume(&a.partition, acked.offset).await.ok()
         })
         .is_some_and(|v| v == b"all up")
@@ -410,13 +423,14 @@ fn acks_all_needs_min_insync_live_holders_and_fails_fast_without_them() {
 #[test]
 fn a_record_acked_by_all_is_readable_from_a_replica_after_its_leader_is_killed() {
     use proglog::client::Acks;
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(NODES[0], dirs[0].path(), None, &[]);
-    let b = start(NODES[1], dirs[1].path(), Some(&a), &[]);
-    let c = start(NODES[2], dirs[2].path(), Some(&a), &[]);
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let a = start(NODES[0], &dirs[0], None, &[]);
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
+    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
     wait_alive(&a, 3);
     let acked: Vec<u64> = block_on(async {
-        let client = Client::connect(a.rpc).await.unwrap().with_acks(Acks::All);
+        let client = connect(&a).await.with_acks(Acks::All);
         let mut offsets = Vec::new();
         for i in 0..100 {
             offsets.push(client.produce(&record("acked", i)).await.unwrap().offset);
@@ -428,7 +442,7 @@ fn a_record_acked_by_all_is_readable_from_a_replica_after_its_leader_is_killed()
     for (i, offset) in acked.iter().enumerate() {
         let found = [&b, &c].iter().any(|replica| {
             block_on(async {
-                let client = Client::connect(replica.rpc).await.unwrap();
+                let client = connect(replica).await;
                 client.consume(&a.partition, *offset).await.ok()
             })
             .is_some_and(|v| v == record("acked", i as u64))

@@ -341,3 +341,45 @@ fn the_node_refuses_to_start_on_bad_tls_material() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// What the first `replicate` stream of `client` yields.
+async fn first_replicated(client: &Client, partition: &str) -> Result<Vec<u8>, ClientError> {
+    let mut stream = client.replicate(partition, 0);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), stream.next_batch()).await {
+        Ok(Some(Ok(batch))) => Ok(batch[0].value.clone()),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(None) => panic!("the stream ended without a record or an error"),
+        Err(_) => panic!("no answer"),
+    }
+}
+
+#[actix_rt::test]
+async fn a_node_certificate_may_replicate_and_a_client_without_the_grant_may_not() {
+    let pki = Pki::new();
+    let node = start_tls_node(&pki).await;
+    let root = connect(&node, pki.client("root")).await.unwrap();
+    root.produce(b"to copy").await.unwrap();
+    let own = root
+        .partitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.is_leader)
+        .unwrap()
+        .id;
+    // A peer presents its node certificate (CN proglog-node): granted.
+    let peer = client_config(
+        &pki.path("ca.pem"),
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+    )
+    .unwrap();
+    let peer = connect(&node, peer).await.unwrap();
+    assert_eq!(first_replicated(&peer, &own).await.unwrap(), b"to copy");
+    // `nobody` has no `replicate` grant.
+    let nobody = connect(&node, pki.client("nobody")).await.unwrap();
+    match first_replicated(&nobody, &own).await {
+        Err(ClientError::PermissionDenied { action, .. }) => assert_eq!(action, "replicate"),
+        other => panic!("expected permission denied, got {other:?}"),
+    }
+}

@@ -191,12 +191,16 @@ impl Agent {
             Some(files) => files.clone(),
             None => {
                 let host = config.advertise_rpc_addr.ip().to_string();
-                let dev = crate::auth::certs::ensure_dev_material(&config.data_dir, &[host])?;
+                let dev = crate::auth::certs::ensure_dev_material(
+                    &config.data_dir,
+                    &config.tls_dir,
+                    &[host],
+                )?;
                 tracing::warn!(
                     dir = %dev.dir.display(),
                     created = dev.created,
-                    "no TLS configured: using development certificates (clients find root.pem/root.key with --data-dir {})",
-                    config.data_dir.display()
+                    "no TLS configured: using development certificates (clients find root.pem/root.key with --tls-dir {})",
+                    config.tls_dir.display()
                 );
                 crate::config::TlsFiles {
                     ca: dev.ca,

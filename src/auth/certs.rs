@@ -79,6 +79,11 @@ pub fn new_ca(common_name: &str, validity: Validity) -> Result<Pem, AuthError> {
 }
 
 /// A leaf certificate signed by `ca`.
+/// The identity (CN) of every node certificate: what the ACL grants
+/// `replicate` (`deploy/acl/policy.csv`). A node certificate serves TLS and
+/// is presented by the node's replicators when they dial peers.
+pub const NODE_IDENTITY: &str = "proglog-node";
+
 pub fn issue(ca: &Pem, leaf: &Leaf, validity: Validity) -> Result<Pem, AuthError> {
     let ca_key = KeyPair::from_pem(&ca.key).map_err(gen_error)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).map_err(gen_error)?;
@@ -86,7 +91,7 @@ pub fn issue(ca: &Pem, leaf: &Leaf, validity: Validity) -> Result<Pem, AuthError
     let mut params = match leaf {
         Leaf::Server { hosts } => {
             let mut p = CertificateParams::new(hosts.clone()).map_err(gen_error)?;
-            p.distinguished_name = name(hosts.first().map_or("proglog-node", String::as_str));
+            p.distinguished_name = name(NODE_IDENTITY);
             p.extended_key_usages = vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
@@ -155,17 +160,43 @@ pub struct DevMaterial {
     pub created: bool,
 }
 
-/// Makes (once) a development CA, a server certificate for localhost,
-/// 127.0.0.1 and `extra_hosts`, `root` and `nobody` client certificates, and
-/// the default ACL, under `<data_dir>/tls` and `<data_dir>/acl`.
+/// Makes (once) in `tls_dir` a development CA, a node certificate for
+/// localhost, 127.0.0.1 and `extra_hosts`, `root` and `nobody` client
+/// certificates, and in `<data_dir>/acl` the default ACL. Nodes started with
+/// the same `tls_dir` share the CA and trust each other: the first one
+/// makes the files (the others wait for it), the rest use them.
 pub fn ensure_dev_material(
     data_dir: &Path,
+    tls_dir: &Path,
     extra_hosts: &[String],
 ) -> Result<DevMaterial, AuthError> {
-    let dir = data_dir.join("tls");
+    let dir = tls_dir.to_path_buf();
     let acl = data_dir.join("acl");
     let mut created = false;
-    if !dir.join("ca.pem").exists() {
+    std::fs::create_dir_all(&dir).map_err(|e| AuthError::file(&dir, e))?;
+    let lock_path = dir.join(".creating");
+    let lock = (!dir.join("ca.pem").exists())
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock_path)
+        })
+        .and_then(Result::ok);
+    if lock.is_none() {
+        // Another node is making them: wait for its CA (written last).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !dir.join("ca.pem").exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(AuthError::Generate(format!(
+                    "{} exists but no CA appeared: remove it if no node is starting",
+                    lock_path.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    if lock.is_some() && !dir.join("ca.pem").exists() {
         let ca = new_ca("proglog development CA", Validity::days(3650))?;
         let mut hosts = vec![
             "localhost".to_string(),
@@ -201,6 +232,9 @@ pub fn ensure_dev_material(
         write(&dir, "ca", &ca)?;
         created = true;
     }
+    if lock.is_some() {
+        let _ = std::fs::remove_file(&lock_path);
+    }
     std::fs::create_dir_all(&acl).map_err(|e| AuthError::file(&acl, e))?;
     for (file, text) in [
         ("model.conf", super::acl::DEFAULT_MODEL),
@@ -221,4 +255,34 @@ pub fn ensure_dev_material(
         dir,
         created,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_starting_together_on_one_tls_dir_share_one_ca() {
+        let root = tempfile::tempdir().unwrap();
+        let tls = root.path().join("tls");
+        let made: Vec<DevMaterial> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..3)
+                .map(|i| {
+                    let (data, tls) = (root.path().join(format!("n{i}")), tls.clone());
+                    scope.spawn(move || ensure_dev_material(&data, &tls, &[]).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            made.iter().filter(|m| m.created).count(),
+            3,
+            "each made its ACL"
+        );
+        let ca = std::fs::read(tls.join("ca.pem")).unwrap();
+        for m in &made {
+            assert_eq!(std::fs::read(&m.ca).unwrap(), ca, "one CA for all");
+        }
+        assert!(!tls.join(".creating").exists());
+    }
 }

@@ -30,6 +30,9 @@ pub struct ConnectArgs {
     /// development certificates are used by default.
     #[arg(long, env = "PROGLOG_DATA_DIR", default_value = "proglog-data")]
     pub data_dir: PathBuf,
+    /// Where development certificates are found [default: <data-dir>/tls].
+    #[arg(long, env = "PROGLOG_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// Name the server certificate must carry [default: the host of --addr].
     #[arg(long)]
     pub server_name: Option<String>,
@@ -45,7 +48,10 @@ impl ConnectArgs {
                 .await
                 .map_err(|e| failed(&e));
         }
-        let tls = self.data_dir.join("tls");
+        let tls = self
+            .tls_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls"));
         let ca = self.tls_ca.clone().unwrap_or_else(|| tls.join("ca.pem"));
         let cert = self
             .tls_cert

@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// [default: with no TLS files set, a development CA made in <data-dir>/tls].
     #[arg(long, env = "PROGLOG_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Where the development certificates are made and found when no TLS
+    /// files are set: nodes started with the same directory share one CA
+    /// and trust each other (a cluster on one machine) [default: <data-dir>/tls].
+    #[arg(long, env = "PROGLOG_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// This node's certificate (PEM), presented to clients and peers.
     #[arg(long, env = "PROGLOG_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -130,6 +135,7 @@ impl ServeArgs {
             print_config: self.print_config || lower.print_config,
             insecure: self.insecure || lower.insecure,
             tls_ca: self.tls_ca.or(lower.tls_ca),
+            tls_dir: self.tls_dir.or(lower.tls_dir),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             acl_model: self.acl_model.or(lower.acl_model),
@@ -190,6 +196,8 @@ pub struct NodeConfig {
     pub insecure: bool,
     /// Explicit TLS material; `None` means development certificates.
     pub tls: Option<TlsFiles>,
+    /// Where development certificates are made and found.
+    pub tls_dir: PathBuf,
     pub acl_model: PathBuf,
     pub acl_policy: PathBuf,
     pub data_dir: PathBuf,
@@ -290,6 +298,7 @@ impl NodeConfig {
         let config = NodeConfig {
             insecure: a.insecure,
             tls,
+            tls_dir: a.tls_dir.unwrap_or_else(|| data_dir.join("tls")),
             acl_model: a
                 .acl_model
                 .unwrap_or_else(|| data_dir.join("acl").join("model.conf")),
