@@ -12,7 +12,7 @@ use actix::prelude::*;
 use super::Agent;
 use crate::log::Partitions;
 use crate::membership::{DownReason, MembershipEvent};
-use crate::replication::{Connector, ReplicatorActor, ReplicatorSetup, holders};
+use crate::replication::{Connector, ReplicatorActor, ReplicatorSetup, StopReplicating, holders};
 use crate::supervision::{self, ChildSpec};
 use crate::telemetry::Metrics;
 
@@ -61,19 +61,6 @@ pub(super) struct Running {
     partition: String,
     rpc_addr: SocketAddr,
     addr: Addr<ReplicatorActor>,
-}
-
-/// Stops a replicator: its pull ends and the actor is dropped.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct StopReplicating;
-
-impl Handler<StopReplicating> for ReplicatorActor {
-    type Result = ();
-
-    fn handle(&mut self, _: StopReplicating, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
 }
 
 /// The replicators running now, by peer name.

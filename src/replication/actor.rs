@@ -68,6 +68,9 @@ pub struct ReplicatorActor {
     /// Why the replication halted, once it has (it stays halted).
     halted: Option<String>,
     restarts: u64,
+    /// Stopped on purpose (the Agent's `StopReplicating`): never pulls again,
+    /// even if something still holding its address makes it look failed.
+    stopped: bool,
     failpoints: Failpoints,
 }
 
@@ -106,6 +109,7 @@ impl ReplicatorActor {
             setup: Rc::new(setup),
             halted: None,
             restarts: 0,
+            stopped: false,
             failpoints: Failpoints::default(),
         }
     }
@@ -117,7 +121,7 @@ impl Actor for ReplicatorActor {
     /// Starts the pull in this actor's context (at start and after every
     /// restart); it ends only when the replication halts.
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.halted.is_some() {
+        if self.halted.is_some() || self.stopped {
             return;
         }
         let pull = pull(self.setup.clone(), self.failpoints.clone());
@@ -142,6 +146,21 @@ impl Supervised for ReplicatorActor {
 
 /// Test-only: `Handler` panics here and now; `Completion` after the next
 /// batch appended; `Timer` after the next backoff wait.
+/// Stops a replicator for good: its pull ends and the actor is dropped once
+/// no one holds its address (the replica stays on disk).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopReplicating;
+
+impl Handler<StopReplicating> for ReplicatorActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopReplicating, ctx: &mut Context<Self>) {
+        self.stopped = true;
+        ctx.stop();
+    }
+}
+
 impl Handler<InjectPanic> for ReplicatorActor {
     type Result = ();
 

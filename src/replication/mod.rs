@@ -20,7 +20,9 @@
 mod actor;
 mod in_sync;
 
-pub use actor::{Connector, GetStatus, ReplicatorActor, ReplicatorSetup, ReplicatorStatus};
+pub use actor::{
+    Connector, GetStatus, ReplicatorActor, ReplicatorSetup, ReplicatorStatus, StopReplicating,
+};
 pub use in_sync::{AckError, InSync};
 
 use sha2::{Digest, Sha256};
