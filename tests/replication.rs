@@ -338,12 +338,13 @@ fn a_wiped_node_leads_a_new_partition_and_its_old_one_stays_readable_on_its_peer
 
 /// Waits (at most 30 s) until `observer` sees exactly `alive` nodes alive.
 fn wait_alive(observer: &Server, alive: usize) {
+    block_on(wait_alive_async(observer, alive));
+}
+
+async fn wait_alive_async(observer: &Server, alive: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let servers = block_on(async {
-            let client = connect(observer).await;
-            client.servers().await.unwrap()
-        });
+        let servers = connect(observer).await.servers().await.unwrap();
         if servers.iter().filter(|s| s.alive).count() == alive {
             return;
         }
@@ -351,7 +352,7 @@ fn wait_alive(observer: &Server, alive: usize) {
             Instant::now() < deadline,
             "never {alive} alive: {servers:?}"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -449,4 +450,98 @@ fn a_record_acked_by_all_is_readable_from_a_replica_after_its_leader_is_killed()
         });
         assert!(found, "acked offset {offset} lost with its leader");
     }
+}
+
+#[test]
+fn the_cluster_client_keeps_producing_and_following_while_a_leader_is_killed_and_restarted() {
+    use proglog::client::Dial;
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let a = start(NODES[0], &dirs[0], None, &[]);
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
+    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
+    wait_alive(&a, 3);
+    let tls = root.path().join("tls");
+    let dial = Dial::Tls(
+        proglog::auth::tls::client_config(
+            &tls.join("ca.pem"),
+            &tls.join("root.pem"),
+            &tls.join("root.key"),
+        )
+        .unwrap(),
+    );
+    let seeds: Vec<String> = [&a, &b, &c].iter().map(|s| s.rpc.to_string()).collect();
+    let partitions = [
+        a.partition.clone(),
+        b.partition.clone(),
+        c.partition.clone(),
+    ];
+    let b_gossip = b.gossip;
+    let mut a = Some(a);
+    block_on(async {
+        let cluster = proglog::client::Client::connect_cluster(&seeds, dial)
+            .await
+            .unwrap();
+        let mut follows: Vec<_> = partitions.iter().map(|p| cluster.follow(p, 0)).collect();
+        let mut acked: BTreeMap<String, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        let produce = |from: u64, to: u64| {
+            let cluster = &cluster;
+            let mut out = Vec::new();
+            async move {
+                for i in from..to {
+                    let batch: Vec<Vec<u8>> =
+                        (0..5).map(|j| format!("r{i}-{j}").into_bytes()).collect();
+                    let produced = cluster.produce_batch(&batch).await.unwrap();
+                    for (offset, value) in produced.offsets.zip(batch) {
+                        out.push((produced.partition.clone(), offset, value));
+                    }
+                }
+                out
+            }
+        };
+        let mut record = |rows: Vec<(String, u64, Vec<u8>)>| {
+            for (p, o, v) in rows {
+                acked.entry(p).or_default().push((o, v));
+            }
+        };
+        record(produce(0, 30).await);
+        // Kill a leader: produces go to the others; its partition's
+        // follower moves to a replica.
+        a.take().unwrap().child.sigkill();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        record(produce(30, 60).await);
+        let a = start(NODES[0], &dirs[0], None, &["--join", &b_gossip.to_string()]);
+        assert_eq!(
+            a.partition, partitions[0],
+            "restarted on its data: same partition"
+        );
+        wait_alive_async(&a, 3).await;
+        cluster.refresh().await.unwrap();
+        let third = produce(60, 90).await;
+        assert!(
+            third.iter().any(|(p, _, _)| *p == partitions[0]),
+            "the restarted leader took produces again"
+        );
+        record(third);
+        // Every acknowledged record reaches its partition's follower exactly
+        // once, in order, offsets contiguous from 0.
+        for (p, follow) in partitions.iter().zip(follows.iter_mut()) {
+            let Some(rows) = acked.get(p) else { continue };
+            let last = rows.iter().map(|(o, _)| *o).max().unwrap();
+            let mut seen = Vec::new();
+            while seen.len() as u64 <= last {
+                let r = tokio::time::timeout(Duration::from_secs(30), follow.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{p}: follower stalled at {}", seen.len()))
+                    .expect("follow open")
+                    .expect("no error");
+                assert_eq!(r.offset, seen.len() as u64, "{p}: once, in order");
+                seen.push(r.value);
+            }
+            for (offset, value) in rows {
+                assert_eq!(&seen[*offset as usize], value, "{p} offset {offset}");
+            }
+        }
+        drop(a);
+    });
 }

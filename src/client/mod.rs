@@ -18,9 +18,12 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
 mod error;
 mod producer;
 mod stream;
+
+pub use cluster::{ClusterClient, Dial};
 
 use std::ops::Range;
 
@@ -136,6 +139,16 @@ impl Client {
         Ok(Client::over(tcp, ClientOptions::default()))
     }
 
+    /// Connects to the cluster through any of `seeds` (RPC addresses): a
+    /// [`ClusterClient`] that produces to live nodes and follows partitions
+    /// across a node's death.
+    pub async fn connect_cluster(
+        seeds: &[String],
+        dial: Dial,
+    ) -> Result<ClusterClient, ClientError> {
+        ClusterClient::connect(seeds, dial).await
+    }
+
     /// Connects with mutual TLS: `config` holds the CA to trust and this
     /// client's certificate; `server_name` must match the server's certificate.
     pub async fn connect_tls(
@@ -177,6 +190,12 @@ impl Client {
             rpc,
             acks: Acks::Leader,
         }
+    }
+
+    /// Whether the connection is still up (its RPC task has not ended): a
+    /// call on a closed one fails without reaching any server.
+    pub fn is_connected(&self) -> bool {
+        !self.rpc.is_finished()
     }
 
     /// Produces through this client are answered per `acks`. With
