@@ -545,3 +545,75 @@ fn the_cluster_client_keeps_producing_and_following_while_a_leader_is_killed_and
         drop(a);
     });
 }
+
+#[test]
+fn the_cli_with_several_addresses_produces_and_follows_across_a_killed_and_restarted_node() {
+    use support::{ChildGuard, Lines, proglog, run};
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let a = start(NODES[0], &dirs[0], None, &[]);
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
+    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
+    wait_alive(&a, 3);
+    let tls = root.path().join("tls").display().to_string();
+    let addrs = |servers: &[&Server]| {
+        servers
+            .iter()
+            .map(|s| s.rpc.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let all = addrs(&[&a, &b, &c]);
+    // Follow b's partition through the cluster.
+    let mut follow_cmd = proglog();
+    follow_cmd.args(["consume", "--follow", "--format", "json", "--tls-dir", &tls]);
+    follow_cmd.args(["--partition", &b.partition, "--addr", &all]);
+    follow_cmd.stdout(std::process::Stdio::piped());
+    let mut follower = ChildGuard::spawn("consume --follow", &mut follow_cmd);
+    let lines = Lines::spawn(follower.take_stdout());
+    let produce_to_b = |b: &Server, from: u64| {
+        let mut cmd = proglog();
+        cmd.args([
+            "produce",
+            "--json",
+            "--tls-dir",
+            &tls,
+            "--addr",
+            &b.rpc.to_string(),
+        ]);
+        cmd.args((from..from + 20).map(|i| format!("b-{i}")));
+        run(cmd, None, Duration::from_secs(60)).success();
+    };
+    produce_to_b(&b, 0);
+    // b dies: the follower moves to a replica of b's partition.
+    b.child.sigkill();
+    drop(b);
+    // Produces through the cluster go on (to the live nodes).
+    let mut cmd = proglog();
+    cmd.args([
+        "produce",
+        "--json",
+        "--tls-dir",
+        &tls,
+        "--addr",
+        &all,
+        "still",
+        "serving",
+    ]);
+    let out = run(cmd, None, Duration::from_secs(60)).success();
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    // b comes back on its data and takes records again.
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
+    produce_to_b(&b, 20);
+    // The follower saw b's 40 records once each, in order.
+    for i in 0..40u64 {
+        let line = lines
+            .next(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("no record {i} from the follower: {e:?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["offset"], i, "{line}");
+        assert_eq!(v["value"], format!("b-{i}"), "{line}");
+    }
+    follower.sigkill();
+    drop((a, c));
+}

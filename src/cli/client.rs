@@ -4,14 +4,16 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use futures::StreamExt;
-use proglog::client::{Client, ProducerConfig};
+use proglog::client::{Client, ClusterClient, Dial, ProducerConfig};
 use tokio::io::AsyncBufReadExt;
 
 use super::BoxError;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// RPC address of the node to talk to.
+    /// RPC address of the node to talk to; several, comma-separated, make
+    /// `produce` and `consume --follow` follow the cluster (failing over
+    /// between its nodes).
     #[arg(long, env = "PROGLOG_ADDR", default_value = "127.0.0.1:8400")]
     pub addr: String,
     /// Connect over plain TCP (only to a node started with --insecure).
@@ -39,15 +41,28 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    pub async fn connect(&self) -> Result<Client, BoxError> {
-        let failed = |e: &dyn std::fmt::Display| -> BoxError {
-            format!("cannot connect to {}: {e}", self.addr).into()
+    /// The seeds when `--addr` names several nodes.
+    fn seeds(&self) -> Option<Vec<String>> {
+        self.addr
+            .contains(',')
+            .then(|| self.addr.split(',').map(|a| a.trim().to_string()).collect())
+    }
+
+    /// A cluster client through the `--addr` seeds.
+    async fn connect_cluster(&self, seeds: &[String]) -> Result<ClusterClient, BoxError> {
+        let dial = if self.insecure {
+            Dial::Plain
+        } else {
+            let (ca, cert, key) = self.tls_files()?;
+            Dial::Tls(proglog::auth::tls::client_config(&ca, &cert, &key)?)
         };
-        if self.insecure {
-            return Client::connect(self.addr.as_str())
-                .await
-                .map_err(|e| failed(&e));
-        }
+        Client::connect_cluster(seeds, dial)
+            .await
+            .map_err(|e| format!("cannot reach the cluster through {}: {e}", self.addr).into())
+    }
+
+    /// The CA, certificate and key files a TLS client presents.
+    fn tls_files(&self) -> Result<(PathBuf, PathBuf, PathBuf), BoxError> {
         let tls = self
             .tls_dir
             .clone()
@@ -60,11 +75,24 @@ impl ConnectArgs {
         let key = self.tls_key.clone().unwrap_or_else(|| tls.join("root.key"));
         if !cert.exists() && self.tls_cert.is_none() {
             return Err(format!(
-                "no client certificate at {}: pass --tls-ca/--tls-cert/--tls-key, --data-dir of a node that made development certificates, or --insecure",
+                "no client certificate at {}: pass --tls-ca/--tls-cert/--tls-key, --tls-dir or --data-dir of a node that made development certificates, or --insecure",
                 cert.display()
             )
             .into());
         }
+        Ok((ca, cert, key))
+    }
+
+    pub async fn connect(&self) -> Result<Client, BoxError> {
+        let failed = |e: &dyn std::fmt::Display| -> BoxError {
+            format!("cannot connect to {}: {e}", self.addr).into()
+        };
+        if self.insecure {
+            return Client::connect(self.addr.as_str())
+                .await
+                .map_err(|e| failed(&e));
+        }
+        let (ca, cert, key) = self.tls_files()?;
         let config = proglog::auth::tls::client_config(&ca, &cert, &key)?;
         let host = self
             .addr
@@ -153,6 +181,9 @@ fn print_produced(
 }
 
 pub fn produce(args: ProduceArgs) -> Result<(), BoxError> {
+    if let Some(seeds) = args.connect.seeds() {
+        return super::block_on(produce_to_cluster(args, seeds));
+    }
     super::block_on(async move {
         let client = args.connect.connect().await?.with_acks(args.acks.acks());
         if !args.values.is_empty() {
@@ -203,6 +234,61 @@ pub fn produce(args: ProduceArgs) -> Result<(), BoxError> {
     })
 }
 
+/// Most lines sent in one batch by `produce` to a cluster.
+const CLUSTER_BATCH: usize = 1000;
+
+/// `produce` with several `--addr`: each batch goes to a live node, failing
+/// over while the error says it was not appended. Stdin lines are batched
+/// (up to 1000, or whatever arrived within 1 ms).
+async fn produce_to_cluster(args: ProduceArgs, seeds: Vec<String>) -> Result<(), BoxError> {
+    let cluster = args
+        .connect
+        .connect_cluster(&seeds)
+        .await?
+        .with_acks(args.acks.acks());
+    let send = |batch: Vec<String>| {
+        let cluster = &cluster;
+        async move {
+            let produced = cluster.produce_batch(&batch).await?;
+            let mut out = std::io::stdout().lock();
+            for offset in produced.offsets {
+                print_produced(&mut out, args.json, &produced.partition, offset)?;
+            }
+            out.flush()?;
+            Ok::<(), BoxError>(())
+        }
+    };
+    if !args.values.is_empty() {
+        return send(args.values.clone()).await;
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut batch = Vec::new();
+    loop {
+        let wait = if batch.is_empty() {
+            std::time::Duration::from_secs(3600 * 24 * 365)
+        } else {
+            std::time::Duration::from_millis(1)
+        };
+        match tokio::time::timeout(wait, lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                batch.push(line);
+                if batch.len() < CLUSTER_BATCH {
+                    continue;
+                }
+            }
+            Ok(Ok(None)) => {
+                if !batch.is_empty() {
+                    send(std::mem::take(&mut batch)).await?;
+                }
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {}
+        }
+        send(std::mem::take(&mut batch)).await?;
+    }
+}
+
 /// Awaits one record's acknowledgement.
 async fn ack_result(
     ack: impl std::future::Future<Output = Result<u64, proglog::client::ClientError>>,
@@ -211,6 +297,9 @@ async fn ack_result(
 }
 
 pub fn consume(args: ConsumeArgs) -> Result<(), BoxError> {
+    if let Some(seeds) = args.connect.seeds() {
+        return super::block_on(follow_in_cluster(args, seeds));
+    }
     super::block_on(async move {
         let client = args.connect.connect().await?;
         let info = client.partitions().await?;
@@ -232,21 +321,7 @@ pub fn consume(args: ConsumeArgs) -> Result<(), BoxError> {
         let mut stream = client.consume_stream(&partition.id, from);
         while let Some(record) = stream.next().await {
             let record = record?;
-            match args.format {
-                Format::Raw => {
-                    out.write_all(&record.value)?;
-                    out.write_all(b"\n")?;
-                }
-                Format::Json => {
-                    let line = match std::str::from_utf8(&record.value) {
-                        Ok(s) => serde_json::json!({ "offset": record.offset, "value": s }),
-                        Err(_) => {
-                            serde_json::json!({ "offset": record.offset, "value_hex": hex(&record.value) })
-                        }
-                    };
-                    writeln!(out, "{line}")?;
-                }
-            }
+            write_record(&mut out, args.format, &record)?;
             if args.follow {
                 out.flush()?;
             } else if record.offset + 1 >= end {
@@ -256,6 +331,46 @@ pub fn consume(args: ConsumeArgs) -> Result<(), BoxError> {
         out.flush()?;
         Ok(())
     })
+}
+
+/// `consume --follow --partition P` with several `--addr`: follows P from
+/// its leader or any holder, resuming after the last record printed when
+/// that node fails.
+async fn follow_in_cluster(args: ConsumeArgs, seeds: Vec<String>) -> Result<(), BoxError> {
+    if !args.follow || args.partition.is_empty() {
+        return Err("with several --addr, consume needs --follow and --partition".into());
+    }
+    let cluster = args.connect.connect_cluster(&seeds).await?;
+    let mut records = cluster.follow(&args.partition, args.from.unwrap_or(0));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    while let Some(record) = records.recv().await {
+        write_record(&mut out, args.format, &record?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn write_record(
+    out: &mut impl Write,
+    format: Format,
+    record: &proglog::client::Record,
+) -> std::io::Result<()> {
+    match format {
+        Format::Raw => {
+            out.write_all(&record.value)?;
+            out.write_all(b"\n")
+        }
+        Format::Json => {
+            let line = match std::str::from_utf8(&record.value) {
+                Ok(s) => serde_json::json!({ "offset": record.offset, "value": s }),
+                Err(_) => {
+                    serde_json::json!({ "offset": record.offset, "value_hex": hex(&record.value) })
+                }
+            };
+            writeln!(out, "{line}")
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
