@@ -37,6 +37,17 @@ fn record(node: &str, i: u64) -> Vec<u8> {
     format!("{node}:{i:06}:{}", "x".repeat((i % 97) as usize)).into_bytes()
 }
 
+/// Three nodes of `NODES` under `root` (the first the seed of the others),
+/// each seeing all three alive; returns their data directories too.
+fn three_nodes(root: &std::path::Path) -> (Vec<std::path::PathBuf>, Server, Server, Server) {
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.join(format!("n{i}"))).collect();
+    let a = start(NODES[0], &dirs[0], None, &[]);
+    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
+    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
+    wait_alive(&a, 3);
+    (dirs, a, b, c)
+}
+
 /// A client of `server`, as `root`, over mutual TLS with the shared CA.
 async fn connect(server: &Server) -> Client {
     connect_at(server.rpc, &server.data_dir).await
@@ -83,11 +94,23 @@ async fn read_all(server: &Server, partition: &str, next: u64) -> Vec<Vec<u8>> {
     out
 }
 
-/// Waits (at most 60 s) until every server holds `expected` partitions
-/// (id → next offset) exactly.
-fn wait_replicated(servers: &[&Server], expected: &BTreeMap<String, u64>) {
+/// Checks every 50 ms until `check` passes (at most 60 s); panics with
+/// its last complaint.
+fn poll<T>(mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        match check() {
+            Ok(value) => return value,
+            Err(why) => assert!(Instant::now() < deadline, "{why}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every server holds `expected` partitions (id → next offset)
+/// exactly.
+fn wait_replicated(servers: &[&Server], expected: &BTreeMap<String, u64>) {
+    poll(|| {
         let seen: Vec<BTreeMap<String, u64>> = servers
             .iter()
             .map(|s| {
@@ -97,24 +120,19 @@ fn wait_replicated(servers: &[&Server], expected: &BTreeMap<String, u64>) {
                     .collect()
             })
             .collect();
-        if seen.iter().all(|s| s == expected) {
-            return;
+        match seen.iter().all(|s| s == expected) {
+            true => Ok(()),
+            false => Err(format!(
+                "not replicated in time: expected {expected:?} everywhere, saw {seen:?}"
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "not replicated in time: expected {expected:?} everywhere, saw {seen:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 #[test]
 fn three_nodes_hold_every_partition_byte_identical_to_its_leader() {
     let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
-    let a = start(NODES[0], &dirs[0], None, &[]);
-    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
-    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
+    let (_, a, b, c) = three_nodes(root.path());
     let servers = [&a, &b, &c];
 
     // Produce to each node at once: batches and single records.
@@ -234,21 +252,18 @@ fn holding(servers: &[&Server], partition: &str, count: u64) -> Vec<String> {
         .collect()
 }
 
-/// Waits (at most 60 s) until `partition` is held, complete and followed,
-/// by exactly `copies` of `servers`; returns the holders' own partition ids.
+/// Waits until `partition` is held, complete and followed, by exactly
+/// `copies` of `servers`; returns the holders' own partition ids.
 fn wait_copies(servers: &[&Server], partition: &str, count: u64, copies: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll(|| {
         let held = holding(servers, partition, count);
-        if held.len() == copies {
-            return held;
+        match held.len() == copies {
+            true => Ok(held),
+            false => Err(format!(
+                "{partition}: held by {held:?}, wanted {copies} copies"
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{partition}: held by {held:?}, wanted {copies} copies"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 #[test]
@@ -304,10 +319,7 @@ fn five_nodes_with_factor_three_keep_three_copies_when_a_holder_leaves() {
 #[test]
 fn a_wiped_node_leads_a_new_partition_and_its_old_one_stays_readable_on_its_peers() {
     let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
-    let a = start(NODES[0], &dirs[0], None, &[]);
-    let mut b = start(NODES[1], &dirs[1], Some(&a), &[]);
-    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
+    let (dirs, a, mut b, c) = three_nodes(root.path());
     let old = b.partition.clone();
     block_on(async {
         let client = connect(&b).await;
@@ -360,11 +372,7 @@ async fn wait_alive_async(observer: &Server, alive: usize) {
 fn acks_all_needs_min_insync_live_holders_and_fails_fast_without_them() {
     use proglog::client::{Acks, ClientError};
     let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
-    let a = start(NODES[0], &dirs[0], None, &[]);
-    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
-    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
-    wait_alive(&a, 3);
+    let (_, a, b, c) = three_nodes(root.path());
     let produce_all = |server: &Server, value: &[u8]| {
         block_on(async {
             let client = connect(server).await.with_acks(Acks::All);
@@ -425,11 +433,7 @@ fn acks_all_needs_min_insync_live_holders_and_fails_fast_without_them() {
 fn a_record_acked_by_all_is_readable_from_a_replica_after_its_leader_is_killed() {
     use proglog::client::Acks;
     let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
-    let a = start(NODES[0], &dirs[0], None, &[]);
-    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
-    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
-    wait_alive(&a, 3);
+    let (_, a, b, c) = three_nodes(root.path());
     let acked: Vec<u64> = block_on(async {
         let client = connect(&a).await.with_acks(Acks::All);
         let mut offsets = Vec::new();
@@ -456,11 +460,7 @@ fn a_record_acked_by_all_is_readable_from_a_replica_after_its_leader_is_killed()
 fn the_cluster_client_keeps_producing_and_following_while_a_leader_is_killed_and_restarted() {
     use proglog::client::Dial;
     let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
-    let a = start(NODES[0], &dirs[0], None, &[]);
-    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
-    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
-    wait_alive(&a, 3);
+    let (dirs, a, b, c) = three_nodes(root.path());
     let tls = root.path().join("tls");
     let dial = Dial::Tls(
         proglog::auth::tls::client_config(
@@ -550,11 +550,7 @@ fn the_cluster_client_keeps_producing_and_following_while_a_leader_is_killed_and
 fn the_cli_with_several_addresses_produces_and_follows_across_a_killed_and_restarted_node() {
     use support::{ChildGuard, Lines, proglog, run};
     let root = tempfile::tempdir().unwrap();
-    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
-    let a = start(NODES[0], &dirs[0], None, &[]);
-    let b = start(NODES[1], &dirs[1], Some(&a), &[]);
-    let c = start(NODES[2], &dirs[2], Some(&a), &[]);
-    wait_alive(&a, 3);
+    let (dirs, a, b, c) = three_nodes(root.path());
     let tls = root.path().join("tls").display().to_string();
     let addrs = |servers: &[&Server]| {
         servers
@@ -571,36 +567,25 @@ fn the_cli_with_several_addresses_produces_and_follows_across_a_killed_and_resta
     follow_cmd.stdout(std::process::Stdio::piped());
     let mut follower = ChildGuard::spawn("consume --follow", &mut follow_cmd);
     let lines = Lines::spawn(follower.take_stdout());
-    let produce_to_b = |b: &Server, from: u64| {
+    // `proglog produce --json` of `values` through `addr` (one or several).
+    let produce = |addr: &str, values: Vec<String>| {
         let mut cmd = proglog();
-        cmd.args([
-            "produce",
-            "--json",
-            "--tls-dir",
-            &tls,
-            "--addr",
+        cmd.args(["produce", "--json", "--tls-dir", &tls, "--addr", addr]);
+        cmd.args(values);
+        run(cmd, None, Duration::from_secs(60)).success()
+    };
+    let produce_to_b = |b: &Server, from: u64| {
+        produce(
             &b.rpc.to_string(),
-        ]);
-        cmd.args((from..from + 20).map(|i| format!("b-{i}")));
-        run(cmd, None, Duration::from_secs(60)).success();
+            (from..from + 20).map(|i| format!("b-{i}")).collect(),
+        );
     };
     produce_to_b(&b, 0);
     // b dies: the follower moves to a replica of b's partition.
     b.child.sigkill();
     drop(b);
     // Produces through the cluster go on (to the live nodes).
-    let mut cmd = proglog();
-    cmd.args([
-        "produce",
-        "--json",
-        "--tls-dir",
-        &tls,
-        "--addr",
-        &all,
-        "still",
-        "serving",
-    ]);
-    let out = run(cmd, None, Duration::from_secs(60)).success();
+    let out = produce(&all, vec!["still".into(), "serving".into()]);
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
     // b comes back on its data and takes records again.
     let b = start(NODES[1], &dirs[1], Some(&a), &[]);
