@@ -31,22 +31,9 @@ impl LogActor {
 impl Handler<Truncate> for LogActor {
     type Result = ResponseFuture<Result<usize, LogError>>;
 
-    fn handle(&mut self, msg: Truncate, ctx: &mut Context<Self>) -> Self::Result {
-        self.on_truncate(msg, ctx)
-    }
-}
-
-impl LogActor {
-    pub(super) fn on_truncate(
-        &mut self,
-        msg: Truncate,
-        _ctx: &mut Context<Self>,
-    ) -> <Self as Handler<Truncate>>::Result {
+    fn handle(&mut self, msg: Truncate, _ctx: &mut Context<Self>) -> Self::Result {
         if self.closed {
-            let e = self
-                .refuse_writes()
-                .unwrap_or_else(|| LogError::Closed(self.partition.clone()));
-            return Box::pin(ready(Err(e)));
+            return Box::pin(ready(Err(LogError::Closed(self.partition.clone()))));
         }
         let lowest = msg.lowest.min(self.committed);
         let n = self
@@ -61,22 +48,9 @@ impl LogActor {
 impl Handler<ApplyRetention> for LogActor {
     type Result = ResponseFuture<Result<usize, LogError>>;
 
-    fn handle(&mut self, msg: ApplyRetention, ctx: &mut Context<Self>) -> Self::Result {
-        self.on_apply_retention(msg, ctx)
-    }
-}
-
-impl LogActor {
-    pub(super) fn on_apply_retention(
-        &mut self,
-        _msg: ApplyRetention,
-        _ctx: &mut Context<Self>,
-    ) -> <Self as Handler<ApplyRetention>>::Result {
+    fn handle(&mut self, _msg: ApplyRetention, _ctx: &mut Context<Self>) -> Self::Result {
         if self.closed {
-            let e = self
-                .refuse_writes()
-                .unwrap_or_else(|| LogError::Closed(self.partition.clone()));
-            return Box::pin(ready(Err(e)));
+            return Box::pin(ready(Err(LogError::Closed(self.partition.clone()))));
         }
         let mut ages = Vec::with_capacity(self.segments.len());
         for s in &self.segments {

@@ -92,23 +92,15 @@ impl LogActor {
 impl Handler<Read> for LogActor {
     type Result = ResponseFuture<Result<Vec<u8>, LogError>>;
 
-    fn handle(&mut self, msg: Read, ctx: &mut Context<Self>) -> Self::Result {
-        self.on_read(msg, ctx)
-    }
-}
-
-impl LogActor {
-    pub(super) fn on_read(
-        &mut self,
-        msg: Read,
-        _ctx: &mut Context<Self>,
-    ) -> <Self as Handler<Read>>::Result {
+    fn handle(&mut self, msg: Read, _ctx: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self.check_range(msg.offset) {
             return Box::pin(ready(Err(e)));
         }
         self.ask_segment(msg.offset, SegRead { offset: msg.offset })
     }
+}
 
+impl LogActor {
     /// Forwards `msg` to the SegmentActor holding `offset`; its answer is the reply.
     pub(super) fn ask_segment<M, T>(
         &self,
@@ -133,17 +125,7 @@ impl LogActor {
 impl Handler<ReadBatch> for LogActor {
     type Result = ResponseFuture<Result<RecordBatch, LogError>>;
 
-    fn handle(&mut self, msg: ReadBatch, ctx: &mut Context<Self>) -> Self::Result {
-        self.on_read_batch(msg, ctx)
-    }
-}
-
-impl LogActor {
-    pub(super) fn on_read_batch(
-        &mut self,
-        msg: ReadBatch,
-        _ctx: &mut Context<Self>,
-    ) -> <Self as Handler<ReadBatch>>::Result {
+    fn handle(&mut self, msg: ReadBatch, _ctx: &mut Context<Self>) -> Self::Result {
         if msg.from == self.committed && msg.from >= self.lowest() {
             return Box::pin(ready(Ok(RecordBatch::default())));
         }
@@ -162,25 +144,12 @@ impl LogActor {
 impl Handler<WaitFor> for LogActor {
     type Result = ResponseFuture<Result<u64, LogError>>;
 
-    fn handle(&mut self, msg: WaitFor, ctx: &mut Context<Self>) -> Self::Result {
-        self.on_wait_for(msg, ctx)
-    }
-}
-
-impl LogActor {
-    pub(super) fn on_wait_for(
-        &mut self,
-        msg: WaitFor,
-        _ctx: &mut Context<Self>,
-    ) -> <Self as Handler<WaitFor>>::Result {
+    fn handle(&mut self, msg: WaitFor, _ctx: &mut Context<Self>) -> Self::Result {
         if msg.offset < self.committed {
             return Box::pin(ready(Ok(self.committed)));
         }
         if self.closed {
-            let e = self.refuse_writes();
-            return Box::pin(ready(Err(
-                e.unwrap_or_else(|| LogError::Closed(self.partition.clone()))
-            )));
+            return Box::pin(ready(Err(LogError::Closed(self.partition.clone()))));
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push((msg.offset, tx));
