@@ -50,16 +50,26 @@ impl InSync {
 
     /// The live holders of the own partition other than this node.
     pub fn set_followers(&self, followers: impl IntoIterator<Item = String>) {
-        self.state.borrow_mut().followers = followers.into_iter().collect();
+        let mut state = self.state.borrow_mut();
+        state.followers = followers.into_iter().collect();
+        let State {
+            followers,
+            positions,
+        } = &mut *state;
+        positions.retain(|node, _| followers.contains(node));
+        drop(state);
         self.changed.notify_waiters();
     }
 
-    /// `node`'s replica has committed every record below `committed`.
+    /// `node`'s replica has committed every record below `committed`. Only
+    /// live holders are kept: what a caller reports cannot grow this.
     pub fn report(&self, node: &str, committed: u64) {
-        self.state
-            .borrow_mut()
-            .positions
-            .insert(node.to_string(), committed);
+        let mut state = self.state.borrow_mut();
+        if !state.followers.contains(node) {
+            return;
+        }
+        state.positions.insert(node.to_string(), committed);
+        drop(state);
         self.changed.notify_waiters();
     }
 
@@ -112,6 +122,19 @@ impl InSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_are_kept_for_live_holders_only() {
+        let s = InSync::new(2, Duration::from_millis(10));
+        s.set_followers(["b".to_string()]);
+        for i in 0..1000 {
+            s.report(&format!("stranger-{i}"), 5);
+        }
+        s.report("b", 5);
+        assert_eq!(s.state.borrow().positions.len(), 1);
+        s.set_followers(["c".to_string()]);
+        assert!(s.state.borrow().positions.is_empty(), "b left: forgotten");
+    }
 
     #[test]
     fn too_few_live_holders_are_refused_at_once() {
