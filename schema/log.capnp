@@ -44,9 +44,11 @@ interface Log {
 
   # Replication: as consumeStream, for a peer that keeps a replica of this
   # node's own partition (the only partition a node lets others replicate,
-  # so copies never cycle). Authorized with the action `replicate`. Every
-  # record carries its CRC-32C, which the replica checks before writing.
-  replicate @7 (partition :Text, offset :UInt64, sink :RecordSink, maxBatchBytes :UInt32) -> (end :StreamEnd);
+  # so copies never cycle). Authorized with the action `replicate`. Records
+  # travel as the leader stores them (see FrameSink): the leader checked
+  # each frame's CRC-32C when it read it, the replica checks it again
+  # before writing the same bytes.
+  replicate @7 (partition :Text, offset :UInt64, sink :FrameSink, maxBatchBytes :UInt32) -> (end :StreamEnd);
 
   # Replication: the replica of `partition` held by node `node` has
   # committed every record below `committed` (under that node's sync
@@ -76,8 +78,18 @@ interface RecordSink {
 struct Record {
   offset @0 :UInt64;
   value @1 :Data;
-  # CRC-32C (Castagnoli) of `value`, filled by `replicate` (0 elsewhere).
-  crc32c @2 :UInt32;
+}
+
+# Where a leader pushes its partition's records for a replica.
+interface FrameSink {
+  # `frames`: the records at offsets `first`, `first + 1`, ... as the
+  # leader stores them, one frame each, back to back. A frame is
+  #   length u32 | crc32c u32 | offset u64 | `length` record bytes
+  # (integers little-endian; the CRC-32C (Castagnoli) covers the length,
+  # the offset and the record bytes, in that order). `committedEnd`: the
+  # leader's committed end when it read them (the replica's lag is
+  # committedEnd minus its own end).
+  write @0 (first :UInt64, frames :Data, committedEnd :UInt64) -> stream;
 }
 
 struct Produced {
@@ -122,6 +134,9 @@ struct PartitionInfo {
   isLeader @4 :Bool;       # this node leads it (else it holds a replica)
   following @5 :Bool;      # a replica this node keeps in step now (false for a
                            # copy it no longer pulls: kept until retention)
+  lag @6 :UInt64;          # a replica's records behind its leader's committed
+                           # end as this node last saw it (0 for the leader,
+                           # and for a replica that has not heard from it)
 }
 
 # A domain error. For a failed produce, each kind says whether the records

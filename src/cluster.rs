@@ -21,4 +21,7 @@ pub struct ClusterView {
     /// Partitions this node's replicators keep in step now (a replica not
     /// in here is a copy it no longer pulls, kept until retention).
     pub following: std::collections::BTreeSet<String>,
+    /// Each replicated partition's committed end at its leader, as this
+    /// node's replicator last saw it (a replica's lag is this minus its end).
+    pub leader_ends: std::collections::BTreeMap<String, u64>,
 }

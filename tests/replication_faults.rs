@@ -1,4 +1,4 @@
-//! A replicator fed a bad stream by a test double of the leader: a record
+//! A replicator fed a bad stream by a test double of the leader: a frame
 //! at an unexpected offset, or whose bytes do not match its CRC-32C, halts
 //! that replication (reported) and is never written, nor is anything of the
 //! batch that carried it.
@@ -13,6 +13,7 @@ use capnp_rpc::rpc_twoparty_capnp::Side;
 use proglog::log::{Partitions, Stats};
 use proglog::replication::{Connector, GetStatus, ReplicatorActor, ReplicatorSetup};
 use proglog::storage::LogConfig;
+use proglog::storage::frame::FrameHeader;
 use proglog::supervision::{self, ChildSpec};
 use proglog::wire::schema::log;
 use proglog::wire::transport::{reader_options, vat_network};
@@ -37,21 +38,26 @@ impl log::Server for FakeLeader {
         _results: log::ReplicateResults,
     ) -> Result<(), capnp::Error> {
         let sink = params.get()?.get_sink()?;
+        let mut frames = Vec::new();
+        for i in 0..3u64 {
+            let value = format!("record-{i}").into_bytes();
+            let offset = match (i, self.fault) {
+                (2, Fault::SkippedOffset) => 7,
+                _ => i,
+            };
+            let mut header = FrameHeader::new(offset, &value);
+            if let (2, Fault::BadChecksum) = (i, self.fault) {
+                header.crc ^= 1;
+            }
+            frames.extend_from_slice(&header.encode());
+            frames.extend_from_slice(&value);
+        }
         let mut request = sink.write_request();
         {
-            let mut list = request.get().init_records(3);
-            for i in 0..3u32 {
-                let value = format!("record-{i}").into_bytes();
-                let mut r = list.reborrow().get(i);
-                let (offset, crc) = match (i, self.fault) {
-                    (2, Fault::SkippedOffset) => (7, crc32c::crc32c(&value)),
-                    (2, Fault::BadChecksum) => (2, crc32c::crc32c(&value) ^ 1),
-                    _ => (u64::from(i), crc32c::crc32c(&value)),
-                };
-                r.set_offset(offset);
-                r.set_value(&value);
-                r.set_crc32c(crc);
-            }
+            let mut p = request.get();
+            p.set_first(0);
+            p.set_frames(&frames);
+            p.set_committed_end(3);
         }
         let _ = request.send().await;
         // Then stay open, as a leader at its end would.
@@ -90,6 +96,7 @@ async fn halts_and_writes_nothing_bad(fault: Fault, expect: &str) {
             connector: Rc::new(Connector::Plain),
             metrics: None,
             me: "follower".into(),
+            cluster: Default::default(),
         }),
     );
     let deadline = Instant::now() + Duration::from_secs(10);

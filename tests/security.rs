@@ -11,7 +11,8 @@ use proglog::client::{Client, ClientError};
 use proglog::cluster::ClusterView;
 use proglog::log::Partitions;
 use proglog::rpc::{RpcConfig, RpcServer, ServiceContext};
-use proglog::storage::LogConfig;
+use proglog::storage::frame::FRAME_HEADER_LEN;
+use proglog::storage::{Frames, LogConfig};
 
 /// A CA with a server certificate for localhost/127.0.0.1 and clients root and nobody.
 struct Pki {
@@ -346,7 +347,11 @@ fn the_node_refuses_to_start_on_bad_tls_material() {
 async fn first_replicated(client: &Client, partition: &str) -> Result<Vec<u8>, ClientError> {
     let mut stream = client.replicate(partition, 0);
     match tokio::time::timeout(std::time::Duration::from_secs(5), stream.next_batch()).await {
-        Ok(Some(Ok(batch))) => Ok(batch[0].value.clone()),
+        Ok(Some(Ok(batch))) => {
+            // The leader's stored frames: [length | crc32c | offset] bytes.
+            let frames = Frames::check(batch.frames, batch.first).expect("intact frames");
+            Ok(frames.frame(0)[FRAME_HEADER_LEN..].to_vec())
+        }
         Ok(Some(Err(e))) => Err(e),
         Ok(None) => panic!("the stream ended without a record or an error"),
         Err(_) => panic!("no answer"),

@@ -383,6 +383,7 @@ impl Agent {
             connector: Rc::new(connector),
             metrics: telemetry.metrics().cloned(),
             in_sync,
+            cluster: cluster.clone(),
         });
         agent.do_send(replicas::Reconcile);
         membership.do_send(Subscribe(agent.clone().recipient()));

@@ -31,6 +31,8 @@ pub struct Replication {
     pub metrics: Option<Arc<Metrics>>,
     /// `acks=all` state of the own partition: its live followers are set here.
     pub in_sync: Rc<crate::replication::InSync>,
+    /// Where replicators note their leaders' ends (`listPartitions` lag).
+    pub cluster: Rc<std::cell::RefCell<crate::cluster::ClusterView>>,
 }
 
 /// A peer as membership last told.
@@ -218,6 +220,7 @@ impl Agent {
                 connector: r.connector.clone(),
                 metrics: r.metrics.clone(),
                 me: r.me.clone(),
+                cluster: r.cluster.clone(),
             };
             let spec = ChildSpec::new(format!("replicator {name}"))
                 .parent(Some(supervision::parent(&ctx.address())));

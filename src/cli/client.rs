@@ -398,8 +398,8 @@ pub fn partitions(args: ConnectArgs) -> Result<(), BoxError> {
     super::block_on(async move {
         let client = args.connect().await?;
         println!(
-            "{:<40} {:<20} {:>12} {:>12} ROLE",
-            "PARTITION", "OWNER", "LOWEST", "NEXT"
+            "{:<40} {:<20} {:>12} {:>12} {:>10} ROLE",
+            "PARTITION", "OWNER", "LOWEST", "NEXT", "LAG"
         );
         for p in client.partitions().await? {
             let role = match (p.is_leader, p.following) {
@@ -408,8 +408,8 @@ pub fn partitions(args: ConnectArgs) -> Result<(), BoxError> {
                 (false, false) => "replica (not pulled)",
             };
             println!(
-                "{:<40} {:<20} {:>12} {:>12} {role}",
-                p.id, p.owner, p.lowest_offset, p.next_offset
+                "{:<40} {:<20} {:>12} {:>12} {:>10} {role}",
+                p.id, p.owner, p.lowest_offset, p.next_offset, p.lag
             );
         }
         Ok(())

@@ -45,16 +45,6 @@ pub enum ClientError {
     /// holders in time; it may still be replicated: resending may duplicate.
     #[error("replication timed out (appended on the leader, maybe not replicated): {0}")]
     ReplicationTimeout(String),
-    /// A replicated record's bytes do not match the CRC-32C the server
-    /// sent with them: damaged on the way; not written anywhere.
-    #[error(
-        "record {offset}: checksum {actual:#010x} does not match {expected:#010x} sent by the server"
-    )]
-    ChecksumMismatch {
-        offset: u64,
-        expected: u32,
-        actual: u32,
-    },
     /// The RPC itself failed (connection lost, protocol error).
     #[error("rpc: {0}")]
     Rpc(#[from] capnp::Error),

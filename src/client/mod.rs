@@ -34,7 +34,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 pub use error::ClientError;
 pub use producer::{Producer, ProducerConfig};
-pub use stream::{Record, RecordStream};
+pub use stream::{FrameStream, Record, RecordStream, ReplicaBatch};
 
 use crate::wire::schema::{log, produced};
 use crate::wire::transport::{reader_options, vat_network};
@@ -93,6 +93,8 @@ pub struct PartitionInfo {
     /// A replica the node keeps in step now (false: a copy it no longer
     /// pulls, or the leader's own).
     pub following: bool,
+    /// A replica's records behind its leader, as last seen (0 for the leader).
+    pub lag: u64,
 }
 
 /// A connection to one node.
@@ -295,8 +297,8 @@ impl Client {
     /// Replicates `partition` (the server's own) from `offset` on: as
     /// [`Client::consume_stream`], each record checked against the CRC-32C
     /// the server computed. Authorized as `replicate`.
-    pub fn replicate(&self, partition: &str, offset: u64) -> RecordStream {
-        RecordStream::replicate(&self.log, partition, offset, 0)
+    pub fn replicate(&self, partition: &str, offset: u64) -> FrameStream {
+        FrameStream::open(&self.log, partition, offset)
     }
 
     /// Tells the leader that `node`'s replica of `partition` has committed
@@ -346,6 +348,7 @@ impl Client {
                 next_offset: p.get_next_offset(),
                 is_leader: p.get_is_leader(),
                 following: p.get_following(),
+                lag: p.get_lag(),
             });
         }
         Ok(out)

@@ -1,6 +1,7 @@
 //! Following a partition: the server pushes into a sink we serve, with
 //! `-> stream` flow control; records come out as an async `Stream`.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -9,7 +10,7 @@ use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ClientError;
-use crate::wire::schema::{log, record_sink, stream_end};
+use crate::wire::schema::{frame_sink, log, record_sink, stream_end};
 
 /// A record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +26,6 @@ const BUFFERED_BATCHES: usize = 4;
 
 struct Sink {
     tx: mpsc::Sender<Result<Vec<Record>, ClientError>>,
-    /// Check each record against the CRC-32C sent with it (replication).
-    verify: bool,
 }
 
 impl record_sink::Server for Sink {
@@ -37,23 +36,9 @@ impl record_sink::Server for Sink {
         let list = params.get()?.get_records()?;
         let mut batch = Vec::with_capacity(list.len() as usize);
         for r in list.iter() {
-            let (offset, value) = (r.get_offset(), r.get_value()?);
-            if self.verify {
-                let (expected, actual) = (r.get_crc32c(), crc32c::crc32c(value));
-                if expected != actual {
-                    let e = ClientError::ChecksumMismatch {
-                        offset,
-                        expected,
-                        actual,
-                    };
-                    let message = e.to_string();
-                    let _ = self.tx.send(Err(e)).await;
-                    return Err(capnp::Error::failed(message));
-                }
-            }
             batch.push(Record {
-                offset,
-                value: value.to_vec(),
+                offset: r.get_offset(),
+                value: r.get_value()?.to_vec(),
             });
         }
         self.tx
@@ -63,37 +48,116 @@ impl record_sink::Server for Sink {
     }
 }
 
-/// Records of a partition from an offset on, as they are appended. Dropping
-/// it cancels the call on the server.
-pub struct RecordStream {
-    rx: mpsc::Receiver<Result<Vec<Record>, ClientError>>,
-    pending: std::vec::IntoIter<Record>,
+/// One batch of a replication stream, as the leader sent it: the frames are
+/// not checked here (the replica checks them before writing anything).
+#[derive(Debug)]
+pub struct ReplicaBatch {
+    /// Offset of the first frame.
+    pub first: u64,
+    /// Frames back to back, as the leader stores them (see `FrameSink` in
+    /// the schema).
+    pub frames: Vec<u8>,
+    /// The leader's committed end when it read them.
+    pub committed_end: u64,
+}
+
+/// The replica's end of a replicate call.
+struct ReplicaSink {
+    tx: mpsc::Sender<Result<ReplicaBatch, ClientError>>,
+}
+
+impl frame_sink::Server for ReplicaSink {
+    async fn write(self: CapRc<Self>, params: frame_sink::WriteParams) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let batch = ReplicaBatch {
+            first: p.get_first(),
+            frames: p.get_frames()?.to_vec(),
+            committed_end: p.get_committed_end(),
+        };
+        self.tx
+            .send(Ok(batch))
+            .await
+            .map_err(|_| capnp::Error::disconnected("the replica dropped the stream".into()))
+    }
+}
+
+/// A replication stream (`replicate`): batches of the leader's frames from
+/// an offset on, as they are committed. Dropping it cancels the call.
+pub struct FrameStream {
+    calls: Call<ReplicaBatch>,
+}
+
+impl FrameStream {
+    pub(crate) fn open(log: &log::Client, partition: &str, offset: u64) -> FrameStream {
+        let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
+        let sink: frame_sink::Client = capnp_rpc::new_client(ReplicaSink { tx });
+        let mut request = log.replicate_request();
+        {
+            let mut p = request.get();
+            p.set_partition(partition);
+            p.set_offset(offset);
+            p.set_sink(sink);
+            p.set_max_batch_bytes(0);
+        }
+        FrameStream {
+            calls: Call::running(rx, async move {
+                let response = request.send().promise.await?;
+                read_end(response.get()?.get_end()?)
+            }),
+        }
+    }
+
+    /// The next batch; `None` once the call ended cleanly.
+    pub async fn next_batch(&mut self) -> Option<Result<ReplicaBatch, ClientError>> {
+        self.calls.next().await
+    }
+}
+
+/// A streaming call in flight: the batches its sink received, then how it ended.
+struct Call<T> {
+    rx: mpsc::Receiver<Result<T, ClientError>>,
     end: Option<oneshot::Receiver<Result<(), ClientError>>>,
     call: tokio::task::JoinHandle<()>,
 }
 
-/// Starts a consumeStream or replicate call (alike, but two generated
-/// request types) into a fresh sink; `verify` checks each record's CRC.
-macro_rules! stream_call {
-    ($request:expr, $partition:expr, $offset:expr, $max:expr, $verify:expr) => {{
-        let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
-        let sink: record_sink::Client = capnp_rpc::new_client(Sink {
-            tx,
-            verify: $verify,
+impl<T> Call<T> {
+    fn running(
+        rx: mpsc::Receiver<Result<T, ClientError>>,
+        call: impl Future<Output = Result<(), ClientError>> + 'static,
+    ) -> Call<T> {
+        let (end_tx, end_rx) = oneshot::channel();
+        let call = tokio::task::spawn_local(async move {
+            let _ = end_tx.send(call.await);
         });
-        let mut request = $request;
-        {
-            let mut p = request.get();
-            p.set_partition($partition);
-            p.set_offset($offset);
-            p.set_sink(sink);
-            p.set_max_batch_bytes($max);
+        Call {
+            rx,
+            end: Some(end_rx),
+            call,
         }
-        Self::running(rx, async move {
-            let response = request.send().promise.await?;
-            read_end(response.get()?.get_end()?)
-        })
-    }};
+    }
+
+    async fn next(&mut self) -> Option<Result<T, ClientError>> {
+        match self.rx.recv().await {
+            Some(batch) => Some(batch),
+            None => match self.end.take()?.await {
+                Ok(Err(e)) => Some(Err(e)),
+                Ok(Ok(())) | Err(_) => None,
+            },
+        }
+    }
+}
+
+impl<T> Drop for Call<T> {
+    fn drop(&mut self) {
+        self.call.abort();
+    }
+}
+
+/// Records of a partition from an offset on, as they are appended. Dropping
+/// it cancels the call on the server.
+pub struct RecordStream {
+    calls: Call<Vec<Record>>,
+    pending: std::vec::IntoIter<Record>,
 }
 
 impl RecordStream {
@@ -103,45 +167,22 @@ impl RecordStream {
         offset: u64,
         max_batch_bytes: u32,
     ) -> RecordStream {
-        stream_call!(
-            log.consume_stream_request(),
-            partition,
-            offset,
-            max_batch_bytes,
-            false
-        )
-    }
-
-    /// A replication stream of a peer's own partition: as
-    /// [`RecordStream::open`], each record checked against its CRC-32C.
-    pub(crate) fn replicate(
-        log: &log::Client,
-        partition: &str,
-        offset: u64,
-        max_batch_bytes: u32,
-    ) -> RecordStream {
-        stream_call!(
-            log.replicate_request(),
-            partition,
-            offset,
-            max_batch_bytes,
-            true
-        )
-    }
-
-    fn running(
-        rx: mpsc::Receiver<Result<Vec<Record>, ClientError>>,
-        call: impl Future<Output = Result<(), ClientError>> + 'static,
-    ) -> RecordStream {
-        let (end_tx, end_rx) = oneshot::channel();
-        let call = tokio::task::spawn_local(async move {
-            let _ = end_tx.send(call.await);
-        });
+        let (tx, rx) = mpsc::channel(BUFFERED_BATCHES);
+        let sink: record_sink::Client = capnp_rpc::new_client(Sink { tx });
+        let mut request = log.consume_stream_request();
+        {
+            let mut p = request.get();
+            p.set_partition(partition);
+            p.set_offset(offset);
+            p.set_sink(sink);
+            p.set_max_batch_bytes(max_batch_bytes);
+        }
         RecordStream {
-            rx,
+            calls: Call::running(rx, async move {
+                let response = request.send().promise.await?;
+                read_end(response.get()?.get_end()?)
+            }),
             pending: Vec::new().into_iter(),
-            end: Some(end_rx),
-            call,
         }
     }
 }
@@ -162,19 +203,7 @@ impl RecordStream {
         if !pending.is_empty() {
             return Some(Ok(pending));
         }
-        match self.rx.recv().await {
-            Some(batch) => Some(batch),
-            None => match self.end.take()?.await {
-                Ok(Err(e)) => Some(Err(e)),
-                Ok(Ok(())) | Err(_) => None,
-            },
-        }
-    }
-}
-
-impl Drop for RecordStream {
-    fn drop(&mut self) {
-        self.call.abort();
+        self.calls.next().await
     }
 }
 
@@ -186,19 +215,19 @@ impl Stream for RecordStream {
             if let Some(record) = self.pending.next() {
                 return Poll::Ready(Some(Ok(record)));
             }
-            match self.rx.poll_recv(cx) {
+            match self.calls.rx.poll_recv(cx) {
                 Poll::Ready(Some(Ok(batch))) => self.pending = batch.into_iter(),
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     // The sink is gone: the call ended; report how.
-                    let Some(end) = self.end.as_mut() else {
+                    let Some(end) = self.calls.end.as_mut() else {
                         return Poll::Ready(None);
                     };
                     return match Pin::new(end).poll(cx) {
                         Poll::Pending => Poll::Pending,
                         Poll::Ready(outcome) => {
-                            self.end = None;
+                            self.calls.end = None;
                             match outcome {
                                 Ok(Err(e)) => Poll::Ready(Some(Err(e))),
                                 Ok(Ok(())) | Err(_) => Poll::Ready(None),
@@ -210,5 +239,3 @@ impl Stream for RecordStream {
         }
     }
 }
-
-use std::future::Future;

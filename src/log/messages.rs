@@ -5,7 +5,7 @@ use std::ops::Range;
 use actix::Message;
 
 use super::error::LogError;
-use crate::storage::RecordBatch;
+use crate::storage::{Frames, RecordBatch, Records};
 
 /// Appends records (one or a batch) in order. Answers their offsets once
 /// they have reached the kernel and the sync policy is met (under `always`,
@@ -13,15 +13,11 @@ use crate::storage::RecordBatch;
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Range<u64>, LogError>")]
 pub struct Append {
-    pub records: Vec<Vec<u8>>,
+    pub records: Records,
     /// The produce stream this batch belongs to. Once a batch of a session
     /// fails, every later batch of it is refused (not appended), so a
     /// stream's records never land out of order behind a failed batch.
     pub session: Option<u64>,
-    /// Replication: the offset the first record must get. The segment that
-    /// assigns it checks; anything else is refused with
-    /// [`LogError::OffsetMismatch`] and nothing is written.
-    pub at: Option<u64>,
 }
 
 impl Append {
@@ -31,27 +27,27 @@ impl Append {
 
     pub fn batch(records: Vec<Vec<u8>>) -> Append {
         Append {
-            records,
+            records: Records::Values(records),
             session: None,
-            at: None,
         }
     }
 
     /// A batch of the produce stream `session` (see [`new_session`]).
     pub fn in_session(records: Vec<Vec<u8>>, session: u64) -> Append {
         Append {
-            records,
+            records: Records::Values(records),
             session: Some(session),
-            at: None,
         }
     }
 
-    /// A replica's batch: `records` at offsets `first..`, exactly.
-    pub fn at(first: u64, records: Vec<Vec<u8>>) -> Append {
+    /// A replica's batch: its leader's frames, written as they are at the
+    /// offsets they carry. The segment that would assign the first one
+    /// checks it is its next; anything else is refused with
+    /// [`LogError::OffsetMismatch`] and nothing is written.
+    pub fn frames(frames: Frames) -> Append {
         Append {
-            records,
+            records: Records::Frames(frames),
             session: None,
-            at: Some(first),
         }
     }
 }

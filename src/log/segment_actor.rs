@@ -22,7 +22,9 @@ use tokio::sync::oneshot;
 use super::error::LogError;
 use super::observer::Observer;
 use super::session::PoisonedSessions;
-use crate::storage::{LogConfig, PlannedRead, RecordBatch, Segment, StorageError, SyncPolicy};
+use crate::storage::{
+    LogConfig, PlannedRead, RecordBatch, Records, Segment, StorageError, SyncPolicy,
+};
 use crate::supervision::{Failpoints, InjectPanic, Work};
 
 /// The free space is read again after this long (other writers use the disk too).
@@ -38,12 +40,11 @@ pub(crate) type AppendReply = oneshot::Sender<Result<Range<u64>, LogError>>;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct SegAppend {
-    pub records: Vec<Vec<u8>>,
+    /// Frames (a replica's) must start at this segment's next offset.
+    pub records: Records,
     pub reply: AppendReply,
     /// The produce stream it belongs to, whose order must hold.
     pub session: Option<u64>,
-    /// The offset the first record must get (replication), if any.
-    pub at: Option<u64>,
 }
 
 #[derive(Message)]
@@ -730,7 +731,7 @@ impl Handler<SegAppend> for SegmentActor {
             )));
             return;
         }
-        if let Some(at) = msg.at
+        if let Some(at) = msg.records.required_first()
             && let Some(next) = self.segment.as_ref().map(Segment::next)
             && next != at
         {
@@ -744,18 +745,20 @@ impl Handler<SegAppend> for SegmentActor {
         }
         let records = msg.records;
         let result = self.storage_work(ctx, true, |segment| {
-            let mut offsets: Option<Range<u64>> = None;
-            for record in &records {
-                if !segment.fits(record.len()) {
+            let start = segment.next();
+            for i in 0..records.len() {
+                if !segment.fits(records.record_len(i)) {
                     return Err(StorageError::InvalidConfig(format!(
                         "segment {} is full: the LogActor should have rolled it",
                         segment.base()
                     )));
                 }
-                let offset = segment.append(record)?;
-                offsets = Some(offsets.map_or(offset..offset + 1, |r| r.start..offset + 1));
+                match &records {
+                    Records::Values(values) => segment.append(&values[i])?,
+                    Records::Frames(frames) => segment.append_frame(frames, i)?,
+                };
             }
-            Ok(offsets.unwrap_or(segment.next()..segment.next()))
+            Ok(start..segment.next())
         });
         match result {
             Ok(offsets) => {

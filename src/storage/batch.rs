@@ -8,11 +8,25 @@ pub struct RecordBatch {
     pub(crate) buf: Vec<u8>,
     /// (offset, start in `buf`, length) of each record.
     records: Vec<(u64, usize, usize)>,
+    /// The log's committed end when the batch was read (0: not known).
+    committed_end: u64,
 }
 
 impl RecordBatch {
     pub(crate) fn push(&mut self, offset: u64, start: usize, len: usize) {
         self.records.push((offset, start, len));
+    }
+
+    /// Notes the log's committed end at the time of the read.
+    pub fn with_committed_end(mut self, end: u64) -> RecordBatch {
+        self.committed_end = end;
+        self
+    }
+
+    /// The log's committed end when the batch was read, as far as known:
+    /// at least the end of this batch.
+    pub fn committed_end(&self) -> u64 {
+        self.committed_end.max(self.next_offset().unwrap_or(0))
     }
 
     /// Number of records.
@@ -32,6 +46,12 @@ impl RecordBatch {
     /// Offset after the last record, if any: where the next read continues.
     pub fn next_offset(&self) -> Option<u64> {
         self.records.last().map(|r| r.0 + 1)
+    }
+
+    /// The records' frames as stored (headers included, each checked when
+    /// read): what a leader sends a replica.
+    pub fn frames(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Sum of the records' lengths.

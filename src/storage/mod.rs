@@ -16,6 +16,7 @@ mod error;
 pub mod frame;
 mod index;
 mod read;
+mod records;
 mod segment;
 mod store;
 
@@ -25,4 +26,5 @@ pub use config::{DEFAULT_MIN_FREE_BYTES, LogConfig, Retention, SyncPolicy};
 pub use dir::{DirLock, OpenReport, OpenedDir, RepairCut, RepairReport, open_dir, repair};
 pub use error::{Result, StorageError};
 pub use read::PlannedRead;
+pub use records::{Frames, FramesError, Records};
 pub use segment::{Damage, Opened, Segment, file_name};

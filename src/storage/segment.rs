@@ -10,6 +10,7 @@ use super::error::{Result, StorageError};
 use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, FrameHeader, MAX_RECORD_BYTES};
 use super::index::{Index, IndexState};
 use super::read::PlannedRead;
+use super::records::Frames;
 use super::store::Store;
 
 /// Bytes read at a time while rebuilding an index from its store.
@@ -350,6 +351,20 @@ impl Segment {
         let position = self
             .store
             .append(&FrameHeader::new(offset, record), record)?;
+        self.index.append((offset - self.base) as u32, position);
+        self.next += 1;
+        Ok(offset)
+    }
+
+    /// Appends frame `i` of `frames` as it is (a replica's copy of its
+    /// leader's frame: checked by [`Frames::check`], so neither re-encoded
+    /// nor checksummed again). The caller has checked [`Segment::fits`] and
+    /// that the frame's offset is [`Segment::next`].
+    pub fn append_frame(&mut self, frames: &Frames, i: usize) -> Result<u64> {
+        debug_assert!(self.fits(frames.record_len(i)));
+        debug_assert_eq!(frames.first() + i as u64, self.next);
+        let offset = self.next;
+        let position = self.store.append_frame(frames.frame(i))?;
         self.index.append((offset - self.base) as u32, position);
         self.next += 1;
         Ok(offset)

@@ -153,13 +153,24 @@ impl Store {
 
     /// Appends one frame; returns its position.
     pub(crate) fn append(&mut self, header: &FrameHeader, record: &[u8]) -> Result<u64> {
-        let frame_len = FRAME_HEADER_LEN + record.len();
+        self.append_parts(&header.encode(), record)
+    }
+
+    /// Appends one whole frame, header included, as it is; returns its position.
+    pub(crate) fn append_frame(&mut self, frame: &[u8]) -> Result<u64> {
+        self.append_parts(frame, &[])
+    }
+
+    /// Appends a frame given in two parts (never split between the buffer
+    /// and the file); returns its position.
+    fn append_parts(&mut self, head: &[u8], tail: &[u8]) -> Result<u64> {
+        let frame_len = head.len() + tail.len();
         if !self.buf.is_empty() && self.buf.len() + frame_len > WRITE_BUFFER_BYTES {
             self.flush()?;
         }
         let position = self.size();
-        self.buf.extend_from_slice(&header.encode());
-        self.buf.extend_from_slice(record);
+        self.buf.extend_from_slice(head);
+        self.buf.extend_from_slice(tail);
         if self.buf.len() >= WRITE_BUFFER_BYTES {
             self.flush()?;
         }

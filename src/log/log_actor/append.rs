@@ -60,13 +60,9 @@ impl LogActor {
     }
 
     /// Whether `records` fit in an empty segment, all together.
-    pub(super) fn fits_in_a_new_segment(&self, records: &[Vec<u8>]) -> bool {
-        let bytes: u64 = records
-            .iter()
-            .map(|r| (FRAME_HEADER_LEN + r.len()) as u64)
-            .sum();
+    pub(super) fn fits_in_a_new_segment(&self, records: &Records) -> bool {
         (records.len() as u64) <= self.config.index_capacity()
-            && FILE_HEADER_LEN as u64 + bytes <= self.config.max_store_bytes
+            && FILE_HEADER_LEN as u64 + records.frame_bytes() <= self.config.max_store_bytes
     }
 
     /// Creates the segment a failed roll could not (after the disk filled).
@@ -92,9 +88,8 @@ impl LogActor {
     /// Sends as many records as fit to the active segment; rolls for the rest.
     pub(super) fn dispatch(
         &mut self,
-        mut records: Vec<Vec<u8>>,
+        mut records: Records,
         session: Option<u64>,
-        at: Option<u64>,
         reply: AppendReply,
         ctx: &mut Context<Self>,
     ) {
@@ -106,16 +101,16 @@ impl LogActor {
             return;
         }
         let mut fit = 0;
-        while fit < records.len() && self.fits(records[fit].len()) {
-            self.active_bytes += (FRAME_HEADER_LEN + records[fit].len()) as u64;
+        while fit < records.len() && self.fits(records.record_len(fit)) {
+            self.active_bytes += (FRAME_HEADER_LEN + records.record_len(fit)) as u64;
             self.active_entries += 1;
             fit += 1;
         }
         if fit > 0 && fit < records.len() && self.fits_in_a_new_segment(&records) {
             // Roll first rather than split the batch: a batch split across
             // segments could end half appended if creating the next segment fails.
-            for r in &records[..fit] {
-                self.active_bytes -= (FRAME_HEADER_LEN + r.len()) as u64;
+            for i in 0..fit {
+                self.active_bytes -= (FRAME_HEADER_LEN + records.record_len(i)) as u64;
                 self.active_entries -= 1;
             }
             fit = 0;
@@ -129,7 +124,6 @@ impl LogActor {
                 records,
                 reply,
                 session,
-                at,
             });
             return;
         }
@@ -151,7 +145,6 @@ impl LogActor {
                 records,
                 reply: first_tx,
                 session,
-                at,
             });
             let partition = self.partition.clone();
             actix_rt::spawn(async move {
@@ -175,8 +168,7 @@ impl LogActor {
             });
             rest_tx
         };
-        let rest_at = at.map(|first| first + fit as u64);
-        self.roll_then_dispatch(rest, session, rest_at, rest_reply, ctx);
+        self.roll_then_dispatch(rest, session, rest_reply, ctx);
     }
 
     /// Seals the active segment, starts the next one at its real end, then
@@ -184,9 +176,8 @@ impl LogActor {
     /// their order.
     pub(super) fn roll_then_dispatch(
         &mut self,
-        records: Vec<Vec<u8>>,
+        records: Records,
         session: Option<u64>,
-        at: Option<u64>,
         reply: AppendReply,
         ctx: &mut Context<Self>,
     ) {
@@ -212,7 +203,7 @@ impl LogActor {
                 // The estimate counted appends that were refused: it is empty.
                 act.active_bytes = FILE_HEADER_LEN as u64;
                 act.active_entries = 0;
-                act.dispatch(records, session, at, reply, ctx);
+                act.dispatch(records, session, reply, ctx);
                 return;
             }
             if let Some(old) = act.segments.last_mut() {
@@ -221,7 +212,7 @@ impl LogActor {
             }
             act.needs_segment = Some(sealed.next);
             tracing::debug!(partition = %act.partition, base = sealed.next, "rolling to a new segment");
-            act.dispatch(records, session, at, reply, ctx);
+            act.dispatch(records, session, reply, ctx);
         }));
     }
 }
@@ -255,8 +246,8 @@ impl LogActor {
             return;
         }
         let max = self.config.max_record_bytes;
-        if let Some(r) = msg.records.iter().find(|r| r.len() > max as usize) {
-            let size = r.len();
+        let size = msg.records.max_record_len();
+        if size > max as usize {
             let _ = reply.send(Err(StorageError::RecordTooLarge { size, max }.into()));
             return;
         }
@@ -265,7 +256,7 @@ impl LogActor {
             let _ = reply.send(Ok(at..at));
             return;
         }
-        self.dispatch(msg.records, msg.session, msg.at, reply, ctx);
+        self.dispatch(msg.records, msg.session, reply, ctx);
     }
 }
 

@@ -132,12 +132,14 @@ impl Handler<ReadBatch> for LogActor {
         if let Err(e) = self.check_range(msg.from) {
             return Box::pin(ready(Err(e)));
         }
+        let committed = self.committed;
         let read = SegReadBatch {
             from: msg.from,
-            until: self.committed,
+            until: committed,
             max_bytes: msg.max_bytes,
         };
-        self.ask_segment(msg.from, read)
+        let batch = self.ask_segment(msg.from, read);
+        Box::pin(async move { Ok(batch.await?.with_committed_end(committed)) })
     }
 }
 

@@ -78,9 +78,8 @@ impl LogService {
             None => 0,
         };
         let append = Append {
-            records: values,
+            records: Records::Values(values),
             session,
-            at: None,
         };
         // In order, whatever the mailbox's fill: batches of one stream (and
         // calls of one connection) land in the order they arrived.
@@ -222,7 +221,7 @@ impl log::Server for LogService {
         mut results: log::ConsumeStreamResults,
     ) -> Result<(), Error> {
         self.call(CONSUME_STREAM, async {
-            let end = self.serve_stream(stream_request!(params), false).await;
+            let end = self.serve_stream(stream_request!(params)).await;
             Ok(write_stream_end(results.get().init_end(), end))
         })
         .await
@@ -234,7 +233,7 @@ impl log::Server for LogService {
         mut results: log::ReplicateResults,
     ) -> Result<(), Error> {
         self.call(REPLICATE, async {
-            let end = self.serve_stream(stream_request!(params), true).await;
+            let end = self.serve_stream(stream_request!(params)).await;
             Ok(write_stream_end(results.get().init_end(), end))
         })
         .await
@@ -306,10 +305,14 @@ impl log::Server for LogService {
                 let cluster = self.ctx.cluster.borrow();
                 let owner = owner_of(&id, &cluster);
                 let following = cluster.following.contains(&id);
-                infos.push((id.clone(), owner, stats, id == own, following));
+                let lag = match cluster.leader_ends.get(&id) {
+                    Some(end) if id != own => end.saturating_sub(stats.next_offset),
+                    _ => 0,
+                };
+                infos.push((id.clone(), owner, stats, id == own, following, lag));
             }
             let mut list = results.get().init_partitions(infos.len() as u32);
-            for (i, (id, owner, stats, leader, following)) in infos.into_iter().enumerate() {
+            for (i, (id, owner, stats, leader, following, lag)) in infos.into_iter().enumerate() {
                 let mut b = list.reborrow().get(i as u32);
                 b.set_id(&id);
                 b.set_owner(&owner);
@@ -317,6 +320,7 @@ impl log::Server for LogService {
                 b.set_next_offset(stats.next_offset);
                 b.set_is_leader(leader);
                 b.set_following(following);
+                b.set_lag(lag);
             }
             Ok(Ok(()))
         })

@@ -17,7 +17,8 @@ use tracing::field::Empty;
 
 use crate::cluster::{ClusterView, ServerInfo};
 use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats, WaitFor};
-use crate::log_capnp::{Acks, log, produce_sink, produced, record_sink};
+use crate::log_capnp::{Acks, frame_sink, log, produce_sink, produced, record_sink};
+use crate::storage::{RecordBatch, Records};
 use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
 use crate::wire::errors::{WireError, write_error};
 use crate::wire::text;

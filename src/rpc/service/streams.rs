@@ -4,11 +4,49 @@
 use super::*;
 
 /// What a consumeStream or replicate call asks for.
-pub(super) struct StreamRequest {
+pub(super) struct StreamRequest<S> {
     pub id: String,
     pub from: u64,
-    pub sink: record_sink::Client,
+    pub sink: S,
     pub max_batch_bytes: u32,
+}
+
+/// Where a stream's batches go: a consumer's `RecordSink`, or a replica's
+/// `FrameSink` (the stored frames as they are: no re-encoding).
+pub(super) trait BatchSink {
+    /// A replicate call (else a consumeStream).
+    const REPLICATION: bool;
+
+    /// Sends one batch; resolves when flow control lets the next go.
+    fn push(&self, batch: &RecordBatch) -> impl Future<Output = Result<(), Error>>;
+}
+
+impl BatchSink for record_sink::Client {
+    const REPLICATION: bool = false;
+
+    fn push(&self, batch: &RecordBatch) -> impl Future<Output = Result<(), Error>> {
+        let mut request = self.write_request();
+        let mut list = request.get().init_records(batch.len() as u32);
+        for (i, (offset, value)) in batch.iter().enumerate() {
+            let mut r = list.reborrow().get(i as u32);
+            r.set_offset(offset);
+            r.set_value(value);
+        }
+        request.send()
+    }
+}
+
+impl BatchSink for frame_sink::Client {
+    const REPLICATION: bool = true;
+
+    fn push(&self, batch: &RecordBatch) -> impl Future<Output = Result<(), Error>> {
+        let mut request = self.write_request();
+        let mut p = request.get();
+        p.set_first(batch.first_offset().unwrap_or(0));
+        p.set_frames(batch.frames());
+        p.set_committed_end(batch.committed_end());
+        request.send()
+    }
 }
 
 /// Fills a `StreamEnd`; the call's outcome for its count.
@@ -29,20 +67,19 @@ pub(super) fn write_stream_end(
 }
 
 impl LogService {
-    /// Serves a consumeStream (`replication` false) or a replicate call: a
-    /// replica may pull only this node's own partition (never one this node
-    /// replicates itself: copies of copies would cycle), is authorized with
-    /// `replicate`, and gets a CRC-32C with every record.
-    pub(super) async fn serve_stream(
+    /// Serves a consumeStream or a replicate call (as the sink's type
+    /// says): a replica may pull only this node's own partition (never one
+    /// this node replicates itself: copies of copies would cycle), is
+    /// authorized with `replicate`, and gets the stored frames.
+    pub(super) async fn serve_stream<S: BatchSink>(
         &self,
-        request: StreamRequest,
-        replication: bool,
+        request: StreamRequest<S>,
     ) -> Option<(WireError, String)> {
         let max_bytes = match request.max_batch_bytes {
             0 => self.ctx.max_stream_batch_bytes,
             n => n.min(self.ctx.max_stream_batch_bytes),
         } as usize;
-        let action = if replication {
+        let action = if S::REPLICATION {
             ACTION_REPLICATE
         } else {
             ACTION_CONSUME
@@ -51,7 +88,7 @@ impl LogService {
             Ok(found) => found,
             Err(e) => return Some(e),
         };
-        if replication && id != self.ctx.partitions.own_id() {
+        if S::REPLICATION && id != self.ctx.partitions.own_id() {
             return Some((
                 WireError::UnknownPartition(id.clone()),
                 format!(
@@ -60,7 +97,7 @@ impl LogService {
             ));
         }
         note(&id, request.from, 0);
-        let kind = if replication {
+        let kind = if S::REPLICATION {
             StreamKind::Replicate
         } else {
             StreamKind::Consume
@@ -68,14 +105,7 @@ impl LogService {
         let _open: Option<GaugeGuard> = self.metrics.as_ref().map(|m| m.stream_opened(kind));
         let mut sent = 0;
         let end = self
-            .stream_records(
-                &log,
-                request.from,
-                &request.sink,
-                max_bytes,
-                replication,
-                &mut sent,
-            )
+            .stream_records(&log, request.from, &request.sink, max_bytes, &mut sent)
             .await;
         tracing::Span::current().record("count", sent);
         end
@@ -87,9 +117,8 @@ impl LogService {
         &self,
         log: &Addr<LogActor>,
         mut next: u64,
-        sink: &record_sink::Client,
+        sink: &impl BatchSink,
         max_bytes: usize,
-        checksums: bool,
         sent: &mut u64,
     ) -> Option<(WireError, String)> {
         loop {
@@ -117,19 +146,7 @@ impl LogService {
             if let Some(m) = &self.metrics {
                 m.read(batch.len() as u64, batch.payload_bytes() as u64);
             }
-            let mut request = sink.write_request();
-            {
-                let mut list = request.get().init_records(batch.len() as u32);
-                for (i, (offset, value)) in batch.iter().enumerate() {
-                    let mut r = list.reborrow().get(i as u32);
-                    r.set_offset(offset);
-                    r.set_value(value);
-                    if checksums {
-                        r.set_crc32c(crc32c::crc32c(value));
-                    }
-                }
-            }
-            if let Err(e) = request.send().await {
+            if let Err(e) = sink.push(&batch).await {
                 tracing::debug!(error = %e, "stream sink went away");
                 return None;
             }

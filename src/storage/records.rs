@@ -1,0 +1,275 @@
+//! Records on their way into a segment: a producer's values, or frames a
+//! replica copies byte for byte from its leader.
+//!
+//! A leader sends a replica its stored frames as they are on disk (see
+//! [`super::frame`]), so replication neither re-encodes records nor computes
+//! a checksum twice: the replica checks each frame's CRC-32C once, here,
+//! and writes the same bytes.
+
+use super::frame::{FRAME_HEADER_LEN, FrameHeader, MAX_RECORD_BYTES};
+
+/// Why bytes sent as frames were refused. Nothing of them is written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramesError {
+    #[error(
+        "frame {index} (offset {expected}) is cut short: {have} bytes left, the frame needs {need}"
+    )]
+    Truncated {
+        index: usize,
+        expected: u64,
+        have: usize,
+        need: u64,
+    },
+    #[error("frame {index} claims {len} record bytes, more than the format allows")]
+    ImpossibleLength { index: usize, len: u32 },
+    #[error("frame {index} holds offset {got} where {expected} was expected")]
+    Offset {
+        index: usize,
+        expected: u64,
+        got: u64,
+    },
+    #[error(
+        "frame {index} (offset {offset}): checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+    )]
+    Checksum {
+        index: usize,
+        offset: u64,
+        stored: u32,
+        computed: u32,
+    },
+}
+
+/// Frames checked to be intact, at consecutive offsets from `first`: the
+/// only way to build one is [`Frames::check`], so a segment can write
+/// them without looking again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frames {
+    buf: Vec<u8>,
+    /// Where each frame starts in `buf`, then the end of the last one.
+    bounds: Vec<usize>,
+    first: u64,
+}
+
+impl Frames {
+    /// Checks `buf` as whole frames at offsets `first`, `first + 1`, …:
+    /// each length possible and within `buf`, each offset the next, each
+    /// CRC-32C right.
+    pub fn check(buf: Vec<u8>, first: u64) -> Result<Frames, FramesError> {
+        let mut bounds = vec![0];
+        let mut cursor = 0usize;
+        let mut expected = first;
+        while cursor < buf.len() {
+            let index = bounds.len() - 1;
+            let rest = &buf[cursor..];
+            let Some(head) = rest.first_chunk::<FRAME_HEADER_LEN>() else {
+                return Err(FramesError::Truncated {
+                    index,
+                    expected,
+                    have: rest.len(),
+                    need: FRAME_HEADER_LEN as u64,
+                });
+            };
+            let header = FrameHeader::decode(head);
+            if header.len > MAX_RECORD_BYTES {
+                return Err(FramesError::ImpossibleLength {
+                    index,
+                    len: header.len,
+                });
+            }
+            if header.offset != expected {
+                return Err(FramesError::Offset {
+                    index,
+                    expected,
+                    got: header.offset,
+                });
+            }
+            if (rest.len() as u64) < header.frame_len() {
+                return Err(FramesError::Truncated {
+                    index,
+                    expected,
+                    have: rest.len(),
+                    need: header.frame_len(),
+                });
+            }
+            let end = cursor + header.frame_len() as usize;
+            let record = &buf[cursor + FRAME_HEADER_LEN..end];
+            if !header.matches(record) {
+                return Err(FramesError::Checksum {
+                    index,
+                    offset: expected,
+                    stored: header.crc,
+                    computed: super::frame::checksum(header.len, expected, record),
+                });
+            }
+            cursor = end;
+            bounds.push(cursor);
+            expected += 1;
+        }
+        Ok(Frames { buf, bounds, first })
+    }
+
+    /// Offset of the first frame.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Frame `i`, header included.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        &self.buf[self.bounds[i]..self.bounds[i + 1]]
+    }
+
+    /// Length of record `i` (its frame without the header).
+    pub fn record_len(&self, i: usize) -> usize {
+        self.bounds[i + 1] - self.bounds[i] - FRAME_HEADER_LEN
+    }
+
+    /// Bytes of all frames, headers included.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Splits off frames `at..` (a batch that a roll divides).
+    pub fn split_off(&mut self, at: usize) -> Frames {
+        let start = self.bounds[at];
+        let buf = self.buf.split_off(start);
+        let bounds: Vec<usize> = self.bounds[at..].iter().map(|b| b - start).collect();
+        self.bounds.truncate(at + 1);
+        Frames {
+            buf,
+            bounds,
+            first: self.first + at as u64,
+        }
+    }
+}
+
+/// What an append writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Records {
+    /// Values from a producer; the segment gives them offsets and frames.
+    Values(Vec<Vec<u8>>),
+    /// A replica's copy of its leader's frames, at the leader's offsets.
+    Frames(Frames),
+}
+
+impl Records {
+    pub fn len(&self) -> usize {
+        match self {
+            Records::Values(v) => v.len(),
+            Records::Frames(f) => f.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Length of record `i`'s bytes.
+    pub fn record_len(&self, i: usize) -> usize {
+        match self {
+            Records::Values(v) => v[i].len(),
+            Records::Frames(f) => f.record_len(i),
+        }
+    }
+
+    /// The longest record's length (0 when empty).
+    pub fn max_record_len(&self) -> usize {
+        (0..self.len())
+            .map(|i| self.record_len(i))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bytes the records take in a store, frame headers included.
+    pub fn frame_bytes(&self) -> u64 {
+        match self {
+            Records::Values(v) => v.iter().map(|r| (FRAME_HEADER_LEN + r.len()) as u64).sum(),
+            Records::Frames(f) => f.bytes() as u64,
+        }
+    }
+
+    /// Splits off records `at..`.
+    pub fn split_off(&mut self, at: usize) -> Records {
+        match self {
+            Records::Values(v) => Records::Values(v.split_off(at)),
+            Records::Frames(f) => Records::Frames(f.split_off(at)),
+        }
+    }
+
+    /// The offset the first record must get, for frames (a replica's).
+    pub fn required_first(&self) -> Option<u64> {
+        match self {
+            Records::Values(_) => None,
+            Records::Frames(f) => Some(f.first()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(first: u64, values: &[&[u8]]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            buf.extend_from_slice(&FrameHeader::new(first + i as u64, v).encode());
+            buf.extend_from_slice(v);
+        }
+        buf
+    }
+
+    #[test]
+    fn intact_frames_are_accepted_and_split_at_frame_bounds() {
+        let mut f = Frames::check(frames(7, &[b"a", b"bcd", b""]), 7).unwrap();
+        assert_eq!((f.first(), f.len()), (7, 3));
+        assert_eq!(f.record_len(1), 3);
+        assert_eq!(&f.frame(1)[FRAME_HEADER_LEN..], b"bcd");
+        let tail = f.split_off(1);
+        assert_eq!((f.len(), tail.first(), tail.len()), (1, 8, 2));
+        assert_eq!(tail, Frames::check(frames(8, &[b"bcd", b""]), 8).unwrap());
+        assert_eq!(f, Frames::check(frames(7, &[b"a"]), 7).unwrap());
+    }
+
+    #[test]
+    fn a_flipped_bit_a_wrong_offset_or_a_cut_frame_is_refused() {
+        let good = frames(0, &[b"hello", b"world"]);
+        let mut flipped = good.clone();
+        flipped[FRAME_HEADER_LEN + 1] ^= 1;
+        assert!(matches!(
+            Frames::check(flipped, 0),
+            Err(FramesError::Checksum {
+                index: 0,
+                offset: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Frames::check(good.clone(), 1),
+            Err(FramesError::Offset {
+                expected: 1,
+                got: 0,
+                ..
+            })
+        ));
+        let cut = good[..good.len() - 1].to_vec();
+        assert!(matches!(
+            Frames::check(cut, 0),
+            Err(FramesError::Truncated { index: 1, .. })
+        ));
+        let mut huge = good.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Frames::check(huge, 0),
+            Err(FramesError::ImpossibleLength { index: 0, .. })
+        ));
+        assert!(Frames::check(Vec::new(), 5).unwrap().is_empty());
+    }
+}
