@@ -26,8 +26,13 @@ pub struct BenchArgs {
     #[arg(long, short = 'b', default_value_t = 1)]
     batch: usize,
     /// Only produce; do not consume the records back.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "consume_only")]
     no_consume: bool,
+    /// Only consume: stream `--records` records of the node's own
+    /// partition from its lowest offset (loaded before, e.g. by a run with
+    /// `--no-consume`).
+    #[arg(long)]
+    consume_only: bool,
     /// Process id of the server: its peak resident memory is reported.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -93,53 +98,12 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
     }
     super::block_on(async move {
         let client = args.connect.connect().await?.with_acks(args.acks.acks());
-        let value = vec![0x5au8; args.size];
-        let calls = args.records.div_ceil(args.batch as u64);
-        let mut latencies: Vec<Duration> = Vec::with_capacity(calls as usize);
-        let mut progress = Progress::new("produce", args.records);
-        let start = Instant::now();
         let mut first_offset = None;
-        let mut sent = 0u64;
-        let mut acked = 0u64;
-        let mut inflight = FuturesUnordered::new();
-        while acked < args.records {
-            while inflight.len() < args.window && sent < args.records {
-                let n = (args.records - sent).min(args.batch as u64) as usize;
-                sent += n as u64;
-                let client = &client;
-                let value = &value;
-                inflight.push(async move {
-                    let t = Instant::now();
-                    let first = if n == 1 {
-                        client.produce(value).await?.offset
-                    } else {
-                        let values: Vec<&[u8]> = (0..n).map(|_| value.as_slice()).collect();
-                        client.produce_batch(&values).await?.offsets.start
-                    };
-                    Ok::<_, proglog::client::ClientError>((first, n as u64, t.elapsed()))
-                });
-            }
-            let Some(done) = inflight.next().await else {
-                break;
-            };
-            let (first, n, latency) = done?;
-            first_offset = Some(first_offset.map_or(first, |f: u64| f.min(first)));
-            latencies.push(latency);
-            acked += n;
-            progress.update(acked);
+        if !args.consume_only {
+            first_offset = produce(&client, &args).await?;
+        } else if let Some(own) = client.partitions().await?.into_iter().find(|p| p.is_leader) {
+            first_offset = Some(own.lowest_offset);
         }
-        let elapsed = start.elapsed().as_secs_f64();
-        progress.finish();
-        latencies.sort();
-        let rate = args.records as f64 / elapsed;
-        println!(
-            "{}",
-            serde_json::json!({
-                "phase": "produce", "records": args.records, "size": args.size, "window": args.window, "batch": args.batch, "acks": format!("{:?}", args.acks).to_lowercase(),
-                "seconds": elapsed, "records_per_s": rate.round(), "mb_per_s": (rate * args.size as f64 / 1e6 * 10.0).round() / 10.0,
-                "p50_us": percentile(&latencies, 0.50).round(), "p99_us": percentile(&latencies, 0.99).round(),
-            })
-        );
 
         if !args.no_consume {
             let from = first_offset.unwrap_or(0);
@@ -181,4 +145,60 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
         }
         Ok(())
     })
+}
+
+/// The produce phase: `args.records` records, `args.window` calls in
+/// flight; prints its line and answers the first offset produced.
+async fn produce(
+    client: &proglog::client::Client,
+    args: &BenchArgs,
+) -> Result<Option<u64>, BoxError> {
+    let value = vec![0x5au8; args.size];
+    let calls = args.records.div_ceil(args.batch as u64);
+    let mut latencies: Vec<Duration> = Vec::with_capacity(calls as usize);
+    let mut progress = Progress::new("produce", args.records);
+    let start = Instant::now();
+    let mut first_offset = None;
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut inflight = FuturesUnordered::new();
+    while acked < args.records {
+        while inflight.len() < args.window && sent < args.records {
+            let n = (args.records - sent).min(args.batch as u64) as usize;
+            sent += n as u64;
+            let client = &client;
+            let value = &value;
+            inflight.push(async move {
+                let t = Instant::now();
+                let first = if n == 1 {
+                    client.produce(value).await?.offset
+                } else {
+                    let values: Vec<&[u8]> = (0..n).map(|_| value.as_slice()).collect();
+                    client.produce_batch(&values).await?.offsets.start
+                };
+                Ok::<_, proglog::client::ClientError>((first, n as u64, t.elapsed()))
+            });
+        }
+        let Some(done) = inflight.next().await else {
+            break;
+        };
+        let (first, n, latency) = done?;
+        first_offset = Some(first_offset.map_or(first, |f: u64| f.min(first)));
+        latencies.push(latency);
+        acked += n;
+        progress.update(acked);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    progress.finish();
+    latencies.sort();
+    let rate = args.records as f64 / elapsed;
+    println!(
+        "{}",
+        serde_json::json!({
+            "phase": "produce", "records": args.records, "size": args.size, "window": args.window, "batch": args.batch, "acks": format!("{:?}", args.acks).to_lowercase(),
+            "seconds": elapsed, "records_per_s": rate.round(), "mb_per_s": (rate * args.size as f64 / 1e6 * 10.0).round() / 10.0,
+            "p50_us": percentile(&latencies, 0.50).round(), "p99_us": percentile(&latencies, 0.99).round(),
+        })
+    );
+    Ok(first_offset)
 }

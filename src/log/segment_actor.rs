@@ -745,18 +745,19 @@ impl Handler<SegAppend> for SegmentActor {
         }
         let records = msg.records;
         let result = self.storage_work(ctx, true, |segment| {
+            let values = match &records {
+                Records::Frames(frames) => return segment.append_frames(frames),
+                Records::Values(values) => values,
+            };
             let start = segment.next();
-            for i in 0..records.len() {
-                if !segment.fits(records.record_len(i)) {
+            for value in values {
+                if !segment.fits(value.len()) {
                     return Err(StorageError::InvalidConfig(format!(
                         "segment {} is full: the LogActor should have rolled it",
                         segment.base()
                     )));
                 }
-                match &records {
-                    Records::Values(values) => segment.append(&values[i])?,
-                    Records::Frames(frames) => segment.append_frame(frames, i)?,
-                };
+                segment.append(value)?;
             }
             Ok(start..segment.next())
         });

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -30,6 +30,8 @@ use crate::telemetry::Metrics;
 /// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// While a replica catches up, its position goes to the leader this often.
+const REPORT_EVERY: Duration = Duration::from_millis(5);
 
 /// How a replicator reaches its peer's RPC service.
 pub enum Connector {
@@ -226,6 +228,11 @@ async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &F
     };
     let mut stream = client.replicate(&setup.partition, next);
     let mut progress = false;
+    let mut last_report = Instant::now();
+    // Logged once per connection: how long the replica took to catch up
+    // from its first batch.
+    let mut caught_up = false;
+    let (mut copy_from, mut copy_start) = (next, Instant::now());
     loop {
         let batch = match stream.next_batch().await {
             None => return retry("the stream ended".into(), progress),
@@ -255,13 +262,35 @@ async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &F
                 ));
             }
         };
+        if !progress {
+            (copy_from, copy_start) = (next, Instant::now());
+        }
         let count = frames.len() as u64;
         match append_in_order(log, Append::frames(frames)).await {
             Ok(range) => {
                 next = range.end;
                 progress = true;
-                // The leader answers `acks=all` produces from this.
-                client.report_replicated(&setup.partition, &setup.me, next);
+                // The leader answers `acks=all` produces from this: at once
+                // when this reached what the leader had committed (where
+                // produces wait); while catching up, at most every
+                // REPORT_EVERY (one call per batch costs catch-up speed).
+                if next >= batch.committed_end || last_report.elapsed() >= REPORT_EVERY {
+                    client.report_replicated(&setup.partition, &setup.me, next);
+                    last_report = Instant::now();
+                }
+                if next >= batch.committed_end && !caught_up {
+                    caught_up = true;
+                    let (records, took) = (next - copy_from, copy_start.elapsed());
+                    tracing::info!(
+                        peer = %setup.peer,
+                        partition = %setup.partition,
+                        next,
+                        records,
+                        seconds = took.as_secs_f64(),
+                        records_per_s = (records as f64 / took.as_secs_f64().max(1e-9)).round(),
+                        "replica caught up with its leader"
+                    );
+                }
                 if let Some(m) = &setup.metrics {
                     m.replicated(&setup.partition, count);
                 }

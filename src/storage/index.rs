@@ -148,6 +148,11 @@ impl Index {
         self.entries = self.entries.min(entries);
     }
 
+    /// Entries the index has room for.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     pub(crate) fn is_full(&self) -> bool {
         self.entries >= self.capacity
     }

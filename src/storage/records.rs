@@ -132,6 +132,16 @@ impl Frames {
         self.bounds[i + 1] - self.bounds[i] - FRAME_HEADER_LEN
     }
 
+    /// All frames, back to back.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Where frame `i` starts in [`Frames::as_bytes`].
+    pub fn start(&self, i: usize) -> usize {
+        self.bounds[i]
+    }
+
     /// Bytes of all frames, headers included.
     pub fn bytes(&self) -> usize {
         self.buf.len()

@@ -356,18 +356,31 @@ impl Segment {
         Ok(offset)
     }
 
-    /// Appends frame `i` of `frames` as it is (a replica's copy of its
-    /// leader's frame: checked by [`Frames::check`], so neither re-encoded
-    /// nor checksummed again). The caller has checked [`Segment::fits`] and
-    /// that the frame's offset is [`Segment::next`].
-    pub fn append_frame(&mut self, frames: &Frames, i: usize) -> Result<u64> {
-        debug_assert!(self.fits(frames.record_len(i)));
-        debug_assert_eq!(frames.first() + i as u64, self.next);
-        let offset = self.next;
-        let position = self.store.append_frame(frames.frame(i))?;
-        self.index.append((offset - self.base) as u32, position);
-        self.next += 1;
-        Ok(offset)
+    /// Appends `frames` as they are (a replica's copy of its leader's
+    /// frames: checked by [`Frames::check`], so neither re-encoded nor
+    /// checksummed again), in one write when they are many. Fails, writing
+    /// nothing, when they do not all fit or do not start at
+    /// [`Segment::next`]. Returns their offsets.
+    pub fn append_frames(&mut self, frames: &Frames) -> Result<std::ops::Range<u64>> {
+        let count = frames.len() as u64;
+        let fits = self.writable
+            && self.index.entries() + count <= self.index.capacity()
+            && self.store.size() + frames.bytes() as u64 <= self.max_store_bytes;
+        if !fits || frames.first() != self.next {
+            return Err(StorageError::InvalidConfig(format!(
+                "{count} frames from offset {} do not fit segment {} at its end {}: the LogActor should have rolled it",
+                frames.first(),
+                self.base,
+                self.next
+            )));
+        }
+        let start = self.store.append_run(frames.as_bytes())?;
+        for i in 0..frames.len() {
+            let relative = (self.next - self.base) as u32;
+            self.index.append(relative, start + frames.start(i) as u64);
+            self.next += 1;
+        }
+        Ok(frames.first()..self.next)
     }
 
     /// Hands buffered frames to the kernel.
@@ -597,6 +610,59 @@ mod tests {
         assert!(!s.fits(10), "three entries fill the index");
         s.flush().unwrap(); // reads serve committed (flushed) records only
         assert_eq!(s.read(17).unwrap(), b"0123456789");
+    }
+
+    /// A leader's frames for `values` at offsets `first..`.
+    fn leader_frames(first: u64, values: &[Vec<u8>]) -> Frames {
+        let mut buf = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            buf.extend_from_slice(&FrameHeader::new(first + i as u64, v).encode());
+            buf.extend_from_slice(v);
+        }
+        Frames::check(buf, first).unwrap()
+    }
+
+    #[test]
+    fn frames_are_written_as_they_are_small_runs_buffered_large_ones_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            max_record_bytes: 1 << 20,
+            ..LogConfig::default()
+        };
+        let mut s = Segment::create(dir.path(), 100, &config).unwrap();
+        let small: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8; 10]).collect();
+        // 300 records of 1 KiB: past a quarter of the write buffer.
+        let large: Vec<Vec<u8>> = (0..300).map(|i| vec![i as u8; 1024]).collect();
+        assert_eq!(s.append_frames(&leader_frames(100, &small)).unwrap(), 100..103);
+        assert_eq!(s.append_frames(&leader_frames(103, &large)).unwrap(), 103..403);
+        s.flush().unwrap();
+        assert_eq!(s.read(101).unwrap(), small[1]);
+        assert_eq!(s.read(103).unwrap(), large[0]);
+        assert_eq!(s.read(402).unwrap(), large[299]);
+        // Frames are only ever written at the segment's end.
+        let stale = leader_frames(5, &small);
+        assert!(s.append_frames(&stale).is_err());
+        assert_eq!(s.next(), 403, "nothing written");
+        // The bytes are the leader's: reopening checks every frame.
+        let end = s.next();
+        drop(s);
+        let (reopened, opened) = Segment::open(dir.path(), 100, &config, true, 0).unwrap();
+        assert!(
+            matches!(opened, Opened::Recovered { truncated_bytes: 0 }),
+            "{opened:?}"
+        );
+        assert_eq!(reopened.next(), end);
+        assert_eq!(reopened.read(402).unwrap(), large[299]);
+    }
+
+    #[test]
+    fn frames_that_do_not_all_fit_are_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::create(dir.path(), 0, &config(1 << 20, 3)).unwrap();
+        let four: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8; 4]).collect();
+        assert!(s.append_frames(&leader_frames(0, &four)).is_err());
+        assert_eq!(s.next(), 0, "not even the ones that fit");
+        assert_eq!(s.append_frames(&leader_frames(0, &four[..3])).unwrap(), 0..3);
     }
 
     #[test]
