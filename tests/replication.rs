@@ -602,3 +602,119 @@ fn the_cli_with_several_addresses_produces_and_follows_across_a_killed_and_resta
     follower.sigkill();
     drop((a, c));
 }
+
+/// A replica whose leader's retention deleted records it had not copied
+/// yet (it was down meanwhile): it keeps what it holds, records the offsets
+/// it can never copy as lost (reads there answer `recordsLost`, never
+/// data, also after a restart) and goes on at the leader's lowest offset,
+/// byte-identical from there. A node joining afresh starts its replica at
+/// the leader's lowest offset.
+#[test]
+fn a_replica_behind_its_leaders_retention_continues_at_the_leaders_lowest_offset() {
+    use proglog::client::ClientError;
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| root.path().join(format!("r{i}"))).collect();
+    // 64 KiB segments, 256 KiB kept: producing about 1.5 MiB rolls many
+    // times and retention deletes the oldest segments at each roll.
+    let small = [
+        "--max-segment-bytes",
+        "65536",
+        "--max-record-bytes",
+        "4096",
+        "--retention-bytes",
+        "262144",
+    ];
+    let a = start("ret-a", &dirs[0], None, &small);
+    let mut b = start("ret-b", &dirs[1], Some(&a), &[]);
+    let value = |i: u64| format!("{i:08}:{}", "r".repeat(240)).into_bytes();
+    let produce = |from: u64, to: u64| {
+        block_on(async {
+            let client = connect(&a).await;
+            for chunk in (from..to).collect::<Vec<_>>().chunks(500) {
+                let batch: Vec<Vec<u8>> = chunk.iter().map(|&i| value(i)).collect();
+                client.produce_batch(&batch).await.unwrap();
+            }
+        })
+    };
+    const COPIED: u64 = 100;
+    const RECORDS: u64 = 6_000;
+    produce(0, COPIED);
+    wait_copies(&[&a, &b], &a.partition, COPIED, 2);
+    let (status, _) = b.stop();
+    assert!(status.success());
+    drop(b);
+
+    produce(COPIED, RECORDS);
+    let lowest = block_on(partitions(&a))
+        .into_iter()
+        .find(|p| p.is_leader)
+        .unwrap()
+        .lowest_offset;
+    assert!(lowest > COPIED, "retention deleted past the replica's end");
+
+    let caught_up = |server: &Server| {
+        poll(|| {
+            let held = block_on(partitions(server));
+            match held.iter().find(|p| p.id == a.partition) {
+                Some(p) if p.next_offset == RECORDS && p.following && p.lag == 0 => Ok(p.clone()),
+                other => Err(format!("not caught up yet: {other:?}")),
+            }
+        })
+    };
+    let check_replica = |server: &Server, kept: bool| {
+        block_on(async {
+            let client = connect(server).await;
+            if kept {
+                assert_eq!(client.consume(&a.partition, 0).await.unwrap(), value(0));
+                assert_eq!(
+                    client.consume(&a.partition, COPIED - 1).await.unwrap(),
+                    value(COPIED - 1)
+                );
+                // What the leader deleted before it was copied is known lost.
+                for offset in [COPIED, lowest - 1] {
+                    match client.consume(&a.partition, offset).await {
+                        Err(ClientError::RecordsLost { from, to, .. }) => {
+                            assert_eq!((from, to), (COPIED, lowest))
+                        }
+                        other => panic!("offset {offset}: expected recordsLost, got {other:?}"),
+                    }
+                }
+            }
+            // From the leader's lowest on, the leader's records, in order.
+            let mut stream = client.consume_stream(&a.partition, lowest);
+            let mut next = lowest;
+            while next < RECORDS {
+                let batch = tokio::time::timeout(Duration::from_secs(10), stream.next_batch())
+                    .await
+                    .expect("records arrive")
+                    .expect("stream open")
+                    .expect("no error");
+                for r in batch {
+                    assert_eq!((r.offset, &r.value), (next, &value(next)));
+                    next += 1;
+                }
+            }
+        })
+    };
+
+    let mut b = start("ret-b", &dirs[1], Some(&a), &[]);
+    let copy = caught_up(&b);
+    assert_eq!(
+        copy.lowest_offset, 0,
+        "the replica keeps what it had: {copy:?}"
+    );
+    check_replica(&b, true);
+    // The gap is durable: after a restart the replica answers the same.
+    let (status, _) = b.stop();
+    assert!(status.success());
+    drop(b);
+    let b = start("ret-b", &dirs[1], Some(&a), &[]);
+    caught_up(&b);
+    check_replica(&b, true);
+
+    // A fresh node's replica starts at the leader's lowest offset.
+    let c = start("ret-c", &dirs[2], Some(&a), &[]);
+    let copy = caught_up(&c);
+    assert_eq!(copy.lowest_offset, lowest, "{copy:?}");
+    check_replica(&c, false);
+}

@@ -135,6 +135,17 @@ pub struct Truncate {
     pub lowest: u64,
 }
 
+/// Replication: the leader no longer holds the offsets from this replica's
+/// end up to `offset` (its retention deleted them first). They are recorded
+/// as lost (read there: `recordsLost`, never data) and the replica goes on
+/// at `offset`; nothing it holds is deleted. A no-op when the replica's end
+/// is at or past `offset`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), LogError>")]
+pub struct SkipTo {
+    pub offset: u64,
+}
+
 /// Applies the retention settings now (also run by a timer); answers how many
 /// segments were deleted.
 #[derive(Debug, Message)]

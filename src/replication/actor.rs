@@ -22,7 +22,7 @@ use actix::prelude::*;
 
 use crate::client::{Client, ClientError};
 use crate::cluster::ClusterView;
-use crate::log::{Append, LogActor, Partitions, Stats, append_in_order};
+use crate::log::{Append, LogActor, Partitions, SkipTo, Stats, append_in_order};
 use crate::storage::{Frames, FramesError};
 use crate::supervision::{Failpoints, InjectPanic, Work};
 use crate::telemetry::Metrics;
@@ -237,6 +237,23 @@ async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &F
         let batch = match stream.next_batch().await {
             None => return retry("the stream ended".into(), progress),
             Some(Ok(batch)) => batch,
+            // The leader's retention deleted what this replica needs next.
+            Some(Err(ClientError::OffsetOutOfRange { offset, lowest, .. })) if offset < lowest => {
+                return match log.send(SkipTo { offset: lowest }).await {
+                    Ok(Ok(())) => {
+                        tracing::warn!(peer = %setup.peer, partition = %setup.partition, from = offset, to = lowest, "the leader no longer holds this replica's next records (its retention deleted them): they are recorded as lost and the replica continues at the leader's lowest offset");
+                        if let Some(m) = &setup.metrics {
+                            m.replica_skipped(&setup.partition, lowest - offset);
+                        }
+                        retry(
+                            format!("skipped to the leader's lowest offset {lowest}"),
+                            true,
+                        )
+                    }
+                    Ok(Err(e)) => retry(format!("skipping to {lowest}: {e}"), progress),
+                    Err(e) => retry(format!("replica unavailable: {e}"), progress),
+                };
+            }
             Some(Err(e)) => return retry(e.to_string(), progress),
         };
         setup
@@ -293,6 +310,7 @@ async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &F
                 }
                 if let Some(m) = &setup.metrics {
                     m.replicated(&setup.partition, count);
+                    m.replica_lag(&setup.partition, batch.committed_end.saturating_sub(next));
                 }
                 failpoints.hit(Work::Completion);
             }

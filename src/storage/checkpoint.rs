@@ -40,6 +40,9 @@ pub enum LostCause {
     PowerCut,
     /// Cut by `proglog repair` (damaged records below the recovery point).
     Repair,
+    /// A replica's: its leader's retention had deleted them before this
+    /// replica copied them (the replica continues at the leader's lowest).
+    LeaderRetention,
 }
 
 impl LostCause {
@@ -47,6 +50,7 @@ impl LostCause {
         match self {
             LostCause::PowerCut => "power-cut",
             LostCause::Repair => "repair",
+            LostCause::LeaderRetention => "leader-retention",
         }
     }
 }
@@ -94,6 +98,7 @@ impl Checkpoint {
                     let cause = match *cause {
                         "power-cut" => LostCause::PowerCut,
                         "repair" => LostCause::Repair,
+                        "leader-retention" => LostCause::LeaderRetention,
                         _ => return Err(bad(n, "unknown cause")),
                     };
                     let range = num(from)?..num(to)?;
@@ -173,6 +178,7 @@ mod tests {
         };
         c.add_lost(1000..1100, LostCause::Repair);
         c.add_lost(10..20, LostCause::PowerCut);
+        c.add_lost(30..40, LostCause::LeaderRetention);
         c.store(dir.path()).unwrap();
         let back = Checkpoint::load(dir.path()).unwrap();
         assert_eq!(back, c);
@@ -180,6 +186,10 @@ mod tests {
         assert!(back.is_known_lost(1000, 1100) && back.is_known_lost(1050, 1060));
         assert!(!back.is_known_lost(999, 1100));
         assert_eq!(back.lost_range_of(15).unwrap().cause, LostCause::PowerCut);
+        assert_eq!(
+            back.lost_range_of(35).unwrap().cause,
+            LostCause::LeaderRetention
+        );
     }
 
     #[test]

@@ -633,8 +633,14 @@ mod tests {
         let small: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8; 10]).collect();
         // 300 records of 1 KiB: past a quarter of the write buffer.
         let large: Vec<Vec<u8>> = (0..300).map(|i| vec![i as u8; 1024]).collect();
-        assert_eq!(s.append_frames(&leader_frames(100, &small)).unwrap(), 100..103);
-        assert_eq!(s.append_frames(&leader_frames(103, &large)).unwrap(), 103..403);
+        assert_eq!(
+            s.append_frames(&leader_frames(100, &small)).unwrap(),
+            100..103
+        );
+        assert_eq!(
+            s.append_frames(&leader_frames(103, &large)).unwrap(),
+            103..403
+        );
         s.flush().unwrap();
         assert_eq!(s.read(101).unwrap(), small[1]);
         assert_eq!(s.read(103).unwrap(), large[0]);
@@ -662,7 +668,10 @@ mod tests {
         let four: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8; 4]).collect();
         assert!(s.append_frames(&leader_frames(0, &four)).is_err());
         assert_eq!(s.next(), 0, "not even the ones that fit");
-        assert_eq!(s.append_frames(&leader_frames(0, &four[..3])).unwrap(), 0..3);
+        assert_eq!(
+            s.append_frames(&leader_frames(0, &four[..3])).unwrap(),
+            0..3
+        );
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct Metrics {
     partition_restarts: Family<PartitionLabels, Counter>,
     replication_halts: Family<PartitionLabels, Counter>,
     replicated_records: Family<PartitionLabels, Counter>,
+    replica_records_lost: Family<PartitionLabels, Counter>,
+    replica_lag: Family<PartitionLabels, Gauge>,
     partition_writes_refused: Family<RefusalLabels, Gauge>,
     partition_recovery_point: Family<PartitionLabels, Gauge>,
     members: Gauge,
@@ -231,6 +233,18 @@ impl Metrics {
             "Records appended to this node's replica of a partition by its replicator",
             replicated_records.clone(),
         );
+        let replica_records_lost = Family::<PartitionLabels, Counter>::default();
+        r.register(
+            "replica_records_lost",
+            "Offsets a replica recorded as lost because its leader's retention deleted them before they were copied (reads there get recordsLost)",
+            replica_records_lost.clone(),
+        );
+        let replica_lag = Family::<PartitionLabels, Gauge>::default();
+        r.register(
+            "replica_lag_records",
+            "Records this node's replica of a partition is behind its leader's committed end, as last seen",
+            replica_lag.clone(),
+        );
         let partition_writes_refused = Family::<RefusalLabels, Gauge>::default();
         r.register(
             "partition_writes_refused",
@@ -274,6 +288,8 @@ impl Metrics {
             partition_restarts,
             replication_halts,
             replicated_records,
+            replica_records_lost,
+            replica_lag,
             partition_writes_refused,
             partition_recovery_point,
             members,
@@ -322,6 +338,25 @@ impl Metrics {
                 partition: partition.to_string(),
             })
             .inc_by(records);
+    }
+
+    /// The replica of `partition` skipped `records` offsets its leader no
+    /// longer held.
+    pub fn replica_skipped(&self, partition: &str, records: u64) {
+        self.replica_records_lost
+            .get_or_create(&PartitionLabels {
+                partition: partition.to_string(),
+            })
+            .inc_by(records);
+    }
+
+    /// The replica of `partition` is `records` behind its leader.
+    pub fn replica_lag(&self, partition: &str, records: u64) {
+        self.replica_lag
+            .get_or_create(&PartitionLabels {
+                partition: partition.to_string(),
+            })
+            .set(records as i64);
     }
 
     /// Counts an open RPC connection until the guard is dropped.

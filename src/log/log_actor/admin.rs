@@ -138,3 +138,89 @@ impl Handler<Close> for LogActor {
         )
     }
 }
+
+impl Handler<SkipTo> for LogActor {
+    type Result = ResponseActFuture<Self, Result<(), LogError>>;
+
+    /// Seals the active segment (or drops it when empty: it holds
+    /// nothing), records `[end, offset)` as lost in the checkpoint, durably,
+    /// and only then starts the next segment at `offset`: a crash in
+    /// between leaves the gap known, never taken for damage.
+    fn handle(&mut self, msg: SkipTo, _ctx: &mut Context<Self>) -> Self::Result {
+        let refuse = |e| -> Self::Result { Box::pin(fut::ready(Err(e))) };
+        if let Some(e) = self.refuse_writes() {
+            return refuse(e);
+        }
+        let (from, to) = (self.committed, msg.offset);
+        if to <= from {
+            return Box::pin(fut::ready(Ok(())));
+        }
+        if self.checkpoint_writing {
+            return refuse(LogError::unavailable(
+                &self.partition,
+                "a checkpoint write is in progress; try again",
+            ));
+        }
+        let Some(active) = self.active() else {
+            return refuse(LogError::Closed(self.partition.clone()));
+        };
+        let seal = active.addr.send(Seal);
+        Box::pin(
+            seal.into_actor(self)
+                .then(move |sealed, act, _| {
+                    let sealed = match sealed {
+                        Ok(Ok(sealed)) => sealed,
+                        Ok(Err(e)) => return fut::ready(Err(e)).boxed_local(),
+                        Err(_) => {
+                            let e = LogError::unavailable(&act.partition, "segment actor went away");
+                            return fut::ready(Err(e)).boxed_local();
+                        }
+                    };
+                    act.poisoned.extend(&sealed.poisoned);
+                    if sealed.next != from {
+                        let e = LogError::OffsetMismatch {
+                            partition: act.partition.clone(),
+                            expected: sealed.next,
+                            got: from,
+                        };
+                        return fut::ready(Err(e)).boxed_local();
+                    }
+                    if sealed.still_active {
+                        // Empty: nothing to keep; the next segment replaces it.
+                        if let Some(empty) = act.segments.pop() {
+                            empty.addr.do_send(RemoveSegment);
+                        }
+                    } else if let Some(old) = act.segments.last_mut() {
+                        old.end = Some(sealed.next);
+                        old.size_bytes = act.active_bytes;
+                    }
+                    act.needs_segment = Some(to);
+                    let mut next = act.checkpoint.clone();
+                    next.add_lost(from..to, LostCause::LeaderRetention);
+                    act.checkpoint_writing = true;
+                    let dir = act.dir.clone();
+                    let job = actix_rt::task::spawn_blocking(move || next.store(&dir).map(|()| next));
+                    job.into_actor(act)
+                        .map(move |joined, act, ctx| {
+                        act.checkpoint_writing = false;
+                        let written = match joined {
+                            Ok(Ok(written)) => written,
+                            Ok(Err(e)) => return Err(e.into()),
+                            Err(e) => {
+                                return Err(LogError::unavailable(
+                                    &act.partition,
+                                    format!("checkpoint task failed: {e}"),
+                                ));
+                            }
+                        };
+                        act.checkpoint = written;
+                        tracing::warn!(partition = %act.partition, from, to, "the leader's retention deleted records this replica had not copied: recorded as lost, the replica continues at the leader's lowest offset");
+                        act.create_missing_segment(ctx)?;
+                        act.advance_committed();
+                        Ok(())
+                    })
+                    .boxed_local()
+                }),
+        )
+    }
+}

@@ -82,6 +82,12 @@ impl LogActor {
         self.active_bytes = FILE_HEADER_LEN as u64;
         self.active_entries = 0;
         self.needs_segment = None;
+        // A roll is when a segment becomes deletable: apply retention now,
+        // not only at the next periodic check.
+        let retention = self.config.retention;
+        if retention.max_bytes.is_some() || retention.max_age.is_some() {
+            ctx.notify(ApplyRetention);
+        }
         Ok(())
     }
 

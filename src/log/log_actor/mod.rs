@@ -41,8 +41,8 @@ use super::segment_actor::{
 use super::session::PoisonedSessions;
 use crate::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN};
 use crate::storage::{
-    Checkpoint, DirLock, LogConfig, OpenReport, RecordBatch, Records, Segment, StorageError,
-    file_name, open_dir,
+    Checkpoint, DirLock, LogConfig, LostCause, OpenReport, RecordBatch, Records, Segment,
+    StorageError, file_name, open_dir,
 };
 use crate::supervision::{self, ChildSpec, Escalation, Failpoints, InjectPanic, Parent, Work};
 

@@ -71,6 +71,9 @@ impl LogActor {
                 cause: match lost.cause {
                     crate::storage::LostCause::PowerCut => "power cut beyond the recovery point",
                     crate::storage::LostCause::Repair => "cut by repair",
+                    crate::storage::LostCause::LeaderRetention => {
+                        "deleted by the leader's retention before this replica copied them"
+                    }
                 },
             }
             .into());
