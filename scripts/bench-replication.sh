@@ -70,3 +70,53 @@ for round in 1 2 3; do
       | sed "s/^{/{\"case\":\"batched\",\"round\":$round,/"
   done
 done
+kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
+
+# 3. Replication lag under a batched produce load: leader and one follower
+#    (sync interval, acks leader);
+#    the leader times each replica report against its own commit of the
+#    newest append the report covers (histogram replication_lag_seconds,
+#    buckets sqrt(2) apart: p50/p99 are interpolated within a bucket).
+http() { sed -n 's/^ready .*http=\([^ ]*\).*/\1/p' "$work/$1.out"; }
+start l "$bin" --insecure --replication-factor 2 --min-insync-replicas 1; l="$addr"
+start f "$bin" --insecure --replication-factor 2 --min-insync-replicas 1 --join "$(gossip l)"
+while [ "$(next_of "$addr" "$(partition l)")" = 0 ]; do
+  "$bin" produce --insecure --addr "$l" <<< "warm-up" > /dev/null; sleep 0.2
+done
+f="$addr"
+# One batch in flight: a load the three processes (client, leader,
+# follower) sustain on two cores. With -w 8 the follower falls behind for
+# the whole run and the figure is its backlog, not its lag.
+for load in "-w 1 -b 1000 -n 1000000" "-w 1 -b 100 -n 200000"; do
+  # Start with the follower caught up.
+  while [ "$(next_of "$f" "$(partition l)")" != "$(next_of "$l" "$(partition l)")" ]; do sleep 0.1; done
+  before="$(curl -s "http://$(http l)/metrics")"
+  # shellcheck disable=SC2086
+  "$bin" bench --insecure --addr "$l" $load --no-consume | sed "s/^{/{\"case\":\"lag_load\",/"
+  sleep 0.5
+  after="$(curl -s "http://$(http l)/metrics")"
+  python3 - "$load" <(echo "$before") <(echo "$after") <<'PY'
+import json, re, sys
+def buckets(path):
+    out = {}
+    for line in open(path):
+        m = re.search(r'replication_lag_seconds_bucket\{le="([^"]+)"\} (\d+)', line)
+        if m:
+            out[float(m.group(1))] = int(m.group(2))
+    return out
+b0, b1 = buckets(sys.argv[2]), buckets(sys.argv[3])
+bounds = sorted(b1)
+counts = [b1[b] - b0.get(b, 0) for b in bounds]
+total = counts[-1]
+def pct(p):
+    want, lo = p * total, 0.0
+    for i, b in enumerate(bounds):
+        if counts[i] >= want:
+            below = counts[i - 1] if i else 0
+            frac = (want - below) / max(counts[i] - below, 1)
+            return (lo + (b - lo) * frac) * 1e6 if b != float("inf") else lo * 1e6
+        lo = b
+print(json.dumps({"case": "replication_lag", "load": sys.argv[1], "reports": total,
+                  "p50_us": round(pct(0.5)), "p99_us": round(pct(0.99))}))
+PY
+done

@@ -6,8 +6,8 @@
 //! have committed its last record, or with a timeout.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -36,7 +36,13 @@ struct State {
     followers: BTreeSet<String>,
     /// Each node's committed position, as last reported.
     positions: BTreeMap<String, u64>,
+    /// When the leader committed recent appends: (end offset, when), in
+    /// offset order, at most [`COMMITS_KEPT`]; a report is timed against it.
+    commits: VecDeque<(u64, Instant)>,
 }
+
+/// Recent leader commits kept to time replication lag by.
+const COMMITS_KEPT: usize = 4096;
 
 impl InSync {
     pub fn new(min_insync: usize, timeout: Duration) -> InSync {
@@ -55,22 +61,45 @@ impl InSync {
         let State {
             followers,
             positions,
+            ..
         } = &mut *state;
         positions.retain(|node, _| followers.contains(node));
         drop(state);
         self.changed.notify_waiters();
     }
 
-    /// `node`'s replica has committed every record below `committed`. Only
-    /// live holders are kept: what a caller reports cannot grow this.
-    pub fn report(&self, node: &str, committed: u64) {
+    /// The leader committed every record below `end` (an append was answered).
+    pub fn leader_committed(&self, end: u64) {
         let mut state = self.state.borrow_mut();
-        if !state.followers.contains(node) {
+        if state.commits.back().is_some_and(|(last, _)| *last >= end) {
             return;
         }
-        state.positions.insert(node.to_string(), committed);
+        if state.commits.len() == COMMITS_KEPT {
+            state.commits.pop_front();
+        }
+        state.commits.push_back((end, Instant::now()));
+    }
+
+    /// `node`'s replica has committed every record below `committed`. Only
+    /// live holders are kept: what a caller reports cannot grow this.
+    /// Answers the replication lag this report shows: the time since the
+    /// leader committed the newest append the replica now has (`None`
+    /// when the report brings no append not already timed).
+    pub fn report(&self, node: &str, committed: u64) -> Option<Duration> {
+        let mut state = self.state.borrow_mut();
+        if !state.followers.contains(node) {
+            return None;
+        }
+        let before = state.positions.insert(node.to_string(), committed);
+        let covered = state.commits.partition_point(|(end, _)| *end <= committed);
+        let lag = covered
+            .checked_sub(1)
+            .map(|i| state.commits[i])
+            .filter(|(end, _)| before.is_none_or(|b| *end > b))
+            .map(|(_, at)| at.elapsed());
         drop(state);
         self.changed.notify_waiters();
+        lag
     }
 
     /// Refuses when fewer holders than `min-insync-replicas` are live.
@@ -134,6 +163,26 @@ mod tests {
         assert_eq!(s.state.borrow().positions.len(), 1);
         s.set_followers(["c".to_string()]);
         assert!(s.state.borrow().positions.is_empty(), "b left: forgotten");
+    }
+
+    #[test]
+    fn a_report_is_timed_against_the_leaders_commit_of_what_it_covers() {
+        let s = InSync::new(2, Duration::from_millis(10));
+        s.set_followers(["b".to_string()]);
+        assert_eq!(s.report("b", 0), None, "nothing committed yet");
+        s.leader_committed(10);
+        std::thread::sleep(Duration::from_millis(2));
+        s.leader_committed(20);
+        assert_eq!(s.report("b", 5), None, "covers no whole append");
+        let lag = s.report("b", 15).expect("covers the append ending at 10");
+        assert!(lag >= Duration::from_millis(2), "{lag:?}");
+        assert_eq!(s.report("b", 15), None, "already timed");
+        assert!(s.report("b", 20).is_some());
+        assert_eq!(s.report("stranger", 20), None);
+        for end in 21..21 + 2 * COMMITS_KEPT as u64 {
+            s.leader_committed(end);
+        }
+        assert_eq!(s.state.borrow().commits.len(), COMMITS_KEPT, "bounded");
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub struct Metrics {
     replicated_records: Family<PartitionLabels, Counter>,
     replica_records_lost: Family<PartitionLabels, Counter>,
     replica_lag: Family<PartitionLabels, Gauge>,
+    replication_lag: Histogram,
     partition_writes_refused: Family<RefusalLabels, Gauge>,
     partition_recovery_point: Family<PartitionLabels, Gauge>,
     members: Gauge,
@@ -245,6 +246,14 @@ impl Metrics {
             "Records this node's replica of a partition is behind its leader's committed end, as last seen",
             replica_lag.clone(),
         );
+        // 50 µs to about 0.8 s, each bucket √2 wider than the last.
+        let replication_lag =
+            Histogram::new(exponential_buckets(50e-6, std::f64::consts::SQRT_2, 29));
+        r.register(
+            "replication_lag_seconds",
+            "On a leader: from its commit of an append to a replica reporting it has committed it too",
+            replication_lag.clone(),
+        );
         let partition_writes_refused = Family::<RefusalLabels, Gauge>::default();
         r.register(
             "partition_writes_refused",
@@ -290,6 +299,7 @@ impl Metrics {
             replicated_records,
             replica_records_lost,
             replica_lag,
+            replication_lag,
             partition_writes_refused,
             partition_recovery_point,
             members,
@@ -357,6 +367,11 @@ impl Metrics {
                 partition: partition.to_string(),
             })
             .set(records as i64);
+    }
+
+    /// A replica confirmed an append `lag` after the leader committed it.
+    pub fn replication_lag(&self, lag: Duration) {
+        self.replication_lag.observe(lag.as_secs_f64());
     }
 
     /// Counts an open RPC connection until the guard is dropped.

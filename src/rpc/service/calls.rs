@@ -86,6 +86,7 @@ impl LogService {
         match crate::log::append_in_order(&log, append).await {
             Ok(range) => {
                 note(&id, range.start, count.into());
+                self.ctx.in_sync.leader_committed(range.end);
                 if let Some(m) = &self.metrics {
                     m.appended(count.into(), bytes);
                 }
@@ -252,8 +253,11 @@ impl log::Server for LogService {
             if let Err((_, message)) = self.authorize(ACTION_REPLICATE, &id) {
                 return Err(Error::failed(message));
             }
-            if self.ctx.partitions.is_own(&id) {
-                self.ctx.in_sync.report(&node, p.get_committed());
+            if self.ctx.partitions.is_own(&id)
+                && let Some(lag) = self.ctx.in_sync.report(&node, p.get_committed())
+                && let Some(m) = &self.metrics
+            {
+                m.replication_lag(lag);
             }
             Ok(Ok(()))
         })
