@@ -399,8 +399,10 @@ async fn truncate_and_retention_delete_old_segments() {
     let log = start(dir.path(), config);
     append(&log, (0..200).map(record).collect()).await.unwrap();
     let before = log.send(Stats).await.unwrap();
+    // Retention also runs at every roll, so the rolls of these appends may
+    // have deleted the old segments already; the explicit pass removes
+    // whatever is left over the bound.
     let removed = log.send(ApplyRetention).await.unwrap().unwrap();
-    assert!(removed > 0);
     let after = log.send(Stats).await.unwrap();
     assert!(after.size_bytes <= 2048, "{after:?}");
     assert_eq!(after.segments, before.segments - removed);
