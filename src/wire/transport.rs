@@ -4,12 +4,15 @@
 use capnp::message::ReaderOptions;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::twoparty::VatNetwork;
-use futures::io::{BufReader, BufWriter};
+use futures::io::BufReader;
+
+use super::corked::CorkedWriter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
-/// Bytes buffered on each side of a connection: batching small RPC messages
-/// into one write halves the cost per call (and per TLS record).
+/// Bytes buffered on each side of a connection: the messages of a burst
+/// leave in one write (see [`CorkedWriter`]), which cuts the cost per call
+/// (and per TLS record).
 const IO_BUFFER_BYTES: usize = 64 << 10;
 
 /// Receive limits for a connection.
@@ -32,10 +35,12 @@ pub fn vat_network<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    // Must run on a local task set (the flusher is a local task), as
+    // capnp-rpc itself does.
     let (read, write) = tokio::io::split(stream);
     let mut network = VatNetwork::new(
         BufReader::with_capacity(IO_BUFFER_BYTES, read.compat()),
-        BufWriter::with_capacity(IO_BUFFER_BYTES, write.compat_write()),
+        CorkedWriter::new(write.compat_write(), IO_BUFFER_BYTES),
         side,
         options,
     );
