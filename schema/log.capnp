@@ -56,6 +56,13 @@ interface Log {
   # answers `acks=all` produces from these positions. Authorized with the
   # action `replicate`.
   replicated @8 (partition :Text, node :Text, committed :UInt64) -> ();
+
+  # Reads consecutive records of `partition` from `offset` in one reply:
+  # at most `maxRecords` (0: no count limit) and about `maxBytes` of frames
+  # (0 or more than the server's stream batch size: that size), at least one
+  # record when `offset` holds one, never past the end of its segment. An
+  # empty list at the end of the log; `offsetOutOfRange` outside it.
+  consumeBatch @9 (partition :Text, offset :UInt64, maxRecords :UInt32, maxBytes :UInt32) -> (result :ConsumedBatch);
 }
 
 # When a produce is answered.
@@ -106,6 +113,13 @@ struct Produced {
 struct Consumed {
   union {
     record @0 :Record;
+    error @1 :Error;
+  }
+}
+
+struct ConsumedBatch {
+  union {
+    records @0 :List(Record);
     error @1 :Error;
   }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     CLIENT_TIMEOUT, Captured, ChildGuard, EXIT_TIMEOUT, Lines, ServeOptions, Server, client,
-    consume_all, proglog, run, serve_args,
+    consume_all, parse_records, proglog, run, serve_args,
 };
 
 fn offsets(stdout: &str) -> Vec<u64> {
@@ -47,6 +47,16 @@ fn produce_and_consume_through_the_binary_survive_a_restart() {
     let expected: Vec<(u64, String)> = (0..).zip(expected).collect();
 
     assert_eq!(consume_all(&server), expected);
+    // A range with --count (consumeBatch): exactly that many, from --from;
+    // past the end, what there is.
+    let mut cmd = client("consume", &server.endpoint());
+    cmd.args(["--from", "500", "--count", "300", "--format", "json"]);
+    let range = parse_records(&run(cmd, None, CLIENT_TIMEOUT).success().stdout);
+    assert_eq!(range, expected[500..800]);
+    let mut cmd = client("consume", &server.endpoint());
+    cmd.args(["--from", "1000", "--count", "50", "--format", "json"]);
+    let tail = parse_records(&run(cmd, None, CLIENT_TIMEOUT).success().stdout);
+    assert_eq!(tail, expected[1000..]);
 
     let (status, _) = server.stop();
     assert_eq!(status.code(), Some(0), "serve exit after SIGTERM");

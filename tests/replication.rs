@@ -390,7 +390,11 @@ fn acks_all_needs_min_insync_live_holders_and_fails_fast_without_them() {
     let on_a_replica = [&b, &c].iter().any(|replica| {
         block_on(async {
             let client = connect(replica).await;
-            client.consume(&a.partition, acked.offset).await.ok()
+            client
+                .consume(&a.partition, acked.offset)
+                .await
+                .ok()
+                .map(|r| r.value)
         })
         .is_some_and(|v| v == b"all up")
     });
@@ -454,7 +458,11 @@ fn a_record_acked_by_all_is_readable_from_a_replica_after_its_leader_is_killed()
         let found = [&b, &c].iter().any(|replica| {
             block_on(async {
                 let client = connect(replica).await;
-                client.consume(&a.partition, *offset).await.ok()
+                client
+                    .consume(&a.partition, *offset)
+                    .await
+                    .ok()
+                    .map(|r| r.value)
             })
             .is_some_and(|v| v == record("acked", i as u64))
         });
@@ -671,9 +679,16 @@ fn a_replica_behind_its_leaders_retention_continues_at_the_leaders_lowest_offset
         block_on(async {
             let client = connect(server).await;
             if kept {
-                assert_eq!(client.consume(&a.partition, 0).await.unwrap(), value(0));
                 assert_eq!(
-                    client.consume(&a.partition, COPIED - 1).await.unwrap(),
+                    client.consume(&a.partition, 0).await.unwrap().value,
+                    value(0)
+                );
+                assert_eq!(
+                    client
+                        .consume(&a.partition, COPIED - 1)
+                        .await
+                        .unwrap()
+                        .value,
                     value(COPIED - 1)
                 );
                 // What the leader deleted before it was copied is known lost.

@@ -54,11 +54,49 @@ async fn produce_then_consume_returns_the_same_record() {
     let produced = client.produce(b"hello world").await.unwrap();
     assert_eq!(produced.offset, 0);
     assert!(produced.partition.starts_with("node-t-"));
-    assert_eq!(client.consume("", 0).await.unwrap(), b"hello world");
+    assert_eq!(client.consume("", 0).await.unwrap().value, b"hello world");
     assert_eq!(
-        client.consume(&produced.partition, 0).await.unwrap(),
+        client.consume(&produced.partition, 0).await.unwrap().value,
         b"hello world"
     );
+}
+
+#[actix_rt::test]
+async fn consume_batch_returns_consecutive_records_up_to_its_limits() {
+    use proglog::client::ClientError;
+    let node = start_node(RpcConfig::default()).await;
+    let client = connect(&node).await;
+    let values: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    client.produce_batch(&values).await.unwrap();
+    let got = client.consume_batch("", 10, 64, 0).await.unwrap();
+    assert_eq!(got.len(), 64, "exactly maxRecords");
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!((r.offset, &r.value), (10 + i as u64, &values[10 + i]));
+    }
+    // The last record, and one past the end (an empty answer, not an error).
+    let last = client.consume_batch("", 99, 64, 0).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].offset, 99);
+    assert!(
+        client
+            .consume_batch("", 100, 64, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    match client.consume_batch("", 101, 64, 0).await {
+        Err(ClientError::OffsetOutOfRange { offset, next, .. }) => {
+            assert_eq!((offset, next), (101, 100))
+        }
+        other => panic!("expected offsetOutOfRange, got {other:?}"),
+    }
+    // A byte limit smaller than one record still returns that record.
+    let one = client.consume_batch("", 0, 0, 1).await.unwrap();
+    assert_eq!(one.len(), 1);
+    // No count limit: as many as fit the server's batch size.
+    assert_eq!(client.consume_batch("", 0, 0, 0).await.unwrap().len(), 100);
+    // The offset the server sent comes back with a single consume too.
+    assert_eq!(client.consume("", 42).await.unwrap().offset, 42);
 }
 
 #[actix_rt::test]
@@ -118,7 +156,7 @@ async fn domain_errors_arrive_typed() {
         other => panic!("expected the stream to end with OffsetOutOfRange, got {other:?}"),
     }
     assert_eq!(
-        client.consume("", 0).await.unwrap(),
+        client.consume("", 0).await.unwrap().value,
         b"only",
         "the connection keeps serving"
     );
@@ -210,7 +248,7 @@ async fn garbage_bytes_close_only_that_connection() {
     .await;
     assert!(closed.is_ok(), "the server hangs up on garbage");
     assert_eq!(
-        good.consume("", 0).await.unwrap(),
+        good.consume("", 0).await.unwrap().value,
         b"kept",
         "other clients are unaffected"
     );
@@ -266,7 +304,7 @@ async fn connections_over_the_limit_are_refused_and_the_others_keep_working() {
         matches!(c.produce(b"c").await, Err(ClientError::Rpc(_))),
         "the third connection is closed"
     );
-    assert_eq!(a.consume("", 1).await.unwrap(), b"b");
+    assert_eq!(a.consume("", 1).await.unwrap().value, b"b");
     drop(a);
     eventually("a slot frees up", || node.server.open_connections() == 1).await;
     let d = connect(&node).await;
@@ -288,7 +326,10 @@ async fn the_batching_producer_keeps_order_and_reports_offsets() {
     for (i, f) in futures.into_iter().enumerate() {
         assert_eq!(f.await.unwrap(), i as u64);
     }
-    assert_eq!(client.consume("", 999).await.unwrap(), 999u32.to_be_bytes());
+    assert_eq!(
+        client.consume("", 999).await.unwrap().value,
+        999u32.to_be_bytes()
+    );
     let partitions = client.partitions().await.unwrap();
     assert_eq!(partitions.len(), 1);
     assert_eq!(
@@ -329,6 +370,6 @@ async fn a_damaged_record_is_reported_as_corruption_and_never_served() {
         Err(ClientError::Corruption(message)) => assert!(message.contains("checksum"), "{message}"),
         other => panic!("expected Corruption, got {other:?}"),
     }
-    assert_eq!(client.consume("", 0).await.unwrap(), b"first");
-    assert_eq!(client.consume("", 2).await.unwrap(), b"third");
+    assert_eq!(client.consume("", 0).await.unwrap().value, b"first");
+    assert_eq!(client.consume("", 2).await.unwrap().value, b"third");
 }

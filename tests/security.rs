@@ -120,7 +120,10 @@ async fn root_may_produce_and_consume_and_nobody_is_denied_both() {
     let node = start_tls_node(&pki).await;
     let root = connect(&node, pki.client("root")).await.unwrap();
     let produced = root.produce(b"secret").await.unwrap();
-    assert_eq!(root.consume("", produced.offset).await.unwrap(), b"secret");
+    assert_eq!(
+        root.consume("", produced.offset).await.unwrap().value,
+        b"secret"
+    );
 
     let nobody = connect(&node, pki.client("nobody")).await.unwrap();
     match nobody.produce(b"x").await {
@@ -135,6 +138,12 @@ async fn root_may_produce_and_consume_and_nobody_is_denied_both() {
         other => panic!("expected PermissionDenied, got {other:?}"),
     }
     match nobody.consume("", 0).await {
+        Err(ClientError::PermissionDenied {
+            subject, action, ..
+        }) => assert_eq!((subject.as_str(), action.as_str()), ("nobody", "consume")),
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    match nobody.consume_batch("", 0, 10, 0).await {
         Err(ClientError::PermissionDenied {
             subject, action, ..
         }) => assert_eq!((subject.as_str(), action.as_str()), ("nobody", "consume")),

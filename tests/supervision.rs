@@ -73,7 +73,7 @@ async fn produce(client: &Client, range: std::ops::Range<u64>) -> Vec<(u64, Vec<
 async fn assert_acked_intact(client: &Client, acked: &[(u64, Vec<u8>)]) {
     for (offset, bytes) in acked {
         assert_eq!(
-            &client.consume("", *offset).await.unwrap(),
+            &client.consume("", *offset).await.unwrap().value,
             bytes,
             "acknowledged offset {offset}"
         );
@@ -372,7 +372,7 @@ async fn replicator_restarts_after_panics_in_its_handler_and_its_pull_and_catche
     replicated(&b, &own, 150).await;
     let copy = Client::connect(b.rpc_addr()).await.unwrap();
     for i in 0..150 {
-        assert_eq!(copy.consume(&own, i).await.unwrap(), record(i));
+        assert_eq!(copy.consume(&own, i).await.unwrap().value, record(i));
     }
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();

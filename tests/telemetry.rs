@@ -387,7 +387,7 @@ async fn an_agent_counts_calls_by_outcome_fsyncs_and_connections() {
     }
     assert!(client.produce(&[0u8; 2048]).await.is_err(), "too large");
     assert!(client.consume("", 99).await.is_err(), "out of range");
-    assert_eq!(client.consume("", 1).await.unwrap(), b"bb");
+    assert_eq!(client.consume("", 1).await.unwrap().value, b"bb");
 
     let samples = parse_prometheus_text(&telemetry.render_metrics().await.unwrap());
     let calls = |method: &str, outcome: &str| {

@@ -156,8 +156,12 @@ pub struct ConsumeArgs {
     #[arg(long)]
     from: Option<u64>,
     /// Keep following the partition: print records as they are appended.
-    #[arg(long, short = 'f')]
+    #[arg(long, short = 'f', conflicts_with = "count")]
     follow: bool,
+    /// Print at most this many records (read with `consumeBatch`, a range
+    /// per call) and stop, at the end of the log at the latest.
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     format: Format,
@@ -318,6 +322,22 @@ pub fn consume(args: ConsumeArgs) -> Result<(), BoxError> {
         }
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
+        if let Some(count) = args.count {
+            let mut next = from;
+            let mut left = count;
+            while left > 0 {
+                let want = left.min(u64::from(u32::MAX)) as u32;
+                let records = client.consume_batch(&partition.id, next, want, 0).await?;
+                let Some(last) = records.last() else { break };
+                next = last.offset + 1;
+                left -= records.len() as u64;
+                for record in &records {
+                    write_record(&mut out, args.format, record)?;
+                }
+            }
+            out.flush()?;
+            return Ok(());
+        }
         let mut stream = client.consume_stream(&partition.id, from);
         while let Some(record) = stream.next().await {
             let record = record?;

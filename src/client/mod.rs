@@ -9,7 +9,7 @@
 //! use futures::StreamExt;
 //! let client = proglog::client::Client::connect("127.0.0.1:8400").await?;
 //! let produced = client.produce(b"hello").await?;
-//! let value = client.consume("", produced.offset).await?;
+//! let record = client.consume("", produced.offset).await?;
 //! let mut stream = client.consume_stream("", 0);
 //! while let Some(record) = stream.next().await {
 //!     let record = record?;
@@ -275,15 +275,59 @@ impl Client {
         Producer::new(self.log.clone(), config)
     }
 
-    /// Reads the record at `offset` of `partition` (`""`: the node's own).
-    pub async fn consume(&self, partition: &str, offset: u64) -> Result<Vec<u8>, ClientError> {
+    /// Reads the record at `offset` of `partition` (`""`: the node's own),
+    /// with the offset the server sent.
+    pub async fn consume(&self, partition: &str, offset: u64) -> Result<Record, ClientError> {
         let mut request = self.log.consume_request();
         request.get().set_partition(partition);
         request.get().set_offset(offset);
         let response = request.send().promise.await?;
         use crate::wire::schema::consumed::Which;
         match response.get()?.get_result()?.which()? {
-            Which::Record(r) => Ok(r?.get_value()?.to_vec()),
+            Which::Record(r) => {
+                let r = r?;
+                Ok(Record {
+                    offset: r.get_offset(),
+                    value: r.get_value()?.to_vec(),
+                })
+            }
+            Which::Error(e) => Err(ClientError::from_wire(e?)?),
+        }
+    }
+
+    /// Reads up to `max_records` consecutive records of `partition` from
+    /// `offset` in one call (at most about `max_bytes` of them, 0: the
+    /// server's default; at least one when `offset` holds one). Empty at
+    /// the end of the log; fewer than asked at the end of a segment.
+    pub async fn consume_batch(
+        &self,
+        partition: &str,
+        offset: u64,
+        max_records: u32,
+        max_bytes: u32,
+    ) -> Result<Vec<Record>, ClientError> {
+        let mut request = self.log.consume_batch_request();
+        {
+            let mut p = request.get();
+            p.set_partition(partition);
+            p.set_offset(offset);
+            p.set_max_records(max_records);
+            p.set_max_bytes(max_bytes);
+        }
+        let response = request.send().promise.await?;
+        use crate::wire::schema::consumed_batch::Which;
+        match response.get()?.get_result()?.which()? {
+            Which::Records(list) => {
+                let list = list?;
+                let mut out = Vec::with_capacity(list.len() as usize);
+                for r in list.iter() {
+                    out.push(Record {
+                        offset: r.get_offset(),
+                        value: r.get_value()?.to_vec(),
+                    });
+                }
+                Ok(out)
+            }
             Which::Error(e) => Err(ClientError::from_wire(e?)?),
         }
     }

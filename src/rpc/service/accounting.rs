@@ -74,6 +74,7 @@ pub(super) const PRODUCE_STREAM: Method = Method::call("produceStream");
 pub(super) const SINK_WRITE: Method = Method::call("produceSink.write");
 pub(super) const SINK_FINISH: Method = Method::call("produceSink.finish");
 pub(super) const CONSUME: Method = Method::call("consume");
+pub(super) const CONSUME_BATCH: Method = Method::call("consumeBatch");
 pub(super) const CONSUME_STREAM: Method = Method::stream("consumeStream");
 pub(super) const REPLICATE: Method = Method::stream("replicate");
 pub(super) const REPLICATED: Method = Method::call("replicated");

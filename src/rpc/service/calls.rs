@@ -216,6 +216,65 @@ impl log::Server for LogService {
         .await
     }
 
+    async fn consume_batch(
+        self: CapRc<Self>,
+        params: log::ConsumeBatchParams,
+        mut results: log::ConsumeBatchResults,
+    ) -> Result<(), Error> {
+        self.call(CONSUME_BATCH, async {
+            let p = params.get()?;
+            let (id, offset) = (text(p.get_partition())?, p.get_offset());
+            let max_records = match p.get_max_records() {
+                0 => usize::MAX,
+                n => n as usize,
+            };
+            let max_bytes = match p.get_max_bytes() {
+                0 => self.ctx.max_stream_batch_bytes,
+                n => n.min(self.ctx.max_stream_batch_bytes),
+            } as usize;
+            let outcome = match self.partition(&id, ACTION_CONSUME) {
+                Ok((id, log)) => {
+                    note(&id, offset, 0);
+                    match log
+                        .send(ReadBatch {
+                            from: offset,
+                            max_bytes,
+                        })
+                        .await
+                    {
+                        Ok(Ok(batch)) => Ok(batch),
+                        Ok(Err(e)) => Err(log_error(&e)),
+                        Err(e) => Err((WireError::Unavailable, e.to_string())),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let out = results.get().init_result();
+            match outcome {
+                Ok(batch) => {
+                    let n = batch.len().min(max_records);
+                    let mut list = out.init_records(n as u32);
+                    let mut bytes = 0;
+                    for (i, (offset, value)) in batch.iter().take(n).enumerate() {
+                        let mut r = list.reborrow().get(i as u32);
+                        r.set_offset(offset);
+                        r.set_value(value);
+                        bytes += value.len();
+                    }
+                    if let Some(m) = &self.metrics {
+                        m.read(n as u64, bytes as u64);
+                    }
+                    Ok(Ok(()))
+                }
+                Err((kind, message)) => {
+                    write_error(out.init_error(), &kind, &message);
+                    Ok(Err(kind.kind()))
+                }
+            }
+        })
+        .await
+    }
+
     async fn consume_stream(
         self: CapRc<Self>,
         params: log::ConsumeStreamParams,
