@@ -1,0 +1,61 @@
+"""Prints the race's table from its JSON lines: medians over rounds, each
+proglog cell against the best peer in it, and the servers' memory and CPU."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+runs = defaultdict(list)
+servers = defaultdict(list)
+for r in rows:
+    key = (r["system"], r["label"], r["size"])
+    if r["op"] == "server":
+        servers[key].append(r)
+    else:
+        runs[key + (r["op"], r["window"])].append(r)
+
+
+def med(key, field):
+    values = [r[field] for r in runs.get(key, [])]
+    return statistics.median(values) if values else None
+
+
+def fmt_rate(v):
+    return "-" if v is None else (f"{v / 1e3:.1f} k/s" if v < 1e6 else f"{v / 1e6:.2f} M/s")
+
+
+cells = [("produce", 1), ("produce", 64), ("consume", 1), ("consume", 64)]
+for size in (256, 4096):
+    print(f"\n{size} B records, plain TCP (mTLS for proglog-tls); rate (p50 / p99 µs); medians of {len(servers[('proglog', 'plain', size)])} rounds")
+    print(f"| cell | proglog | proglog mTLS | NATS JetStream | Redis Streams | proglog / best peer | mTLS / plain |")
+    print("|---|---|---|---|---|---|---|")
+    for op, w in cells:
+        def cell(system, label):
+            k = (system, label, size, op, w)
+            rate = med(k, "rate")
+            if rate is None:
+                return "-", None
+            return f"{fmt_rate(rate)} ({med(k, 'p50_us'):.0f} / {med(k, 'p99_us'):.0f})", rate
+        p, pr = cell("proglog", "plain")
+        t, tr = cell("proglog", "tls")
+        n, nr = cell("nats", "plain")
+        r, rr = cell("redis", "plain")
+        best = max(x for x in (nr, rr) if x is not None) if (nr or rr) else None
+        ratio = f"{pr / best:.2f}" if pr and best else "-"
+        tls = f"{tr / pr:.2f}" if pr and tr else "-"
+        print(f"| {op} W={w} | {p} | {t} | {n} | {r} | {ratio} | {tls} |")
+    print("| server peak RSS / CPU s | " + " | ".join(
+        "{:.0f} MiB / {:.1f}".format(
+            statistics.median(s["peak_rss_kib"] for s in servers[(sys_, lab, size)]) / 1024,
+            statistics.median(s["cpu_seconds"] for s in servers[(sys_, lab, size)]))
+        if servers[(sys_, lab, size)] else "-"
+        for sys_, lab in (("proglog", "plain"), ("proglog", "tls"), ("nats", "plain"), ("redis", "plain"))) + " | | |")
+
+print("\nfsync on every write (proglog --sync always, JetStream sync_interval: always), 256 B, produce")
+print("| cell | proglog | NATS JetStream | proglog / NATS |")
+print("|---|---|---|---|")
+for w in (1, 64):
+    p = med(("proglog", "sync", 256, "produce", w), "rate")
+    n = med(("nats", "sync", 256, "produce", w), "rate")
+    print(f"| produce W={w} | {fmt_rate(p)} | {fmt_rate(n)} | {p / n:.2f} |" if p and n else f"| produce W={w} | {fmt_rate(p)} | {fmt_rate(n)} | - |")
