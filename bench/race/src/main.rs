@@ -81,7 +81,10 @@ impl Target for Proglog {
             std::hint::black_box(&r.value);
             1
         } else {
-            let records = self.client.consume_batch("", self.next, max as u32, 0).await?;
+            let records = self
+                .client
+                .consume_batch("", self.next, max as u32, 0)
+                .await?;
             records.len()
         };
         self.next += n as u64;
