@@ -10,12 +10,17 @@
 //! - For each peer whose partition this node holds, the Agent runs one
 //!   ReplicatorActor. It pulls only that peer's own partition (the peer's
 //!   `replicate` refuses any other, so copies never cycle), from the
-//!   replica's end, and appends every batch at the leader's offsets
-//!   ([`crate::log::Append::at`]): the segment that assigns offsets refuses
-//!   any other one, so a replica can have no gap and no duplicate. Each
-//!   record's CRC-32C is checked on arrival (the leader verified its own on
-//!   read). A record at an unexpected offset or with a bad checksum halts
-//!   that replication, logged and counted, and is never written.
+//!   replica's end. The leader sends its stored frames as they are; the
+//!   replica checks each ([`crate::storage::Frames::check`]: length,
+//!   CRC-32C, offsets following on; the leader checked them when it read
+//!   them) and appends the same bytes at the leader's offsets
+//!   ([`crate::log::Append::frames`]): the segment that assigns offsets
+//!   refuses any other start, so a replica can have no gap and no
+//!   duplicate. A frame at an unexpected offset or with a bad checksum
+//!   halts that replication, logged and counted, and is never written.
+//! - A replica whose next records its leader's retention has deleted skips
+//!   to the leader's lowest offset ([`crate::log::SkipTo`]): the offsets in
+//!   between are recorded as lost, never served as data.
 
 mod actor;
 mod in_sync;
