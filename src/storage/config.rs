@@ -7,17 +7,17 @@ use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, INDEX_ENTRY_LEN, MAX_RECOR
 
 /// When appended bytes are forced from the page cache to the disk.
 ///
-/// Whatever the policy, [`crate::storage::Log::flush`] (and every batch append)
-/// hands the bytes to the kernel before it returns, so a flushed record
-/// survives the crash or SIGKILL of the process. The policy only decides what
+/// Whatever the policy, an append is handed to the kernel (the group
+/// commit's flush) before it is answered, so an answered record survives
+/// the crash or SIGKILL of the process. The policy only decides what
 /// survives a power loss or kernel crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncPolicy {
     /// `fdatasync` before every append / flush returns: a flushed record
     /// survives a power loss. Costs one disk sync per call.
     Always,
-    /// `fdatasync` when the last one is older than this interval (checked on
-    /// every flush and by [`crate::storage::Log::sync_if_due`]): a power loss
+    /// `fdatasync` when the last one is older than this interval (checked at
+    /// every commit and by the SegmentActor's sync timer): a power loss
     /// loses at most about one interval of flushed records.
     Interval(Duration),
     /// Never sync explicitly (segments are still synced when they are rolled
