@@ -1,9 +1,5 @@
 //! ReplicatorActor: pulls one peer's own partition into this node's replica.
 //!
-//! The pull's network side (connection, stream, frame checks, position
-//! reports) runs on the replication thread ([`super::net`]); this actor
-//! appends the checked batches on the node's thread.
-//!
 //! Supervision (`crate::supervision`): a lost connection, a peer that is
 //! down or an error it answers is not a failure: the pull reconnects with
 //! backoff (100 ms doubling to 5 s) and resumes from the replica's end. A
