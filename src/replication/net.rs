@@ -119,13 +119,7 @@ async fn run(
     batches: mpsc::Sender<Result<CheckedBatch, PullEnd>>,
     mut positions: watch::Receiver<u64>,
 ) {
-    // A replicator stopped while this connects (a peer that vanished can
-    // take the system's connect timeout) ends the pull at once.
-    let connected = tokio::select! {
-        connected = spec.connector.connect(spec.addr) => connected,
-        () = batches.closed() => return,
-    };
-    let client = match connected {
+    let client = match spec.connector.connect(spec.addr).await {
         Ok(client) => client,
         Err(e) => {
             let why = format!("connecting to {}: {e}", spec.addr);
