@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::net::{self, PullEnd};
 use crate::client::{Client, ClientError};
 use crate::cluster::ClusterView;
 use crate::log::{Append, LogActor, Partitions, SkipTo, Stats, append_in_order};
+use crate::storage::{Frames, FramesError};
 use crate::supervision::{Failpoints, InjectPanic, Work};
 use crate::telemetry::Metrics;
 
@@ -34,7 +34,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REPORT_EVERY: Duration = Duration::from_millis(5);
 
 /// How a replicator reaches its peer's RPC service.
-#[derive(Clone)]
 pub enum Connector {
     /// Plain TCP (`--insecure` clusters).
     Plain,
@@ -44,7 +43,7 @@ pub enum Connector {
 }
 
 impl Connector {
-    pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
         match self {
             Connector::Plain => Client::connect(addr).await,
             Connector::Tls(config) => {
@@ -212,25 +211,22 @@ async fn pull(setup: Rc<ReplicatorSetup>, failpoints: Failpoints) -> String {
 }
 
 /// One connection's worth of pulling: from the replica's end, every batch
-/// of the leader's frames, received and checked on the replication thread
-/// ([`super::net`]: lengths, CRC-32C, offsets following on), appended here
-/// as they are at the leader's offsets, until something stops it. One
-/// append at a time: with up to 4 in flight, catch-up measured 12 % slower
-/// on two cores (more batches alive at once, no fewer flushes), see
-/// BENCHMARKS.md.
+/// of the leader's frames checked (lengths, CRC-32C, offsets following on)
+/// and appended as they are at the leader's offsets, until something stops
+/// it. One append at a time: with up to 4 in flight, catch-up measured
+/// 12 % slower on two cores (more batches alive at once, no fewer
+/// flushes), see BENCHMARKS.md.
 async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &Failpoints) -> Stop {
     let retry = |reason: String, progress| Stop::Retry { reason, progress };
     let mut next = match log.send(Stats).await {
         Ok(stats) => stats.next_offset,
         Err(e) => return retry(format!("replica unavailable: {e}"), false),
     };
-    let mut pull = net::start(net::PullSpec {
-        connector: (*setup.connector).clone(),
-        addr: setup.rpc_addr,
-        partition: setup.partition.clone(),
-        me: setup.me.clone(),
-        from: next,
-    });
+    let client = match setup.connector.connect(setup.rpc_addr).await {
+        Ok(client) => client,
+        Err(e) => return retry(format!("connecting to {}: {e}", setup.rpc_addr), false),
+    };
+    let mut stream = client.replicate(&setup.partition, next);
     let mut progress = false;
     let mut last_report = Instant::now();
     // Logged once per connection: how long the replica took to catch up
@@ -238,13 +234,11 @@ async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &F
     let mut caught_up = false;
     let (mut copy_from, mut copy_start) = (next, Instant::now());
     loop {
-        let batch = match pull.batches.recv().await {
-            None => return retry("the replication stream ended".into(), progress),
+        let batch = match stream.next_batch().await {
+            None => return retry("the stream ended".into(), progress),
             Some(Ok(batch)) => batch,
-            Some(Err(PullEnd::Retry(reason))) => return retry(reason, progress),
-            Some(Err(PullEnd::Halt(reason))) => return Stop::Halt(reason),
             // The leader's retention deleted what this replica needs next.
-            Some(Err(PullEnd::Behind { offset, lowest })) => {
+            Some(Err(ClientError::OffsetOutOfRange { offset, lowest, .. })) if offset < lowest => {
                 return match log.send(SkipTo { offset: lowest }).await {
                     Ok(Ok(())) => {
                         tracing::warn!(peer = %setup.peer, partition = %setup.partition, from = offset, to = lowest, "the leader no longer holds this replica's next records (its retention deleted them): they are recorded as lost and the replica continues at the leader's lowest offset");
@@ -260,20 +254,36 @@ async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &F
                     Err(e) => retry(format!("replica unavailable: {e}"), progress),
                 };
             }
+            Some(Err(e)) => return retry(e.to_string(), progress),
         };
         setup
             .cluster
             .borrow_mut()
             .leader_ends
             .insert(setup.partition.clone(), batch.committed_end);
-        if batch.frames.is_empty() {
-            continue;
-        }
+        let frames = if batch.first != next {
+            Err(FramesError::Offset {
+                index: 0,
+                expected: next,
+                got: batch.first,
+            })
+        } else {
+            Frames::check(batch.frames, next)
+        };
+        let frames = match frames {
+            Ok(frames) if frames.is_empty() => continue,
+            Ok(frames) => frames,
+            Err(e) => {
+                return Stop::Halt(format!(
+                    "the leader sent bad frames (nothing of the batch written): {e}"
+                ));
+            }
+        };
         if !progress {
             (copy_from, copy_start) = (next, Instant::now());
         }
-        let count = batch.frames.len() as u64;
-        match append_in_order(log, Append::frames(batch.frames)).await {
+        let count = frames.len() as u64;
+        match append_in_order(log, Append::frames(frames)).await {
             Ok(range) => {
                 next = range.end;
                 progress = true;
@@ -282,7 +292,7 @@ async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &F
                 // produces wait); while catching up, at most every
                 // REPORT_EVERY (one call per batch costs catch-up speed).
                 if next >= batch.committed_end || last_report.elapsed() >= REPORT_EVERY {
-                    pull.committed.send_replace(next);
+                    client.report_replicated(&setup.partition, &setup.me, next);
                     last_report = Instant::now();
                 }
                 if next >= batch.committed_end && !caught_up {

@@ -24,7 +24,6 @@
 
 mod actor;
 mod in_sync;
-mod net;
 
 pub use actor::{
     Connector, GetStatus, ReplicatorActor, ReplicatorSetup, ReplicatorStatus, StopReplicating,
