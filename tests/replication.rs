@@ -205,7 +205,7 @@ fn a_killed_follower_catches_up_from_where_its_replica_ended() {
         block_on(async {
             let client = connect(&a).await;
             let batch: Vec<Vec<u8>> = (from..to).map(|i| record("a", i)).collect();
-            for chunk in batch.chunks(100) {
+            for chunk in batch.chunks(2_000) {
                 client.produce_batch(chunk).await.unwrap();
             }
         })
@@ -216,16 +216,22 @@ fn a_killed_follower_catches_up_from_where_its_replica_ended() {
         .collect();
     wait_replicated(&[&a, &b], &expected);
 
-    // SIGKILL the follower while the leader keeps taking records.
+    // SIGKILL the follower while the leader keeps taking records: 100,000
+    // more, so far behind that it catches up on the replication thread.
     b.child.sigkill();
     drop(b);
-    produce(2_000, 4_000);
+    const END: u64 = 102_000;
+    produce(2_000, END);
     let b = start(NODES[1], &dirs[1], Some(&a), &[]);
-    let expected: BTreeMap<String, u64> = [(a.partition.clone(), 4_000), (b.partition.clone(), 0)]
+    let expected: BTreeMap<String, u64> = [(a.partition.clone(), END), (b.partition.clone(), 0)]
         .into_iter()
         .collect();
     wait_replicated(&[&a, &b], &expected);
     let log = b.log();
+    assert!(
+        log.contains("catching up on the replication thread"),
+        "far behind, the network side ran on the replication thread:\n{log}"
+    );
     // It resumed from its replica's end, not from 0: the replicated count
     // after the restart is only what it missed.
     let metrics = support::http_get(b.http, "/metrics").unwrap().body;
@@ -235,10 +241,10 @@ fn a_killed_follower_catches_up_from_where_its_replica_ended() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no replicated count in {metrics}\n{log}"));
     assert!(
-        copied <= 2_000.0,
+        copied <= (END - 2_000) as f64,
         "copied {copied} records after the restart, not only the missing ones"
     );
-    let copy = block_on(read_all(&b, &a.partition, 4_000));
+    let copy = block_on(read_all(&b, &a.partition, END));
     for (i, value) in copy.iter().enumerate() {
         assert_eq!(value, &record("a", i as u64), "offset {i}");
     }

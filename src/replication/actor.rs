@@ -1,5 +1,10 @@
 //! ReplicatorActor: pulls one peer's own partition into this node's replica.
 //!
+//! A replica far behind its leader ([`FAR_BEHIND`]) catches up with the
+//! pull's network side on the replication thread ([`super::net`]), this
+//! actor only appending; near the leader's end it pulls on the node's
+//! thread, where a batch is appended and reported without a thread hop.
+//!
 //! Supervision (`crate::supervision`): a lost connection, a peer that is
 //! down or an error it answers is not a failure: the pull reconnects with
 //! backoff (100 ms doubling to 5 s) and resumes from the replica's end. A
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::net::{self, PullEnd};
 use crate::client::{Client, ClientError};
 use crate::cluster::ClusterView;
 use crate::log::{Append, LogActor, Partitions, SkipTo, Stats, append_in_order};
@@ -34,6 +40,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REPORT_EVERY: Duration = Duration::from_millis(5);
 
 /// How a replicator reaches its peer's RPC service.
+#[derive(Clone)]
 pub enum Connector {
     /// Plain TCP (`--insecure` clusters).
     Plain,
@@ -43,7 +50,7 @@ pub enum Connector {
 }
 
 impl Connector {
-    async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
         match self {
             Connector::Plain => Client::connect(addr).await,
             Connector::Tls(config) => {
@@ -210,6 +217,41 @@ async fn pull(setup: Rc<ReplicatorSetup>, failpoints: Failpoints) -> String {
     }
 }
 
+/// A replica further behind its leader than this many records catches up
+/// with its network side on the replication thread ([`super::net`]); once
+/// within [`NEAR`], it pulls on the node's thread again, where a batch at
+/// the tail is appended and reported without a thread hop (`acks=all`
+/// latency).
+const FAR_BEHIND: u64 = 64 << 10;
+const NEAR: u64 = 4 << 10;
+
+/// How a replica is doing in one pull.
+struct Copy {
+    /// The replica's end.
+    next: u64,
+    progress: bool,
+    last_report: Instant,
+    caught_up: bool,
+    /// Where and when the copy began (for the "caught up" log line).
+    from: u64,
+    start: Instant,
+}
+
+/// Where a batch came from.
+enum Source<'a> {
+    /// The node's thread: checked here, reported on this client.
+    Here(&'a Client),
+    /// The replication thread: checked there, reported through it.
+    Thread(&'a tokio::sync::watch::Sender<u64>),
+}
+
+/// What a pull does next.
+enum Next {
+    Stop(Stop),
+    /// Pull the other way (see [`FAR_BEHIND`]).
+    Switch,
+}
+
 /// One connection's worth of pulling: from the replica's end, every batch
 /// of the leader's frames checked (lengths, CRC-32C, offsets following on)
 /// and appended as they are at the leader's offsets, until something stops
@@ -217,107 +259,250 @@ async fn pull(setup: Rc<ReplicatorSetup>, failpoints: Failpoints) -> String {
 /// 12 % slower on two cores (more batches alive at once, no fewer
 /// flushes), see BENCHMARKS.md.
 async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &Failpoints) -> Stop {
-    let retry = |reason: String, progress| Stop::Retry { reason, progress };
-    let mut next = match log.send(Stats).await {
+    let next = match log.send(Stats).await {
         Ok(stats) => stats.next_offset,
-        Err(e) => return retry(format!("replica unavailable: {e}"), false),
+        Err(e) => {
+            return Stop::Retry {
+                reason: format!("replica unavailable: {e}"),
+                progress: false,
+            };
+        }
     };
+    let mut copy = Copy {
+        next,
+        progress: false,
+        last_report: Instant::now(),
+        caught_up: false,
+        from: next,
+        start: Instant::now(),
+    };
+    let mut far_behind = false;
+    loop {
+        let outcome = if far_behind {
+            pull_on_thread(setup, log, failpoints, &mut copy).await
+        } else {
+            pull_here(setup, log, failpoints, &mut copy).await
+        };
+        match outcome {
+            Next::Stop(stop) => return stop,
+            Next::Switch => {
+                far_behind = !far_behind;
+                if far_behind {
+                    tracing::info!(peer = %setup.peer, partition = %setup.partition, next = copy.next, "replica far behind its leader: catching up on the replication thread");
+                } else {
+                    tracing::info!(peer = %setup.peer, partition = %setup.partition, next = copy.next, "replica near its leader's end: pulling on the node's thread");
+                }
+            }
+        }
+    }
+}
+
+/// Pulls on the node's thread until stopped, or until far behind.
+async fn pull_here(
+    setup: &ReplicatorSetup,
+    log: &Addr<LogActor>,
+    failpoints: &Failpoints,
+    copy: &mut Copy,
+) -> Next {
+    let retry = |reason: String, progress| Next::Stop(Stop::Retry { reason, progress });
     let client = match setup.connector.connect(setup.rpc_addr).await {
         Ok(client) => client,
-        Err(e) => return retry(format!("connecting to {}: {e}", setup.rpc_addr), false),
+        Err(e) => {
+            return retry(
+                format!("connecting to {}: {e}", setup.rpc_addr),
+                copy.progress,
+            );
+        }
     };
-    let mut stream = client.replicate(&setup.partition, next);
-    let mut progress = false;
-    let mut last_report = Instant::now();
-    // Logged once per connection: how long the replica took to catch up
-    // from its first batch.
-    let mut caught_up = false;
-    let (mut copy_from, mut copy_start) = (next, Instant::now());
+    let mut stream = client.replicate(&setup.partition, copy.next);
     loop {
         let batch = match stream.next_batch().await {
-            None => return retry("the stream ended".into(), progress),
+            None => return retry("the stream ended".into(), copy.progress),
             Some(Ok(batch)) => batch,
             // The leader's retention deleted what this replica needs next.
             Some(Err(ClientError::OffsetOutOfRange { offset, lowest, .. })) if offset < lowest => {
-                return match log.send(SkipTo { offset: lowest }).await {
-                    Ok(Ok(())) => {
-                        tracing::warn!(peer = %setup.peer, partition = %setup.partition, from = offset, to = lowest, "the leader no longer holds this replica's next records (its retention deleted them): they are recorded as lost and the replica continues at the leader's lowest offset");
-                        if let Some(m) = &setup.metrics {
-                            m.replica_skipped(&setup.partition, lowest - offset);
-                        }
-                        retry(
-                            format!("skipped to the leader's lowest offset {lowest}"),
-                            true,
-                        )
-                    }
-                    Ok(Err(e)) => retry(format!("skipping to {lowest}: {e}"), progress),
-                    Err(e) => retry(format!("replica unavailable: {e}"), progress),
-                };
+                return Next::Stop(skip_to(setup, log, offset, lowest, copy.progress).await);
             }
-            Some(Err(e)) => return retry(e.to_string(), progress),
+            Some(Err(e)) => return retry(e.to_string(), copy.progress),
         };
-        setup
-            .cluster
-            .borrow_mut()
-            .leader_ends
-            .insert(setup.partition.clone(), batch.committed_end);
-        let frames = if batch.first != next {
+        let frames = if batch.first != copy.next {
             Err(FramesError::Offset {
                 index: 0,
-                expected: next,
+                expected: copy.next,
                 got: batch.first,
             })
         } else {
-            Frames::check(batch.frames, next)
+            Frames::check(batch.frames, copy.next)
         };
         let frames = match frames {
-            Ok(frames) if frames.is_empty() => continue,
             Ok(frames) => frames,
             Err(e) => {
-                return Stop::Halt(format!(
+                return Next::Stop(Stop::Halt(format!(
                     "the leader sent bad frames (nothing of the batch written): {e}"
-                ));
+                )));
             }
         };
-        if !progress {
-            (copy_from, copy_start) = (next, Instant::now());
+        let source = Source::Here(&client);
+        if let Some(stop) = append(
+            setup,
+            log,
+            failpoints,
+            copy,
+            frames,
+            batch.committed_end,
+            source,
+        )
+        .await
+        {
+            return Next::Stop(stop);
         }
-        let count = frames.len() as u64;
-        match append_in_order(log, Append::frames(frames)).await {
-            Ok(range) => {
-                next = range.end;
-                progress = true;
-                // The leader answers `acks=all` produces from this: at once
-                // when this reached what the leader had committed (where
-                // produces wait); while catching up, at most every
-                // REPORT_EVERY (one call per batch costs catch-up speed).
-                if next >= batch.committed_end || last_report.elapsed() >= REPORT_EVERY {
-                    client.report_replicated(&setup.partition, &setup.me, next);
-                    last_report = Instant::now();
-                }
-                if next >= batch.committed_end && !caught_up {
-                    caught_up = true;
-                    let (records, took) = (next - copy_from, copy_start.elapsed());
-                    tracing::info!(
-                        peer = %setup.peer,
-                        partition = %setup.partition,
-                        next,
-                        records,
-                        seconds = took.as_secs_f64(),
-                        records_per_s = (records as f64 / took.as_secs_f64().max(1e-9)).round(),
-                        "replica caught up with its leader"
-                    );
-                }
-                if let Some(m) = &setup.metrics {
-                    m.replicated(&setup.partition, count);
-                    m.replica_lag(&setup.partition, batch.committed_end.saturating_sub(next));
-                }
-                failpoints.hit(Work::Completion);
+        if batch.committed_end.saturating_sub(copy.next) > FAR_BEHIND {
+            return Next::Switch;
+        }
+    }
+}
+
+/// Pulls with the network side on the replication thread until stopped,
+/// or until near the leader's end.
+async fn pull_on_thread(
+    setup: &ReplicatorSetup,
+    log: &Addr<LogActor>,
+    failpoints: &Failpoints,
+    copy: &mut Copy,
+) -> Next {
+    let retry = |reason: String, progress| Next::Stop(Stop::Retry { reason, progress });
+    let mut pull = net::start(net::PullSpec {
+        connector: (*setup.connector).clone(),
+        addr: setup.rpc_addr,
+        partition: setup.partition.clone(),
+        me: setup.me.clone(),
+        from: copy.next,
+    });
+    loop {
+        let batch = match pull.batches.recv().await {
+            None => return retry("the replication stream ended".into(), copy.progress),
+            Some(Ok(batch)) => batch,
+            Some(Err(PullEnd::Retry(reason))) => return retry(reason, copy.progress),
+            Some(Err(PullEnd::Halt(reason))) => return Next::Stop(Stop::Halt(reason)),
+            Some(Err(PullEnd::Behind { offset, lowest })) => {
+                return Next::Stop(skip_to(setup, log, offset, lowest, copy.progress).await);
             }
-            // The replica's own end disagrees with what it reported (its
-            // readers' end lags a roll's seal, or an append in doubt did
-            // land): nothing was written; start again from its end.
-            Err(e) => return retry(format!("appending to the replica: {e}"), progress),
+        };
+        let source = Source::Thread(&pull.committed);
+        if let Some(stop) = append(
+            setup,
+            log,
+            failpoints,
+            copy,
+            batch.frames,
+            batch.committed_end,
+            source,
+        )
+        .await
+        {
+            return Next::Stop(stop);
         }
+        if batch.committed_end.saturating_sub(copy.next) <= NEAR {
+            return Next::Switch;
+        }
+    }
+}
+
+/// The leader's retention deleted what this replica needs next: records
+/// the gap as lost and continues at the leader's lowest offset.
+async fn skip_to(
+    setup: &ReplicatorSetup,
+    log: &Addr<LogActor>,
+    offset: u64,
+    lowest: u64,
+    progress: bool,
+) -> Stop {
+    let retry = |reason: String, progress| Stop::Retry { reason, progress };
+    match log.send(SkipTo { offset: lowest }).await {
+        Ok(Ok(())) => {
+            tracing::warn!(peer = %setup.peer, partition = %setup.partition, from = offset, to = lowest, "the leader no longer holds this replica's next records (its retention deleted them): they are recorded as lost and the replica continues at the leader's lowest offset");
+            if let Some(m) = &setup.metrics {
+                m.replica_skipped(&setup.partition, lowest - offset);
+            }
+            retry(
+                format!("skipped to the leader's lowest offset {lowest}"),
+                true,
+            )
+        }
+        Ok(Err(e)) => retry(format!("skipping to {lowest}: {e}"), progress),
+        Err(e) => retry(format!("replica unavailable: {e}"), progress),
+    }
+}
+
+/// Appends one checked batch and reports the replica's position; `Some`
+/// when the pull must stop.
+async fn append(
+    setup: &ReplicatorSetup,
+    log: &Addr<LogActor>,
+    failpoints: &Failpoints,
+    copy: &mut Copy,
+    frames: Frames,
+    committed_end: u64,
+    source: Source<'_>,
+) -> Option<Stop> {
+    setup
+        .cluster
+        .borrow_mut()
+        .leader_ends
+        .insert(setup.partition.clone(), committed_end);
+    if frames.is_empty() {
+        return None;
+    }
+    if !copy.progress {
+        (copy.from, copy.start) = (copy.next, Instant::now());
+    }
+    let count = frames.len() as u64;
+    match append_in_order(log, Append::frames(frames)).await {
+        Ok(range) => {
+            copy.next = range.end;
+            copy.progress = true;
+            let next = copy.next;
+            // The leader answers `acks=all` produces from this: at once
+            // when this reached what the leader had committed (where
+            // produces wait); while catching up, at most every
+            // REPORT_EVERY (one call per batch costs catch-up speed).
+            if next >= committed_end || copy.last_report.elapsed() >= REPORT_EVERY {
+                match source {
+                    Source::Here(client) => {
+                        client.report_replicated(&setup.partition, &setup.me, next)
+                    }
+                    Source::Thread(positions) => {
+                        positions.send_replace(next);
+                    }
+                }
+                copy.last_report = Instant::now();
+            }
+            if next >= committed_end && !copy.caught_up {
+                copy.caught_up = true;
+                let (records, took) = (next - copy.from, copy.start.elapsed());
+                tracing::info!(
+                    peer = %setup.peer,
+                    partition = %setup.partition,
+                    next,
+                    records,
+                    seconds = took.as_secs_f64(),
+                    records_per_s = (records as f64 / took.as_secs_f64().max(1e-9)).round(),
+                    "replica caught up with its leader"
+                );
+            }
+            if let Some(m) = &setup.metrics {
+                m.replicated(&setup.partition, count);
+                m.replica_lag(&setup.partition, committed_end.saturating_sub(next));
+            }
+            failpoints.hit(Work::Completion);
+            None
+        }
+        // The replica's own end disagrees with what it reported (its
+        // readers' end lags a roll's seal, or an append in doubt did
+        // land): nothing was written; start again from its end.
+        Err(e) => Some(Stop::Retry {
+            reason: format!("appending to the replica: {e}"),
+            progress: copy.progress,
+        }),
     }
 }

@@ -24,6 +24,7 @@
 
 mod actor;
 mod in_sync;
+mod net;
 
 pub use actor::{
     Connector, GetStatus, ReplicatorActor, ReplicatorSetup, ReplicatorStatus, StopReplicating,
