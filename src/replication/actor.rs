@@ -29,7 +29,7 @@ use super::net::{self, PullEnd};
 use crate::client::{Client, ClientError};
 use crate::cluster::ClusterView;
 use crate::log::{Append, LogActor, Partitions, SkipTo, Stats, append_in_order};
-use crate::storage::{Frames, FramesError};
+use crate::storage::Frames;
 use crate::supervision::{Failpoints, InjectPanic, Work};
 use crate::telemetry::Metrics;
 
@@ -325,38 +325,18 @@ async fn pull_here(
             }
             Some(Err(e)) => return retry(e.to_string(), copy.progress),
         };
-        let frames = if batch.first != copy.next {
-            Err(FramesError::Offset {
-                index: 0,
-                expected: copy.next,
-                got: batch.first,
-            })
-        } else {
-            Frames::check(batch.frames, copy.next)
-        };
-        let frames = match frames {
+        let committed_end = batch.committed_end;
+        let frames = match net::check(batch, copy.next) {
             Ok(frames) => frames,
-            Err(e) => {
-                return Next::Stop(Stop::Halt(format!(
-                    "the leader sent bad frames (nothing of the batch written): {e}"
-                )));
-            }
+            Err(why) => return Next::Stop(Stop::Halt(why)),
         };
         let source = Source::Here(&client);
-        if let Some(stop) = append(
-            setup,
-            log,
-            failpoints,
-            copy,
-            frames,
-            batch.committed_end,
-            source,
-        )
-        .await
+        if let Some(stop) =
+            append(setup, log, failpoints, copy, frames, committed_end, source).await
         {
             return Next::Stop(stop);
         }
-        if batch.committed_end.saturating_sub(copy.next) > FAR_BEHIND {
+        if committed_end.saturating_sub(copy.next) > FAR_BEHIND {
             return Next::Switch;
         }
     }

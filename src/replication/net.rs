@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use tokio::sync::{mpsc, watch};
 
 use super::actor::Connector;
-use crate::client::ClientError;
+use crate::client::{ClientError, ReplicaBatch};
 use crate::storage::{Frames, FramesError};
 
 /// Batches checked ahead of the appends, at most: backpressure on the
@@ -59,6 +59,21 @@ pub(crate) struct PullSpec {
     pub me: String,
     /// The replica's end: the first offset to pull.
     pub from: u64,
+}
+
+/// Checks a batch as the leader sent it: its frames must start at
+/// `expected` and be intact. The error is why the replication halts.
+pub(crate) fn check(batch: ReplicaBatch, expected: u64) -> Result<Frames, String> {
+    let checked = if batch.first != expected {
+        Err(FramesError::Offset {
+            index: 0,
+            expected,
+            got: batch.first,
+        })
+    } else {
+        Frames::check(batch.frames, expected)
+    };
+    checked.map_err(|e| format!("the leader sent bad frames (nothing of the batch written): {e}"))
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -141,19 +156,13 @@ async fn run(
                 let out = match batch {
                     None => Err(PullEnd::Retry("the stream ended".into())),
                     Some(Ok(batch)) => {
-                        let checked = if batch.first != next {
-                            Err(FramesError::Offset { index: 0, expected: next, got: batch.first })
-                        } else {
-                            Frames::check(batch.frames, next)
-                        };
-                        match checked {
+                        let committed_end = batch.committed_end;
+                        match check(batch, next) {
                             Ok(frames) => {
                                 next += frames.len() as u64;
-                                Ok(CheckedBatch { frames, committed_end: batch.committed_end })
+                                Ok(CheckedBatch { frames, committed_end })
                             }
-                            Err(e) => Err(PullEnd::Halt(format!(
-                                "the leader sent bad frames (nothing of the batch written): {e}"
-                            ))),
+                            Err(why) => Err(PullEnd::Halt(why)),
                         }
                     }
                     // The leader's retention deleted what this replica needs next.
