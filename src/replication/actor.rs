@@ -29,7 +29,6 @@ use super::net::{self, PullEnd};
 use crate::client::{Client, ClientError};
 use crate::cluster::ClusterView;
 use crate::log::{Append, LogActor, Partitions, SkipTo, Stats, append_in_order};
-use crate::storage::Frames;
 use crate::supervision::{Failpoints, InjectPanic, Work};
 use crate::telemetry::Metrics;
 
@@ -237,19 +236,60 @@ struct Copy {
     start: Instant,
 }
 
-/// Where a batch came from.
-enum Source<'a> {
-    /// The node's thread: checked here, reported on this client.
-    Here(&'a Client),
-    /// The replication thread: checked there, reported through it.
-    Thread(&'a tokio::sync::watch::Sender<u64>),
+/// Where the batches of a pull come from.
+enum Feed {
+    /// A stream on the node's thread, checked here, reported on its client.
+    Here {
+        client: Client,
+        stream: crate::client::FrameStream,
+    },
+    /// The replication thread: received and checked there.
+    Thread(net::Pull),
 }
 
-/// What a pull does next.
-enum Next {
-    Stop(Stop),
-    /// Pull the other way (see [`FAR_BEHIND`]).
-    Switch,
+impl Feed {
+    /// Connects: on the replication thread when `far_behind`.
+    async fn open(setup: &ReplicatorSetup, from: u64, far_behind: bool) -> Result<Feed, PullEnd> {
+        if far_behind {
+            return Ok(Feed::Thread(net::start(net::PullSpec {
+                connector: (*setup.connector).clone(),
+                addr: setup.rpc_addr,
+                partition: setup.partition.clone(),
+                me: setup.me.clone(),
+                from,
+            })));
+        }
+        let client = setup
+            .connector
+            .connect(setup.rpc_addr)
+            .await
+            .map_err(|e| PullEnd::Retry(format!("connecting to {}: {e}", setup.rpc_addr)))?;
+        let stream = client.replicate(&setup.partition, from);
+        Ok(Feed::Here { client, stream })
+    }
+
+    async fn next(&mut self, expected: u64) -> Result<net::CheckedBatch, PullEnd> {
+        match self {
+            Feed::Here { stream, .. } => net::classify(stream.next_batch().await, expected),
+            Feed::Thread(pull) => pull
+                .batches
+                .recv()
+                .await
+                .unwrap_or_else(|| Err(PullEnd::Retry("the replication stream ended".into()))),
+        }
+    }
+
+    /// Tells the leader the replica has committed everything below `next`.
+    fn report(&self, setup: &ReplicatorSetup, next: u64) {
+        match self {
+            Feed::Here { client, .. } => {
+                client.report_replicated(&setup.partition, &setup.me, next)
+            }
+            Feed::Thread(pull) => {
+                pull.committed.send_replace(next);
+            }
+        }
+    }
 }
 
 /// One connection's worth of pulling: from the replica's end, every batch
@@ -257,7 +297,8 @@ enum Next {
 /// and appended as they are at the leader's offsets, until something stops
 /// it. One append at a time: with up to 4 in flight, catch-up measured
 /// 12 % slower on two cores (more batches alive at once, no fewer
-/// flushes), see BENCHMARKS.md.
+/// flushes), see BENCHMARKS.md. Far behind, it reconnects with the
+/// network side on the replication thread, and back near the end.
 async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &Failpoints) -> Stop {
     let next = match log.send(Stats).await {
         Ok(stats) => stats.next_offset,
@@ -277,113 +318,50 @@ async fn pull_once(setup: &ReplicatorSetup, log: &Addr<LogActor>, failpoints: &F
         start: Instant::now(),
     };
     let mut far_behind = false;
-    loop {
-        let outcome = if far_behind {
-            pull_on_thread(setup, log, failpoints, &mut copy).await
-        } else {
-            pull_here(setup, log, failpoints, &mut copy).await
-        };
-        match outcome {
-            Next::Stop(stop) => return stop,
-            Next::Switch => {
-                far_behind = !far_behind;
-                if far_behind {
-                    tracing::info!(peer = %setup.peer, partition = %setup.partition, next = copy.next, "replica far behind its leader: catching up on the replication thread");
-                } else {
-                    tracing::info!(peer = %setup.peer, partition = %setup.partition, next = copy.next, "replica near its leader's end: pulling on the node's thread");
-                }
-            }
-        }
-    }
-}
-
-/// Pulls on the node's thread until stopped, or until far behind.
-async fn pull_here(
-    setup: &ReplicatorSetup,
-    log: &Addr<LogActor>,
-    failpoints: &Failpoints,
-    copy: &mut Copy,
-) -> Next {
-    let retry = |reason: String, progress| Next::Stop(Stop::Retry { reason, progress });
-    let client = match setup.connector.connect(setup.rpc_addr).await {
-        Ok(client) => client,
-        Err(e) => {
-            return retry(
-                format!("connecting to {}: {e}", setup.rpc_addr),
-                copy.progress,
-            );
-        }
+    let mut feed = match Feed::open(setup, copy.next, far_behind).await {
+        Ok(feed) => feed,
+        Err(end) => return pull_ended(setup, log, end, &copy).await,
     };
-    let mut stream = client.replicate(&setup.partition, copy.next);
     loop {
-        let batch = match stream.next_batch().await {
-            None => return retry("the stream ended".into(), copy.progress),
-            Some(Ok(batch)) => batch,
-            // The leader's retention deleted what this replica needs next.
-            Some(Err(ClientError::OffsetOutOfRange { offset, lowest, .. })) if offset < lowest => {
-                return Next::Stop(skip_to(setup, log, offset, lowest, copy.progress).await);
-            }
-            Some(Err(e)) => return retry(e.to_string(), copy.progress),
+        let batch = match feed.next(copy.next).await {
+            Ok(batch) => batch,
+            Err(end) => return pull_ended(setup, log, end, &copy).await,
         };
         let committed_end = batch.committed_end;
-        let frames = match net::check(batch, copy.next) {
-            Ok(frames) => frames,
-            Err(why) => return Next::Stop(Stop::Halt(why)),
-        };
-        let source = Source::Here(&client);
-        if let Some(stop) =
-            append(setup, log, failpoints, copy, frames, committed_end, source).await
-        {
-            return Next::Stop(stop);
+        if let Some(stop) = append(setup, log, failpoints, &mut copy, batch, &feed).await {
+            return stop;
         }
-        if committed_end.saturating_sub(copy.next) > FAR_BEHIND {
-            return Next::Switch;
+        let lag = committed_end.saturating_sub(copy.next);
+        if (!far_behind && lag > FAR_BEHIND) || (far_behind && lag <= NEAR) {
+            far_behind = !far_behind;
+            if far_behind {
+                tracing::info!(peer = %setup.peer, partition = %setup.partition, next = copy.next, "replica far behind its leader: catching up on the replication thread");
+            } else {
+                tracing::info!(peer = %setup.peer, partition = %setup.partition, next = copy.next, "replica near its leader's end: pulling on the node's thread");
+            }
+            feed = match Feed::open(setup, copy.next, far_behind).await {
+                Ok(feed) => feed,
+                Err(end) => return pull_ended(setup, log, end, &copy).await,
+            };
         }
     }
 }
 
-/// Pulls with the network side on the replication thread until stopped,
-/// or until near the leader's end.
-async fn pull_on_thread(
+/// What follows the end of a pull.
+async fn pull_ended(
     setup: &ReplicatorSetup,
     log: &Addr<LogActor>,
-    failpoints: &Failpoints,
-    copy: &mut Copy,
-) -> Next {
-    let retry = |reason: String, progress| Next::Stop(Stop::Retry { reason, progress });
-    let mut pull = net::start(net::PullSpec {
-        connector: (*setup.connector).clone(),
-        addr: setup.rpc_addr,
-        partition: setup.partition.clone(),
-        me: setup.me.clone(),
-        from: copy.next,
-    });
-    loop {
-        let batch = match pull.batches.recv().await {
-            None => return retry("the replication stream ended".into(), copy.progress),
-            Some(Ok(batch)) => batch,
-            Some(Err(PullEnd::Retry(reason))) => return retry(reason, copy.progress),
-            Some(Err(PullEnd::Halt(reason))) => return Next::Stop(Stop::Halt(reason)),
-            Some(Err(PullEnd::Behind { offset, lowest })) => {
-                return Next::Stop(skip_to(setup, log, offset, lowest, copy.progress).await);
-            }
-        };
-        let source = Source::Thread(&pull.committed);
-        if let Some(stop) = append(
-            setup,
-            log,
-            failpoints,
-            copy,
-            batch.frames,
-            batch.committed_end,
-            source,
-        )
-        .await
-        {
-            return Next::Stop(stop);
-        }
-        if batch.committed_end.saturating_sub(copy.next) <= NEAR {
-            return Next::Switch;
+    end: PullEnd,
+    copy: &Copy,
+) -> Stop {
+    match end {
+        PullEnd::Retry(reason) => Stop::Retry {
+            reason,
+            progress: copy.progress,
+        },
+        PullEnd::Halt(reason) => Stop::Halt(reason),
+        PullEnd::Behind { offset, lowest } => {
+            skip_to(setup, log, offset, lowest, copy.progress).await
         }
     }
 }
@@ -421,10 +399,13 @@ async fn append(
     log: &Addr<LogActor>,
     failpoints: &Failpoints,
     copy: &mut Copy,
-    frames: Frames,
-    committed_end: u64,
-    source: Source<'_>,
+    batch: net::CheckedBatch,
+    feed: &Feed,
 ) -> Option<Stop> {
+    let net::CheckedBatch {
+        frames,
+        committed_end,
+    } = batch;
     setup
         .cluster
         .borrow_mut()
@@ -447,14 +428,7 @@ async fn append(
             // produces wait); while catching up, at most every
             // REPORT_EVERY (one call per batch costs catch-up speed).
             if next >= committed_end || copy.last_report.elapsed() >= REPORT_EVERY {
-                match source {
-                    Source::Here(client) => {
-                        client.report_replicated(&setup.partition, &setup.me, next)
-                    }
-                    Source::Thread(positions) => {
-                        positions.send_replace(next);
-                    }
-                }
+                feed.report(setup, next);
                 copy.last_report = Instant::now();
             }
             if next >= committed_end && !copy.caught_up {

@@ -61,9 +61,21 @@ pub(crate) struct PullSpec {
     pub from: u64,
 }
 
-/// Checks a batch as the leader sent it: its frames must start at
-/// `expected` and be intact. The error is why the replication halts.
-pub(crate) fn check(batch: ReplicaBatch, expected: u64) -> Result<Frames, String> {
+/// What the next item of a replication stream means: a batch checked to
+/// start at `expected` with intact frames, or why the pull ends.
+pub(crate) fn classify(
+    item: Option<Result<ReplicaBatch, ClientError>>,
+    expected: u64,
+) -> Result<CheckedBatch, PullEnd> {
+    let batch = match item {
+        None => return Err(PullEnd::Retry("the stream ended".into())),
+        Some(Ok(batch)) => batch,
+        // The leader's retention deleted what this replica needs next.
+        Some(Err(ClientError::OffsetOutOfRange { offset, lowest, .. })) if offset < lowest => {
+            return Err(PullEnd::Behind { offset, lowest });
+        }
+        Some(Err(e)) => return Err(PullEnd::Retry(e.to_string())),
+    };
     let checked = if batch.first != expected {
         Err(FramesError::Offset {
             index: 0,
@@ -73,7 +85,15 @@ pub(crate) fn check(batch: ReplicaBatch, expected: u64) -> Result<Frames, String
     } else {
         Frames::check(batch.frames, expected)
     };
-    checked.map_err(|e| format!("the leader sent bad frames (nothing of the batch written): {e}"))
+    match checked {
+        Ok(frames) => Ok(CheckedBatch {
+            frames,
+            committed_end: batch.committed_end,
+        }),
+        Err(e) => Err(PullEnd::Halt(format!(
+            "the leader sent bad frames (nothing of the batch written): {e}"
+        ))),
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -153,24 +173,10 @@ async fn run(
     loop {
         tokio::select! {
             batch = stream.next_batch() => {
-                let out = match batch {
-                    None => Err(PullEnd::Retry("the stream ended".into())),
-                    Some(Ok(batch)) => {
-                        let committed_end = batch.committed_end;
-                        match check(batch, next) {
-                            Ok(frames) => {
-                                next += frames.len() as u64;
-                                Ok(CheckedBatch { frames, committed_end })
-                            }
-                            Err(why) => Err(PullEnd::Halt(why)),
-                        }
-                    }
-                    // The leader's retention deleted what this replica needs next.
-                    Some(Err(ClientError::OffsetOutOfRange { offset, lowest, .. })) if offset < lowest => {
-                        Err(PullEnd::Behind { offset, lowest })
-                    }
-                    Some(Err(e)) => Err(PullEnd::Retry(e.to_string())),
-                };
+                let out = classify(batch, next);
+                if let Ok(checked) = &out {
+                    next += checked.frames.len() as u64;
+                }
                 let ended = out.is_err();
                 if batches.send(out).await.is_err() || ended {
                     return;

@@ -43,6 +43,40 @@ pub(super) fn ack_error(e: crate::replication::AckError) -> (WireError, String) 
     }
 }
 
+/// A read's byte budget: what the caller asked (0: no preference), at most `limit`.
+pub(super) fn batch_bytes(asked: u32, limit: u32) -> usize {
+    let bytes = match asked {
+        0 => limit,
+        n => n.min(limit),
+    };
+    bytes as usize
+}
+
+impl LogService {
+    /// Sends `msg` to partition `id` for the caller, authorized as
+    /// `consume` (the call's span notes the partition, `offset` and `count`).
+    async fn read<M, T>(
+        &self,
+        id: &str,
+        offset: u64,
+        count: u64,
+        msg: M,
+    ) -> Result<T, (WireError, String)>
+    where
+        M: actix::Message<Result = Result<T, LogError>> + Send + 'static,
+        T: Send + 'static,
+        LogActor: actix::Handler<M>,
+    {
+        let (id, log) = self.partition(id, ACTION_CONSUME)?;
+        note(&id, offset, count);
+        match log.send(msg).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(log_error(&e)),
+            Err(e) => Err((WireError::Unavailable, e.to_string())),
+        }
+    }
+}
+
 pub(super) fn write_produced(
     out: produced::Builder<'_>,
     outcome: Result<(String, u64, u32), (WireError, String)>,
@@ -185,17 +219,7 @@ impl log::Server for LogService {
         self.call(CONSUME, async {
             let p = params.get()?;
             let (id, offset) = (text(p.get_partition())?, p.get_offset());
-            let outcome = match self.partition(&id, ACTION_CONSUME) {
-                Ok((id, log)) => {
-                    note(&id, offset, 1);
-                    match log.send(Read { offset }).await {
-                        Ok(Ok(value)) => Ok(value),
-                        Ok(Err(e)) => Err(log_error(&e)),
-                        Err(e) => Err((WireError::Unavailable, e.to_string())),
-                    }
-                }
-                Err(e) => Err(e),
-            };
+            let outcome = self.read(&id, offset, 1, Read { offset }).await;
             let out = results.get().init_result();
             match outcome {
                 Ok(value) => {
@@ -228,27 +252,12 @@ impl log::Server for LogService {
                 0 => usize::MAX,
                 n => n as usize,
             };
-            let max_bytes = match p.get_max_bytes() {
-                0 => self.ctx.max_stream_batch_bytes,
-                n => n.min(self.ctx.max_stream_batch_bytes),
-            } as usize;
-            let outcome = match self.partition(&id, ACTION_CONSUME) {
-                Ok((id, log)) => {
-                    note(&id, offset, 0);
-                    match log
-                        .send(ReadBatch {
-                            from: offset,
-                            max_bytes,
-                        })
-                        .await
-                    {
-                        Ok(Ok(batch)) => Ok(batch),
-                        Ok(Err(e)) => Err(log_error(&e)),
-                        Err(e) => Err((WireError::Unavailable, e.to_string())),
-                    }
-                }
-                Err(e) => Err(e),
+            let max_bytes = batch_bytes(p.get_max_bytes(), self.ctx.max_stream_batch_bytes);
+            let read = ReadBatch {
+                from: offset,
+                max_bytes,
             };
+            let outcome = self.read(&id, offset, 0, read).await;
             let out = results.get().init_result();
             match outcome {
                 Ok(batch) => {

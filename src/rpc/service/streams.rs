@@ -75,10 +75,7 @@ impl LogService {
         &self,
         request: StreamRequest<S>,
     ) -> Option<(WireError, String)> {
-        let max_bytes = match request.max_batch_bytes {
-            0 => self.ctx.max_stream_batch_bytes,
-            n => n.min(self.ctx.max_stream_batch_bytes),
-        } as usize;
+        let max_bytes = batch_bytes(request.max_batch_bytes, self.ctx.max_stream_batch_bytes);
         let action = if S::REPLICATION {
             ACTION_REPLICATE
         } else {
