@@ -23,7 +23,12 @@ interface Log {
 
   # Opens a flow-controlled produce stream: call `sink.write` repeatedly
   # (each write is one batch with consecutive offsets), then `sink.finish`
-  # for the outcome of every write.
+  # for the outcome of every write. A stream carries at most 4096 writes
+  # (the server keeps each one's outcome for `finish`): write 4097 fails the
+  # stream with an `overloaded` exception and is not appended; finish and
+  # open another. A connection holds at most 64 streams open at once
+  # (produce, consume and replication streams); one more fails the call
+  # (`overloaded`).
   produceStream @2 (acks :Acks) -> (sink :ProduceSink);
 
   # Reads the record at `offset` of `partition`.
@@ -36,11 +41,13 @@ interface Log {
   # the sink.
   consumeStream @4 (partition :Text, offset :UInt64, sink :RecordSink, maxBatchBytes :UInt32) -> (end :StreamEnd);
 
-  # The nodes of the cluster as this node sees them.
-  getServers @5 () -> (servers :List(Server));
+  # The nodes of the cluster as this node sees them. Authorized with the
+  # action `describe` on the object `cluster`; a caller without it gets an
+  # empty list and `error` (permissionDenied). `error` is unset otherwise.
+  getServers @5 () -> (servers :List(Server), error :Error);
 
-  # The partitions held by this node.
-  listPartitions @6 () -> (partitions :List(PartitionInfo));
+  # The partitions held by this node. Authorized as getServers.
+  listPartitions @6 () -> (partitions :List(PartitionInfo), error :Error);
 
   # Replication: as consumeStream, for a peer that keeps a replica of this
   # node's own partition (the only partition a node lets others replicate,
@@ -181,6 +188,8 @@ struct Error {
                            # fewer than min-insync-replicas holders confirmed it
                            # in time; it may still be replicated: resending may
                            # duplicate it
+    overloaded @14 :Void;  # not done: a per-client limit was reached (streams
+                           # open on one connection); retry once some end
   }
 }
 

@@ -2660,11 +2660,19 @@ pub mod log {
             pub fn has_servers(&self) -> bool {
                 !self.reader.get_pointer_field(0).is_null()
             }
+            #[inline]
+            pub fn get_error(self) -> ::capnp::Result<crate::log_capnp::error::Reader<'a>> {
+                ::capnp::traits::FromPointerReader::get_from_pointer(&self.reader.get_pointer_field(1), ::core::option::Option::None)
+            }
+            #[inline]
+            pub fn has_error(&self) -> bool {
+                !self.reader.get_pointer_field(1).is_null()
+            }
         }
 
         pub struct Builder<'a> { builder: ::capnp::private::layout::StructBuilder<'a> }
         impl <> ::capnp::traits::HasStructSize for Builder<'_,>  {
-            const STRUCT_SIZE: ::capnp::private::layout::StructSize = ::capnp::private::layout::StructSize { data: 0, pointers: 1 };
+            const STRUCT_SIZE: ::capnp::private::layout::StructSize = ::capnp::private::layout::StructSize { data: 0, pointers: 2 };
         }
         impl <> ::capnp::traits::HasTypeId for Builder<'_,>  {
             const TYPE_ID: u64 = _private::TYPE_ID;
@@ -2730,6 +2738,22 @@ pub mod log {
             pub fn has_servers(&self) -> bool {
                 !self.builder.is_pointer_field_null(0)
             }
+            #[inline]
+            pub fn get_error(self) -> ::capnp::Result<crate::log_capnp::error::Builder<'a>> {
+                ::capnp::traits::FromPointerBuilder::get_from_pointer(self.builder.get_pointer_field(1), ::core::option::Option::None)
+            }
+            #[inline]
+            pub fn set_error(&mut self, value: crate::log_capnp::error::Reader<'_>) -> ::capnp::Result<()> {
+                ::capnp::traits::SetterInput::set_pointer_builder(self.builder.reborrow().get_pointer_field(1), value, false)
+            }
+            #[inline]
+            pub fn init_error(self, ) -> crate::log_capnp::error::Builder<'a> {
+                ::capnp::traits::FromPointerBuilder::init_pointer(self.builder.get_pointer_field(1), 0)
+            }
+            #[inline]
+            pub fn has_error(&self) -> bool {
+                !self.builder.is_pointer_field_null(1)
+            }
         }
 
         pub struct Pipeline { _typeless: ::capnp::any_pointer::Pipeline }
@@ -2739,19 +2763,22 @@ pub mod log {
             }
         }
         impl Pipeline  {
+            pub fn get_error(&self) -> crate::log_capnp::error::Pipeline {
+                ::capnp::capability::FromTypelessPipeline::new(self._typeless.get_pointer_field(1))
+            }
         }
         mod _private {
-            pub(crate) static ENCODED_NODE: [::capnp::Word; 37] = [
+            pub(crate) static ENCODED_NODE: [::capnp::Word; 52] = [
                 ::capnp::word(0, 0, 0, 0, 5, 0, 6, 0),
                 ::capnp::word(118, 139, 37, 251, 115, 154, 11, 139),
                 ::capnp::word(14, 0, 0, 0, 1, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(1, 0, 7, 0, 0, 0, 0, 0),
+                ::capnp::word(2, 0, 7, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(21, 0, 0, 0, 10, 1, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(29, 0, 0, 0, 63, 0, 0, 0),
+                ::capnp::word(29, 0, 0, 0, 119, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(108, 111, 103, 46, 99, 97, 112, 110),
@@ -2759,14 +2786,21 @@ pub mod log {
                 ::capnp::word(116, 83, 101, 114, 118, 101, 114, 115),
                 ::capnp::word(36, 82, 101, 115, 117, 108, 116, 115),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(4, 0, 0, 0, 3, 0, 4, 0),
+                ::capnp::word(8, 0, 0, 0, 3, 0, 4, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 1, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(13, 0, 0, 0, 66, 0, 0, 0),
+                ::capnp::word(41, 0, 0, 0, 66, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(8, 0, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(36, 0, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(36, 0, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(64, 0, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(1, 0, 0, 0, 1, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 1, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(61, 0, 0, 0, 50, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(56, 0, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(68, 0, 0, 0, 2, 0, 1, 0),
                 ::capnp::word(115, 101, 114, 118, 101, 114, 115, 0),
                 ::capnp::word(14, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
@@ -2779,10 +2813,19 @@ pub mod log {
                 ::capnp::word(14, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(101, 114, 114, 111, 114, 0, 0, 0),
+                ::capnp::word(16, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(145, 110, 147, 83, 152, 64, 177, 175),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(16, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ];
             pub(crate) fn get_field_types(index: u16) -> ::capnp::introspect::Type {
                 match index {
                     0 => <::capnp::struct_list::Owned<crate::log_capnp::server::Owned> as ::capnp::introspect::Introspect>::introspect(),
+                    1 => <crate::log_capnp::error::Owned as ::capnp::introspect::Introspect>::introspect(),
                     _ => ::capnp::introspect::panic_invalid_field_index(index),
                 }
             }
@@ -2796,9 +2839,9 @@ pub mod log {
                 MEMBERS_BY_DISCRIMINANT,
                 MEMBERS_BY_NAME
             );
-            pub(crate) static NONUNION_MEMBERS : &[u16] = &[0];
+            pub(crate) static NONUNION_MEMBERS : &[u16] = &[0,1];
             pub(crate) static MEMBERS_BY_DISCRIMINANT : &[u16] = &[];
-            pub(crate) static MEMBERS_BY_NAME : &[u16] = &[0];
+            pub(crate) static MEMBERS_BY_NAME : &[u16] = &[1,0];
             pub(crate) const TYPE_ID: u64 = 0x8b0b_9a73_fb25_8b76;
         }
     }
@@ -3037,11 +3080,19 @@ pub mod log {
             pub fn has_partitions(&self) -> bool {
                 !self.reader.get_pointer_field(0).is_null()
             }
+            #[inline]
+            pub fn get_error(self) -> ::capnp::Result<crate::log_capnp::error::Reader<'a>> {
+                ::capnp::traits::FromPointerReader::get_from_pointer(&self.reader.get_pointer_field(1), ::core::option::Option::None)
+            }
+            #[inline]
+            pub fn has_error(&self) -> bool {
+                !self.reader.get_pointer_field(1).is_null()
+            }
         }
 
         pub struct Builder<'a> { builder: ::capnp::private::layout::StructBuilder<'a> }
         impl <> ::capnp::traits::HasStructSize for Builder<'_,>  {
-            const STRUCT_SIZE: ::capnp::private::layout::StructSize = ::capnp::private::layout::StructSize { data: 0, pointers: 1 };
+            const STRUCT_SIZE: ::capnp::private::layout::StructSize = ::capnp::private::layout::StructSize { data: 0, pointers: 2 };
         }
         impl <> ::capnp::traits::HasTypeId for Builder<'_,>  {
             const TYPE_ID: u64 = _private::TYPE_ID;
@@ -3107,6 +3158,22 @@ pub mod log {
             pub fn has_partitions(&self) -> bool {
                 !self.builder.is_pointer_field_null(0)
             }
+            #[inline]
+            pub fn get_error(self) -> ::capnp::Result<crate::log_capnp::error::Builder<'a>> {
+                ::capnp::traits::FromPointerBuilder::get_from_pointer(self.builder.get_pointer_field(1), ::core::option::Option::None)
+            }
+            #[inline]
+            pub fn set_error(&mut self, value: crate::log_capnp::error::Reader<'_>) -> ::capnp::Result<()> {
+                ::capnp::traits::SetterInput::set_pointer_builder(self.builder.reborrow().get_pointer_field(1), value, false)
+            }
+            #[inline]
+            pub fn init_error(self, ) -> crate::log_capnp::error::Builder<'a> {
+                ::capnp::traits::FromPointerBuilder::init_pointer(self.builder.get_pointer_field(1), 0)
+            }
+            #[inline]
+            pub fn has_error(&self) -> bool {
+                !self.builder.is_pointer_field_null(1)
+            }
         }
 
         pub struct Pipeline { _typeless: ::capnp::any_pointer::Pipeline }
@@ -3116,19 +3183,22 @@ pub mod log {
             }
         }
         impl Pipeline  {
+            pub fn get_error(&self) -> crate::log_capnp::error::Pipeline {
+                ::capnp::capability::FromTypelessPipeline::new(self._typeless.get_pointer_field(1))
+            }
         }
         mod _private {
-            pub(crate) static ENCODED_NODE: [::capnp::Word; 38] = [
+            pub(crate) static ENCODED_NODE: [::capnp::Word; 53] = [
                 ::capnp::word(0, 0, 0, 0, 5, 0, 6, 0),
                 ::capnp::word(152, 174, 189, 172, 18, 8, 251, 157),
                 ::capnp::word(14, 0, 0, 0, 1, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(1, 0, 7, 0, 0, 0, 0, 0),
+                ::capnp::word(2, 0, 7, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(21, 0, 0, 0, 42, 1, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(29, 0, 0, 0, 63, 0, 0, 0),
+                ::capnp::word(29, 0, 0, 0, 119, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(108, 111, 103, 46, 99, 97, 112, 110),
@@ -3136,14 +3206,21 @@ pub mod log {
                 ::capnp::word(115, 116, 80, 97, 114, 116, 105, 116),
                 ::capnp::word(105, 111, 110, 115, 36, 82, 101, 115),
                 ::capnp::word(117, 108, 116, 115, 0, 0, 0, 0),
-                ::capnp::word(4, 0, 0, 0, 3, 0, 4, 0),
+                ::capnp::word(8, 0, 0, 0, 3, 0, 4, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 1, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(13, 0, 0, 0, 90, 0, 0, 0),
+                ::capnp::word(41, 0, 0, 0, 90, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(12, 0, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(40, 0, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(40, 0, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(68, 0, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(1, 0, 0, 0, 1, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 1, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(65, 0, 0, 0, 50, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(60, 0, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(72, 0, 0, 0, 2, 0, 1, 0),
                 ::capnp::word(112, 97, 114, 116, 105, 116, 105, 111),
                 ::capnp::word(110, 115, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(14, 0, 0, 0, 0, 0, 0, 0),
@@ -3157,10 +3234,19 @@ pub mod log {
                 ::capnp::word(14, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(101, 114, 114, 111, 114, 0, 0, 0),
+                ::capnp::word(16, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(145, 110, 147, 83, 152, 64, 177, 175),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(16, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ];
             pub(crate) fn get_field_types(index: u16) -> ::capnp::introspect::Type {
                 match index {
                     0 => <::capnp::struct_list::Owned<crate::log_capnp::partition_info::Owned> as ::capnp::introspect::Introspect>::introspect(),
+                    1 => <crate::log_capnp::error::Owned as ::capnp::introspect::Introspect>::introspect(),
                     _ => ::capnp::introspect::panic_invalid_field_index(index),
                 }
             }
@@ -3174,9 +3260,9 @@ pub mod log {
                 MEMBERS_BY_DISCRIMINANT,
                 MEMBERS_BY_NAME
             );
-            pub(crate) static NONUNION_MEMBERS : &[u16] = &[0];
+            pub(crate) static NONUNION_MEMBERS : &[u16] = &[0,1];
             pub(crate) static MEMBERS_BY_DISCRIMINANT : &[u16] = &[];
-            pub(crate) static MEMBERS_BY_NAME : &[u16] = &[0];
+            pub(crate) static MEMBERS_BY_NAME : &[u16] = &[1,0];
             pub(crate) const TYPE_ID: u64 = 0x9dfb_0812_acbd_ae98;
         }
     }
@@ -8626,7 +8712,7 @@ pub mod error {
     }
 
     pub mod kind {
-        pub use self::Which::{OffsetOutOfRange,UnknownPartition,RecordTooLarge,PermissionDenied,Corruption,Unavailable,InvalidArgument,DiskFull,ReadOnly,Indeterminate,RecordsLost,NotEnoughReplicas,ReplicationTimeout};
+        pub use self::Which::{OffsetOutOfRange,UnknownPartition,RecordTooLarge,PermissionDenied,Corruption,Unavailable,InvalidArgument,DiskFull,ReadOnly,Indeterminate,RecordsLost,NotEnoughReplicas,ReplicationTimeout,Overloaded};
 
         #[derive(Copy, Clone)]
         pub struct Owned(());
@@ -8783,6 +8869,11 @@ pub mod error {
                     }
                     12 => {
                         ::core::result::Result::Ok(ReplicationTimeout(
+                            ()
+                        ))
+                    }
+                    13 => {
+                        ::core::result::Result::Ok(Overloaded(
                             ()
                         ))
                     }
@@ -8962,6 +9053,10 @@ pub mod error {
                 self.builder.set_data_field::<u16>(0, 12);
             }
             #[inline]
+            pub fn set_overloaded(&mut self, _value: ())  {
+                self.builder.set_data_field::<u16>(0, 13);
+            }
+            #[inline]
             pub fn which(self) -> ::core::result::Result<WhichBuilder<'a,>, ::capnp::NotInSchema> {
                 match self.builder.get_data_field::<u16>(0) {
                     0 => {
@@ -9029,6 +9124,11 @@ pub mod error {
                             ()
                         ))
                     }
+                    13 => {
+                        ::core::result::Result::Ok(Overloaded(
+                            ()
+                        ))
+                    }
                     x => ::core::result::Result::Err(::capnp::NotInSchema(x))
                 }
             }
@@ -9043,114 +9143,121 @@ pub mod error {
         impl Pipeline  {
         }
         mod _private {
-            pub(crate) static ENCODED_NODE: [::capnp::Word; 229] = [
+            pub(crate) static ENCODED_NODE: [::capnp::Word; 245] = [
                 ::capnp::word(0, 0, 0, 0, 5, 0, 6, 0),
                 ::capnp::word(68, 37, 67, 154, 228, 110, 255, 177),
                 ::capnp::word(16, 0, 0, 0, 1, 0, 1, 0),
                 ::capnp::word(145, 110, 147, 83, 152, 64, 177, 175),
-                ::capnp::word(2, 0, 7, 0, 1, 0, 13, 0),
+                ::capnp::word(2, 0, 7, 0, 1, 0, 14, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(21, 0, 0, 0, 170, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(21, 0, 0, 0, 223, 2, 0, 0),
+                ::capnp::word(21, 0, 0, 0, 23, 3, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(108, 111, 103, 46, 99, 97, 112, 110),
                 ::capnp::word(112, 58, 69, 114, 114, 111, 114, 46),
                 ::capnp::word(107, 105, 110, 100, 0, 0, 0, 0),
-                ::capnp::word(52, 0, 0, 0, 3, 0, 4, 0),
+                ::capnp::word(56, 0, 0, 0, 3, 0, 4, 0),
                 ::capnp::word(0, 0, 255, 255, 1, 0, 0, 0),
                 ::capnp::word(0, 0, 1, 0, 1, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(93, 1, 0, 0, 138, 0, 0, 0),
+                ::capnp::word(121, 1, 0, 0, 138, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(96, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(108, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(124, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(136, 1, 0, 0, 2, 0, 1, 0),
                 ::capnp::word(1, 0, 254, 255, 1, 0, 0, 0),
                 ::capnp::word(0, 0, 1, 0, 2, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(105, 1, 0, 0, 138, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(108, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(120, 1, 0, 0, 2, 0, 1, 0),
-                ::capnp::word(2, 0, 253, 255, 1, 0, 0, 0),
-                ::capnp::word(0, 0, 1, 0, 3, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(117, 1, 0, 0, 122, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(116, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(128, 1, 0, 0, 2, 0, 1, 0),
-                ::capnp::word(3, 0, 252, 255, 1, 0, 0, 0),
-                ::capnp::word(0, 0, 1, 0, 4, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(125, 1, 0, 0, 138, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(128, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(140, 1, 0, 0, 2, 0, 1, 0),
-                ::capnp::word(4, 0, 251, 255, 0, 0, 0, 0),
-                ::capnp::word(0, 0, 1, 0, 5, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(137, 1, 0, 0, 90, 0, 0, 0),
+                ::capnp::word(133, 1, 0, 0, 138, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(136, 1, 0, 0, 3, 0, 1, 0),
                 ::capnp::word(148, 1, 0, 0, 2, 0, 1, 0),
-                ::capnp::word(5, 0, 250, 255, 0, 0, 0, 0),
-                ::capnp::word(0, 0, 1, 0, 6, 0, 0, 0),
+                ::capnp::word(2, 0, 253, 255, 1, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 3, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(145, 1, 0, 0, 98, 0, 0, 0),
+                ::capnp::word(145, 1, 0, 0, 122, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(144, 1, 0, 0, 3, 0, 1, 0),
                 ::capnp::word(156, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(3, 0, 252, 255, 1, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 4, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(153, 1, 0, 0, 138, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(156, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(168, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(4, 0, 251, 255, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 5, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(165, 1, 0, 0, 90, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(164, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(176, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(5, 0, 250, 255, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 6, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(173, 1, 0, 0, 98, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(172, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(184, 1, 0, 0, 2, 0, 1, 0),
                 ::capnp::word(6, 0, 249, 255, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 1, 0, 7, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(153, 1, 0, 0, 130, 0, 0, 0),
+                ::capnp::word(181, 1, 0, 0, 130, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(152, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(164, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(180, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(192, 1, 0, 0, 2, 0, 1, 0),
                 ::capnp::word(7, 0, 248, 255, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 1, 0, 8, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(161, 1, 0, 0, 74, 0, 0, 0),
+                ::capnp::word(189, 1, 0, 0, 74, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(160, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(172, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(188, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(200, 1, 0, 0, 2, 0, 1, 0),
                 ::capnp::word(8, 0, 247, 255, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 1, 0, 9, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(169, 1, 0, 0, 74, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(168, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(180, 1, 0, 0, 2, 0, 1, 0),
-                ::capnp::word(9, 0, 246, 255, 0, 0, 0, 0),
-                ::capnp::word(0, 0, 1, 0, 10, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(177, 1, 0, 0, 114, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(176, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(188, 1, 0, 0, 2, 0, 1, 0),
-                ::capnp::word(10, 0, 245, 255, 1, 0, 0, 0),
-                ::capnp::word(0, 0, 1, 0, 11, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(185, 1, 0, 0, 98, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(184, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(196, 1, 0, 0, 2, 0, 1, 0),
-                ::capnp::word(11, 0, 244, 255, 1, 0, 0, 0),
-                ::capnp::word(0, 0, 1, 0, 12, 0, 0, 0),
-                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(193, 1, 0, 0, 146, 0, 0, 0),
+                ::capnp::word(197, 1, 0, 0, 74, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(196, 1, 0, 0, 3, 0, 1, 0),
                 ::capnp::word(208, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(9, 0, 246, 255, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 10, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(205, 1, 0, 0, 114, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(204, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(216, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(10, 0, 245, 255, 1, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 11, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(213, 1, 0, 0, 98, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(212, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(224, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(11, 0, 244, 255, 1, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 12, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(221, 1, 0, 0, 146, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(224, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(236, 1, 0, 0, 2, 0, 1, 0),
                 ::capnp::word(12, 0, 243, 255, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 1, 0, 13, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(205, 1, 0, 0, 154, 0, 0, 0),
+                ::capnp::word(233, 1, 0, 0, 154, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-                ::capnp::word(208, 1, 0, 0, 3, 0, 1, 0),
-                ::capnp::word(220, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(236, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(248, 1, 0, 0, 2, 0, 1, 0),
+                ::capnp::word(13, 0, 242, 255, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 1, 0, 14, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(245, 1, 0, 0, 90, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(244, 1, 0, 0, 3, 0, 1, 0),
+                ::capnp::word(0, 2, 0, 0, 2, 0, 1, 0),
                 ::capnp::word(111, 102, 102, 115, 101, 116, 79, 117),
                 ::capnp::word(116, 79, 102, 82, 97, 110, 103, 101),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
@@ -9273,6 +9380,15 @@ pub mod error {
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
                 ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(111, 118, 101, 114, 108, 111, 97, 100),
+                ::capnp::word(101, 100, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+                ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ];
             pub(crate) fn get_field_types(index: u16) -> ::capnp::introspect::Type {
                 match index {
@@ -9289,6 +9405,7 @@ pub mod error {
                     10 => <crate::log_capnp::records_lost::Owned as ::capnp::introspect::Introspect>::introspect(),
                     11 => <crate::log_capnp::not_enough_replicas::Owned as ::capnp::introspect::Introspect>::introspect(),
                     12 => <() as ::capnp::introspect::Introspect>::introspect(),
+                    13 => <() as ::capnp::introspect::Introspect>::introspect(),
                     _ => ::capnp::introspect::panic_invalid_field_index(index),
                 }
             }
@@ -9303,8 +9420,8 @@ pub mod error {
                 MEMBERS_BY_NAME
             );
             pub(crate) static NONUNION_MEMBERS : &[u16] = &[];
-            pub(crate) static MEMBERS_BY_DISCRIMINANT : &[u16] = &[0,1,2,3,4,5,6,7,8,9,10,11,12];
-            pub(crate) static MEMBERS_BY_NAME : &[u16] = &[4,7,9,6,11,0,3,8,2,10,12,5,1];
+            pub(crate) static MEMBERS_BY_DISCRIMINANT : &[u16] = &[0,1,2,3,4,5,6,7,8,9,10,11,12,13];
+            pub(crate) static MEMBERS_BY_NAME : &[u16] = &[4,7,9,6,11,0,13,3,8,2,10,12,5,1];
             pub(crate) const TYPE_ID: u64 = 0xb1ff_6ee4_9a43_2544;
         }
         pub enum Which<A0,A1,A2,A3,A4,A5> {
@@ -9321,6 +9438,7 @@ pub mod error {
             RecordsLost(A4),
             NotEnoughReplicas(A5),
             ReplicationTimeout(()),
+            Overloaded(()),
         }
         pub type WhichReader<'a,> = Which<::capnp::Result<crate::log_capnp::offset_out_of_range::Reader<'a>>,::capnp::Result<::capnp::text::Reader<'a>>,::capnp::Result<crate::log_capnp::record_too_large::Reader<'a>>,::capnp::Result<crate::log_capnp::permission_denied::Reader<'a>>,::capnp::Result<crate::log_capnp::records_lost::Reader<'a>>,::capnp::Result<crate::log_capnp::not_enough_replicas::Reader<'a>>>;
         pub type WhichBuilder<'a,> = Which<::capnp::Result<crate::log_capnp::offset_out_of_range::Builder<'a>>,::capnp::Result<::capnp::text::Builder<'a>>,::capnp::Result<crate::log_capnp::record_too_large::Builder<'a>>,::capnp::Result<crate::log_capnp::permission_denied::Builder<'a>>,::capnp::Result<crate::log_capnp::records_lost::Builder<'a>>,::capnp::Result<crate::log_capnp::not_enough_replicas::Builder<'a>>>;

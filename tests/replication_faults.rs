@@ -16,7 +16,8 @@ use proglog::storage::LogConfig;
 use proglog::storage::frame::FrameHeader;
 use proglog::supervision::{self, ChildSpec};
 use proglog::wire::schema::log;
-use proglog::wire::transport::{reader_options, vat_network};
+use proglog::wire::framed::ReceiveLimits;
+use proglog::wire::transport::vat_network;
 
 /// What the fake leader sends after two good records.
 #[derive(Clone, Copy)]
@@ -72,7 +73,7 @@ async fn fake_leader(fault: Fault) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::task::spawn_local(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let network = vat_network(tcp, Side::Server, reader_options(1 << 20), 1 << 20);
+            let network = vat_network(tcp, Side::Server, ReceiveLimits::new(1 << 20), 1 << 20);
             let client: log::Client = capnp_rpc::new_client(FakeLeader { fault });
             tokio::task::spawn_local(RpcSystem::new(Box::new(network), Some(client.client)));
         }

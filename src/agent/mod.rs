@@ -314,6 +314,9 @@ impl Agent {
             listen: config.rpc_addr,
             max_connections: config.max_connections,
             max_message_bytes: config.max_message_bytes,
+            max_inflight_bytes: config.max_inflight_bytes,
+            idle_timeout: std::time::Duration::from_secs(config.idle_timeout),
+            max_connections_per_identity: config.max_connections_per_identity,
             ..RpcConfig::default()
         };
         let metrics = telemetry.metrics().cloned();

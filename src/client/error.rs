@@ -45,6 +45,11 @@ pub enum ClientError {
     /// holders in time; it may still be replicated: resending may duplicate.
     #[error("replication timed out (appended on the leader, maybe not replicated): {0}")]
     ReplicationTimeout(String),
+    /// Not done: a per-client limit of the server was reached (streams
+    /// open on one connection, writes of one produce stream); retry once
+    /// some end.
+    #[error("overloaded (not done): {0}")]
+    Overloaded(String),
     /// The RPC itself failed (connection lost, protocol error).
     #[error("rpc: {0}")]
     Rpc(#[from] capnp::Error),
@@ -96,6 +101,7 @@ impl ClientError {
                 ClientError::NotEnoughReplicas { live, required }
             }
             WireError::ReplicationTimeout => ClientError::ReplicationTimeout(message),
+            WireError::Overloaded => ClientError::Overloaded(message),
         })
     }
 

@@ -37,7 +37,8 @@ pub use producer::{Producer, ProducerConfig};
 pub use stream::{FrameStream, Record, RecordStream, ReplicaBatch};
 
 use crate::wire::schema::{log, produced};
-use crate::wire::transport::{reader_options, vat_network};
+use crate::wire::framed::ReceiveLimits;
+use crate::wire::transport::vat_network;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -177,7 +178,7 @@ impl Client {
         let network = vat_network(
             stream,
             Side::Client,
-            reader_options(options.max_message_bytes),
+            ReceiveLimits::new(options.max_message_bytes),
             options.stream_window_bytes,
         );
         let mut rpc = RpcSystem::new(Box::new(network), None);
@@ -242,6 +243,9 @@ impl Client {
 
     /// Appends batches through a flow-controlled produce stream: at most the
     /// stream window is in flight. Returns each batch's outcome, in order.
+    /// Past the server's limit of writes per stream it goes on in a new
+    /// stream, unless a batch failed: as within one stream, the batches
+    /// after a failed one are not appended (`Unavailable`).
     pub async fn produce_stream<B, V>(
         &self,
         batches: B,
@@ -251,23 +255,36 @@ impl Client {
         B::Item: AsRef<[V]>,
         V: AsRef<[u8]>,
     {
-        let mut request = self.log.produce_stream_request();
-        request.get().set_acks(self.acks);
-        let sink = request.send().promise.await?.get()?.get_sink()?;
-        for batch in batches {
-            let batch = batch.as_ref();
-            let mut request = sink.write_request();
-            {
-                let mut list = request.get().init_values(batch.len() as u32);
-                for (i, v) in batch.iter().enumerate() {
-                    list.set(i as u32, v.as_ref());
+        let mut batches = batches.into_iter().peekable();
+        let mut outcomes = Vec::new();
+        // One stream per MAX_WRITES_PER_PRODUCE_STREAM writes (the server's limit).
+        while batches.peek().is_some() {
+            let mut request = self.log.produce_stream_request();
+            request.get().set_acks(self.acks);
+            let sink = request.send().promise.await?.get()?.get_sink()?;
+            for batch in batches.by_ref().take(crate::wire::MAX_WRITES_PER_PRODUCE_STREAM) {
+                let batch = batch.as_ref();
+                let mut request = sink.write_request();
+                {
+                    let mut list = request.get().init_values(batch.len() as u32);
+                    for (i, v) in batch.iter().enumerate() {
+                        list.set(i as u32, v.as_ref());
+                    }
                 }
+                request.send().await?;
             }
-            request.send().await?;
+            let response = sink.finish_request().send().promise.await?;
+            let list = response.get()?.get_results()?;
+            outcomes.extend(list.iter().map(read_produced));
+            if outcomes.iter().any(Result::is_err) {
+                outcomes.extend(batches.by_ref().map(|_| {
+                    Err(ClientError::Unavailable(
+                        "not sent: an earlier batch of this produce stream failed".into(),
+                    ))
+                }));
+            }
         }
-        let response = sink.finish_request().send().promise.await?;
-        let list = response.get()?.get_results()?;
-        Ok(list.iter().map(read_produced).collect())
+        Ok(outcomes)
     }
 
     /// A producer that batches records automatically (see [`ProducerConfig`]).
@@ -367,8 +384,12 @@ impl Client {
     /// The cluster's nodes as this node sees them.
     pub async fn servers(&self) -> Result<Vec<Server>, ClientError> {
         let response = self.log.get_servers_request().send().promise.await?;
+        let response = response.get()?;
+        if response.has_error() {
+            return Err(ClientError::from_wire(response.get_error()?)?);
+        }
         let mut out = Vec::new();
-        for s in response.get()?.get_servers()?.iter() {
+        for s in response.get_servers()?.iter() {
             out.push(Server {
                 id: text(s.get_id())?,
                 rpc_addr: text(s.get_rpc_addr())?,
@@ -383,8 +404,12 @@ impl Client {
     /// The partitions this node holds.
     pub async fn partitions(&self) -> Result<Vec<PartitionInfo>, ClientError> {
         let response = self.log.list_partitions_request().send().promise.await?;
+        let response = response.get()?;
+        if response.has_error() {
+            return Err(ClientError::from_wire(response.get_error()?)?);
+        }
         let mut out = Vec::new();
-        for p in response.get()?.get_partitions()?.iter() {
+        for p in response.get_partitions()?.iter() {
             out.push(PartitionInfo {
                 id: text(p.get_id())?,
                 owner: text(p.get_owner())?,

@@ -114,9 +114,24 @@ pub struct ServeArgs {
     /// record is on the leader and may still be replicated) [default: 5000].
     #[arg(long, env = "PROGLOG_ACK_TIMEOUT_MS")]
     pub ack_timeout_ms: Option<u64>,
-    /// Largest RPC message accepted, bytes [default: 67108864].
+    /// Largest RPC message accepted, bytes (a message's segments; one
+    /// word more closes the connection) [default: 67108864].
     #[arg(long, env = "PROGLOG_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Request bytes in flight across all connections (messages being
+    /// received, produce calls being served); past it the node stops
+    /// reading from sockets until some are done [default: 268435456].
+    #[arg(long, env = "PROGLOG_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<usize>,
+    /// Close a connection with no message and no call or stream in
+    /// progress for this many seconds (a following consumer is never
+    /// idle) [default: 300].
+    #[arg(long, env = "PROGLOG_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+    /// Most connections one identity (certificate CN; `anonymous` without
+    /// TLS) may hold at once [default: half of max-connections].
+    #[arg(long, env = "PROGLOG_MAX_CONNECTIONS_PER_IDENTITY")]
+    pub max_connections_per_identity: Option<usize>,
     /// Address of the HTTP server for /metrics, /healthz and /readyz [default: 127.0.0.1:8402].
     #[arg(long, env = "PROGLOG_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
@@ -159,6 +174,11 @@ impl ServeArgs {
             min_insync_replicas: self.min_insync_replicas.or(lower.min_insync_replicas),
             ack_timeout_ms: self.ack_timeout_ms.or(lower.ack_timeout_ms),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            max_inflight_bytes: self.max_inflight_bytes.or(lower.max_inflight_bytes),
+            idle_timeout: self.idle_timeout.or(lower.idle_timeout),
+            max_connections_per_identity: self
+                .max_connections_per_identity
+                .or(lower.max_connections_per_identity),
             http_addr: self.http_addr.or(lower.http_addr),
             no_metrics: self.no_metrics || lower.no_metrics,
         }
@@ -219,6 +239,10 @@ pub struct NodeConfig {
     pub min_insync_replicas: usize,
     pub ack_timeout_ms: u64,
     pub max_message_bytes: usize,
+    pub max_inflight_bytes: usize,
+    /// Seconds.
+    pub idle_timeout: u64,
+    pub max_connections_per_identity: usize,
     pub http_addr: SocketAddr,
     pub no_metrics: bool,
 }
@@ -326,6 +350,11 @@ impl NodeConfig {
             min_insync_replicas: a.min_insync_replicas.unwrap_or(2),
             ack_timeout_ms: a.ack_timeout_ms.unwrap_or(5000),
             max_message_bytes: a.max_message_bytes.unwrap_or(64 << 20),
+            max_inflight_bytes: a.max_inflight_bytes.unwrap_or(256 << 20),
+            idle_timeout: a.idle_timeout.unwrap_or(300),
+            max_connections_per_identity: a
+                .max_connections_per_identity
+                .unwrap_or_else(|| (a.max_connections.unwrap_or(1024) / 2).max(1)),
             http_addr: a
                 .http_addr
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8402))),
@@ -380,6 +409,15 @@ impl NodeConfig {
                     self.max_record_bytes
                 ),
             ));
+        }
+        if self.max_inflight_bytes < 1 << 20 {
+            return Err(invalid("max-inflight-bytes", "must be at least 1 MiB"));
+        }
+        if self.idle_timeout == 0 {
+            return Err(invalid("idle-timeout", "must be at least 1 second"));
+        }
+        if self.max_connections_per_identity == 0 {
+            return Err(invalid("max-connections-per-identity", "must be at least 1"));
         }
         if self.rpc_addr == self.gossip_addr && self.rpc_addr.port() != 0 {
             return Err(invalid("gossip-addr", "must differ from rpc-addr"));

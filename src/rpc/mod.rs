@@ -12,5 +12,6 @@ mod service;
 
 pub use server::{Acceptor, PlainAcceptor, RpcConfig, RpcFront, RpcServer, StopAccepting};
 pub use service::{
-    ACTION_CONSUME, ACTION_PRODUCE, Authorizer, InFlight, LogService, ServiceContext,
+    ACTION_CONSUME, ACTION_DESCRIBE, ACTION_PRODUCE, ACTION_REPLICATE, Authorizer, ConnectionState,
+    InFlight, LogService, OBJECT_CLUSTER, ServiceContext,
 };

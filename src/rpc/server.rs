@@ -10,12 +10,14 @@
 //! is logged, and is never restarted; the front and every other connection
 //! go on. Past its budget the front escalates to the Agent.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use capnp_rpc::RpcSystem;
@@ -27,7 +29,9 @@ use super::service::{LogService, ServiceContext};
 use crate::log_capnp::log;
 use crate::supervision::{self, ChildSpec, Failpoints, InjectPanic, Parent, Work, panic_message};
 use crate::telemetry::Metrics;
-use crate::wire::transport::{reader_options, vat_network};
+use crate::wire::framed::{Activity, ByteBudget, ReceiveLimits};
+use crate::wire::transport::vat_network;
+use super::service::ConnectionState;
 
 /// Settings of the RPC front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +47,20 @@ pub struct RpcConfig {
     /// Flow-control window of each stream the server pushes (consumeStream):
     /// how many bytes may be in flight to a consumer. Default: 4 MiB.
     pub stream_window_bytes: usize,
+    /// Request bytes in flight across every connection (messages being
+    /// received, parameters of calls being served); past it the server
+    /// stops reading from sockets until some are done. Default: 256 MiB.
+    pub max_inflight_bytes: usize,
+    /// A connection with no message and no call or stream in progress for
+    /// this long is closed. Default: 300 s.
+    pub idle_timeout: Duration,
+    /// Longest a TLS handshake, and then the first whole message, may take
+    /// before the connection is closed. Default: 10 s.
+    pub handshake_timeout: Duration,
+    /// Connections one identity (certificate CN; `anonymous` without TLS)
+    /// may hold at once, so one client cannot take every slot.
+    /// Default: half of `max_connections`.
+    pub max_connections_per_identity: usize,
 }
 
 impl Default for RpcConfig {
@@ -52,6 +70,10 @@ impl Default for RpcConfig {
             max_connections: 1024,
             max_message_bytes: 64 << 20,
             stream_window_bytes: 4 << 20,
+            max_inflight_bytes: 256 << 20,
+            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections_per_identity: 512,
         }
     }
 }
@@ -109,6 +131,7 @@ impl RpcServer {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let open = Rc::new(Cell::new(0usize));
+        let budget = Rc::new(ByteBudget::new(config.max_inflight_bytes));
         let front = RpcFront {
             listener: Some(Rc::new(listener)),
             connections: Rc::new(Connections {
@@ -116,6 +139,8 @@ impl RpcServer {
                 ctx,
                 acceptor,
                 open: open.clone(),
+                per_identity: RefCell::new(HashMap::new()),
+                budget,
                 metrics,
                 failpoints: Failpoints::default(),
             }),
@@ -220,6 +245,10 @@ struct Connections<A> {
     ctx: Rc<ServiceContext>,
     acceptor: A,
     open: Rc<Cell<usize>>,
+    /// Connections open per identity (those past the handshake).
+    per_identity: RefCell<HashMap<String, usize>>,
+    /// The node's budget of request bytes in flight.
+    budget: Rc<ByteBudget>,
     metrics: Option<Arc<Metrics>>,
     failpoints: Failpoints,
 }
@@ -249,28 +278,104 @@ async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Rc<Connection
 }
 
 async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: Rc<Connections<A>>) {
-    let (stream, subject) = match conn.acceptor.accept(tcp).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(%peer, error = %e, "handshake failed: closing connection");
-            return;
-        }
+    let config = &conn.config;
+    let (stream, subject) =
+        match tokio::time::timeout(config.handshake_timeout, conn.acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "handshake failed: closing connection");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, timeout = ?config.handshake_timeout, "no handshake in time: closing connection");
+                return;
+            }
+        };
+    let Some(_identity) = IdentitySlot::take(&conn, &subject) else {
+        tracing::warn!(%peer, %subject, limit = config.max_connections_per_identity, "connection limit of this identity reached: closing connection");
+        return;
     };
     tracing::debug!(%peer, %subject, "client connected");
-    let network = vat_network(
-        stream,
-        Side::Server,
-        reader_options(conn.config.max_message_bytes),
-        conn.config.stream_window_bytes,
-    );
+    let activity = Activity::new();
+    let limits = ReceiveLimits::new(config.max_message_bytes)
+        .with_budget(Some(conn.budget.clone()))
+        .with_activity(activity.clone());
+    let network = vat_network(stream, Side::Server, limits, config.stream_window_bytes);
+    let state = Rc::new(ConnectionState::default());
     let service = LogService::new(conn.ctx.clone(), subject.as_str())
         .with_metrics(conn.metrics.clone())
-        .with_failpoints(conn.failpoints.clone());
+        .with_failpoints(conn.failpoints.clone())
+        .with_connection(state.clone(), Some(conn.budget.clone()));
     let service: log::Client = capnp_rpc::new_client(service);
     let rpc = RpcSystem::new(Box::new(network), Some(service.client));
-    match rpc.await {
-        Ok(()) => tracing::debug!(%peer, "client disconnected"),
-        Err(e) => tracing::info!(%peer, error = %e, "closing connection"),
+    let idle = idle_watch(&activity, &state, config.handshake_timeout, config.idle_timeout);
+    tokio::select! {
+        ended = rpc => match ended {
+            Ok(()) => tracing::debug!(%peer, "client disconnected"),
+            Err(e) => tracing::info!(%peer, error = %e, "closing connection"),
+        },
+        why = idle => tracing::info!(%peer, %subject, "{why}: closing connection"),
+    }
+}
+
+/// Resolves when the connection should be closed for want of traffic: no
+/// whole message within `first` of opening, or none for `idle` while no
+/// call or stream of its own is in progress (a following consumer is not
+/// idle).
+async fn idle_watch(
+    activity: &Activity,
+    state: &ConnectionState,
+    first: Duration,
+    idle: Duration,
+) -> &'static str {
+    let opened = tokio::time::Instant::now();
+    tokio::time::sleep_until(opened + first).await;
+    if activity.messages() == 0 {
+        return "no message in time";
+    }
+    loop {
+        let since = tokio::time::Instant::from_std(activity.last_message());
+        tokio::time::sleep_until(since + idle).await;
+        if state.busy() == 0 && activity.last_message().elapsed() >= idle {
+            return "idle";
+        }
+        if state.busy() > 0 {
+            // In progress now: look again a whole timeout later.
+            tokio::time::sleep(idle).await;
+        }
+    }
+}
+
+/// One of an identity's connection slots, given back when dropped.
+struct IdentitySlot<'a, A> {
+    conn: &'a Connections<A>,
+    subject: String,
+}
+
+impl<'a, A> IdentitySlot<'a, A> {
+    fn take(conn: &'a Connections<A>, subject: &str) -> Option<IdentitySlot<'a, A>> {
+        let mut counts = conn.per_identity.borrow_mut();
+        let n = counts.entry(subject.to_string()).or_insert(0);
+        if *n >= conn.config.max_connections_per_identity {
+            return None;
+        }
+        *n += 1;
+        Some(IdentitySlot {
+            conn,
+            subject: subject.to_string(),
+        })
+    }
+}
+
+impl<A> Drop for IdentitySlot<'_, A> {
+    fn drop(&mut self) {
+        let mut counts = self.conn.per_identity.borrow_mut();
+        if let Some(n) = counts.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.subject);
+            }
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub enum WireError {
     /// Appended on the leader (`acks=all`), not confirmed by enough holders
     /// in time: resending may duplicate.
     ReplicationTimeout,
+    /// Not done: a per-client limit was reached; retry once some end.
+    Overloaded,
 }
 
 impl WireError {
@@ -58,6 +60,7 @@ impl WireError {
             WireError::RecordsLost { .. } => "records_lost",
             WireError::NotEnoughReplicas { .. } => "not_enough_replicas",
             WireError::ReplicationTimeout => "replication_timeout",
+            WireError::Overloaded => "overloaded",
         }
     }
 
@@ -120,6 +123,7 @@ pub fn write_error(mut builder: error::Builder<'_>, kind: &WireError, message: &
             r.set_required(*required);
         }
         WireError::ReplicationTimeout => k.set_replication_timeout(()),
+        WireError::Overloaded => k.set_overloaded(()),
     }
 }
 
@@ -178,6 +182,7 @@ pub fn read_error(reader: error::Reader<'_>) -> capnp::Result<(WireError, String
             }
         }
         Which::ReplicationTimeout(()) => WireError::ReplicationTimeout,
+        Which::Overloaded(()) => WireError::Overloaded,
     };
     Ok((kind, message))
 }

@@ -6,9 +6,19 @@
 
 pub mod corked;
 pub mod errors;
+pub mod framed;
 pub mod transport;
 
 pub use crate::log_capnp as schema;
+
+/// Streams one connection may hold open at once (produce sinks, consume
+/// and replication streams); one more is refused with `overloaded`.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 64;
+
+/// Writes one produce stream may carry before `finish` (the server keeps
+/// each one's outcome for `finish`); one more fails the stream with
+/// `overloaded`. The client opens a new stream before reaching it.
+pub const MAX_WRITES_PER_PRODUCE_STREAM: usize = 4096;
 
 /// A schema `Text` field as a `String`; invalid UTF-8 is an error.
 pub fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {

@@ -39,6 +39,9 @@ use super::segment_actor::{
     SegReadBatch, SegmentActor, SegmentEvent, SegmentSetup, free_bytes, new_actor_id,
 };
 use super::session::PoisonedSessions;
+
+/// Length of the waiters list at which readers gone are first pruned.
+const MIN_PRUNE_WAITERS_AT: usize = 64;
 use crate::storage::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN};
 use crate::storage::{
     Checkpoint, DirLock, LogConfig, LostCause, OpenReport, RecordBatch, Records, Segment,
@@ -98,6 +101,8 @@ pub struct LogActor {
     committed: u64,
     /// Readers waiting for an offset at or past `committed`.
     waiters: Vec<(u64, oneshot::Sender<Result<u64, LogError>>)>,
+    /// `waiters` is pruned of readers gone when it reaches this length.
+    prune_waiters_at: usize,
     restarts: u64,
     /// Durable data is damaged: writes are refused until `proglog repair`.
     read_only: Option<String>,
@@ -150,6 +155,7 @@ impl LogActor {
             active_entries,
             needs_segment: None,
             waiters: Vec::new(),
+            prune_waiters_at: MIN_PRUNE_WAITERS_AT,
             restarts: 0,
             read_only,
             damaged_from,

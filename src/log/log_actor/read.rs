@@ -157,6 +157,14 @@ impl Handler<WaitFor> for LogActor {
             return Box::pin(ready(Err(LogError::Closed(self.partition.clone()))));
         }
         let (tx, rx) = oneshot::channel();
+        // Readers that gave up are otherwise dropped only at the next
+        // commit: on an idle partition, streams opened and cancelled would
+        // pile up. Pruning when the list doubles keeps it within twice the
+        // live waiters, at a constant cost per wait.
+        if self.waiters.len() >= self.prune_waiters_at {
+            self.waiters.retain(|(_, tx)| !tx.is_closed());
+            self.prune_waiters_at = (self.waiters.len() * 2).max(MIN_PRUNE_WAITERS_AT);
+        }
         self.waiters.push((msg.offset, tx));
         let partition = self.partition.clone();
         Box::pin(async move { rx.await.unwrap_or(Err(LogError::Closed(partition))) })

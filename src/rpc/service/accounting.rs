@@ -50,6 +50,58 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// What one connection has in progress: calls and streams (so an idle
+/// timeout spares a following consumer), and its open streams (bounded).
+#[derive(Debug, Default)]
+pub struct ConnectionState {
+    busy: Cell<usize>,
+    streams: Cell<usize>,
+}
+
+impl ConnectionState {
+    /// Calls and streams of this connection in progress.
+    pub fn busy(&self) -> usize {
+        self.busy.get()
+    }
+
+    /// Streams (produce sinks, consume and replication streams) open.
+    pub fn streams(&self) -> usize {
+        self.streams.get()
+    }
+
+    fn enter(self: &Rc<Self>) -> Busy {
+        self.busy.set(self.busy.get() + 1);
+        Busy(self.clone())
+    }
+
+    /// Opens a stream, unless `max` are open already.
+    pub(super) fn open_stream(self: &Rc<Self>, max: usize) -> Option<OpenStream> {
+        if self.streams.get() >= max {
+            return None;
+        }
+        self.streams.set(self.streams.get() + 1);
+        Some(OpenStream(self.clone()))
+    }
+}
+
+/// A call or stream of the connection in progress until dropped.
+pub(super) struct Busy(Rc<ConnectionState>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(self.0.busy.get() - 1);
+    }
+}
+
+/// An open stream of the connection until dropped.
+pub(super) struct OpenStream(Rc<ConnectionState>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.streams.set(self.0.streams.get() - 1);
+    }
+}
+
 /// An RPC method as spans and metrics name it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Method {
@@ -141,6 +193,7 @@ impl LogService {
     ) -> Result<(), Error> {
         self.failpoints.hit(crate::supervision::Work::Connection);
         let _in_flight = method.timed.then(|| self.ctx.in_flight.enter());
+        let _busy = self.connection.enter();
         let started = Instant::now();
         let mut counted = CallCount {
             metrics: self.metrics.as_deref(),

@@ -1,6 +1,7 @@
-//! Authorization: every call that touches a partition is checked by the
-//! casbin authorizer (subject = certificate CN) before the partition is
-//! looked up.
+//! Authorization: every call is checked by the casbin authorizer (subject
+//! = certificate CN) before anything is looked up: calls on a partition
+//! with `produce`, `consume` or `replicate` on its id, `getServers` and
+//! `listPartitions` with `describe` on `cluster`.
 
 use super::*;
 
@@ -15,6 +16,10 @@ pub const ACTION_PRODUCE: &str = "produce";
 pub const ACTION_CONSUME: &str = "consume";
 /// Pulling a node's own partition into a replica (`replicate`).
 pub const ACTION_REPLICATE: &str = "replicate";
+/// Seeing the cluster's nodes and a node's partitions (`getServers`,
+/// `listPartitions`), on the object [`OBJECT_CLUSTER`].
+pub const ACTION_DESCRIBE: &str = "describe";
+pub const OBJECT_CLUSTER: &str = "cluster";
 
 impl LogService {
     /// Resolves a partition id (empty = own) and checks the caller may

@@ -162,6 +162,7 @@ impl log::Server for LogService {
     ) -> Result<(), Error> {
         self.call(PRODUCE, async {
             let p = params.get()?;
+            let _charge = self.charge(p.total_size());
             let (value, acks) = (p.get_value()?.to_vec(), p.get_acks()?);
             Ok(self
                 .append(vec![value], acks, results.get().init_result())
@@ -177,6 +178,7 @@ impl log::Server for LogService {
     ) -> Result<(), Error> {
         self.call(PRODUCE_BATCH, async {
             let p = params.get()?;
+            let _charge = self.charge(p.total_size());
             let list = p.get_values()?;
             let mut values = Vec::with_capacity(list.len() as usize);
             for v in list.iter() {
@@ -195,11 +197,18 @@ impl log::Server for LogService {
         mut results: log::ProduceStreamResults,
     ) -> Result<(), Error> {
         self.call(PRODUCE_STREAM, async {
+            let Some(stream) = self.connection.open_stream(MAX_STREAMS_PER_CONNECTION) else {
+                return Err(Error::overloaded(format!(
+                    "{MAX_STREAMS_PER_CONNECTION} streams are open on this connection: \
+                     at most {MAX_STREAMS_PER_CONNECTION}"
+                )));
+            };
             let sink = ProduceSink {
                 service: self.clone(),
                 session: crate::log::new_session(),
                 acks: params.get()?.get_acks()?,
                 results: RefCell::new(Vec::new()),
+                _stream: stream,
                 _open: self
                     .metrics
                     .as_ref()
@@ -338,6 +347,10 @@ impl log::Server for LogService {
         mut results: log::GetServersResults,
     ) -> Result<(), Error> {
         self.call(GET_SERVERS, async {
+            if let Err((kind, message)) = self.authorize(ACTION_DESCRIBE, OBJECT_CLUSTER) {
+                write_error(results.get().init_error(), &kind, &message);
+                return Ok(Err(kind.kind()));
+            }
             let cluster = self.ctx.cluster.borrow();
             let all: Vec<(&ServerInfo, bool)> = cluster
                 .local
@@ -365,6 +378,10 @@ impl log::Server for LogService {
         mut results: log::ListPartitionsResults,
     ) -> Result<(), Error> {
         self.call(LIST_PARTITIONS, async {
+            if let Err((kind, message)) = self.authorize(ACTION_DESCRIBE, OBJECT_CLUSTER) {
+                write_error(results.get().init_error(), &kind, &message);
+                return Ok(Err(kind.kind()));
+            }
             let own = self.ctx.partitions.own_id().to_string();
             let mut infos = Vec::new();
             for id in self.ctx.partitions.ids() {

@@ -3,7 +3,7 @@
 //! (consume and produce streams), `authorization.rs`, `accounting.rs`
 //! (calls in flight, metrics, spans).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,16 +21,19 @@ use crate::log_capnp::{Acks, frame_sink, log, produce_sink, produced, record_sin
 use crate::storage::{RecordBatch, Records};
 use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
 use crate::wire::errors::{WireError, write_error};
-use crate::wire::text;
+use crate::wire::framed::{ByteBudget, Charge};
+use crate::wire::{MAX_STREAMS_PER_CONNECTION, MAX_WRITES_PER_PRODUCE_STREAM, text};
 
 mod accounting;
 mod authorization;
 mod calls;
 mod streams;
 
-pub use accounting::InFlight;
+pub use accounting::{ConnectionState, InFlight};
 use accounting::*;
-pub use authorization::{ACTION_CONSUME, ACTION_PRODUCE, ACTION_REPLICATE, Authorizer};
+pub use authorization::{
+    ACTION_CONSUME, ACTION_DESCRIBE, ACTION_PRODUCE, ACTION_REPLICATE, Authorizer, OBJECT_CLUSTER,
+};
 use calls::*;
 use streams::*;
 
@@ -58,6 +61,11 @@ pub struct LogService {
     metrics: Option<Arc<Metrics>>,
     /// Test support: the RPC front's, so a test can make a call panic.
     failpoints: crate::supervision::Failpoints,
+    /// This connection's calls and streams in progress.
+    connection: Rc<ConnectionState>,
+    /// The node's budget of request bytes in flight, charged with the
+    /// parameters of produce calls while they are served.
+    budget: Option<Rc<ByteBudget>>,
 }
 
 impl LogService {
@@ -67,7 +75,33 @@ impl LogService {
             subject: subject.into(),
             metrics: None,
             failpoints: Default::default(),
+            connection: Default::default(),
+            budget: None,
         }
+    }
+
+    /// Counts this connection's calls and streams in `state`; charges the
+    /// parameters of produce calls to `budget` while they are served.
+    pub fn with_connection(
+        mut self,
+        state: Rc<ConnectionState>,
+        budget: Option<Rc<ByteBudget>>,
+    ) -> LogService {
+        self.connection = state;
+        self.budget = budget;
+        self
+    }
+
+    /// Charges a produce call to the node's budget until the returned
+    /// charge is dropped: its parameters (`size`) twice (the message and
+    /// the values copied out of it for the append) and what a call costs
+    /// beyond them. Appends wait in a LogActor's mailbox (sent in order,
+    /// whatever its fill), so this is what bounds that mailbox.
+    fn charge(&self, size: capnp::Result<capnp::MessageSize>) -> Option<Charge> {
+        let words = size.map_or(0, |s| s.word_count) as usize;
+        self.budget
+            .as_ref()
+            .map(|b| b.charge(words * 16 + CALL_OVERHEAD_BYTES))
     }
 
     /// Shares the front's failpoints (a panic injected at `Connection`

@@ -93,6 +93,15 @@ impl LogService {
                 ),
             ));
         }
+        let Some(_stream) = self.connection.open_stream(MAX_STREAMS_PER_CONNECTION) else {
+            return Some((
+                WireError::Overloaded,
+                format!(
+                    "{MAX_STREAMS_PER_CONNECTION} streams are open on this connection: \
+                     at most {MAX_STREAMS_PER_CONNECTION}"
+                ),
+            ));
+        };
         note(&id, request.from, 0);
         let kind = if S::REPLICATION {
             StreamKind::Replicate
@@ -164,8 +173,11 @@ pub(super) struct ProduceSink {
     /// When each write is answered.
     pub(super) acks: Acks,
     /// One slot per write, in the order the writes arrived (a slot is
-    /// filled when its append completes, whatever the completion order).
+    /// filled when its append completes, whatever the completion order);
+    /// at most [`MAX_WRITES_PER_PRODUCE_STREAM`].
     pub(super) results: RefCell<Vec<Option<AppendOutcome>>>,
+    /// One of the connection's stream slots while the client holds the sink.
+    pub(super) _stream: OpenStream,
     /// Counts the stream as open while the client holds the sink.
     pub(super) _open: Option<GaugeGuard>,
 }
@@ -174,16 +186,24 @@ impl produce_sink::Server for ProduceSink {
     async fn write(self: CapRc<Self>, params: produce_sink::WriteParams) -> Result<(), Error> {
         self.service
             .call(SINK_WRITE, async {
-                let list = params.get()?.get_values()?;
+                let p = params.get()?;
+                let _charge = self.service.charge(p.total_size());
+                let slot = {
+                    let mut results = self.results.borrow_mut();
+                    if results.len() >= MAX_WRITES_PER_PRODUCE_STREAM {
+                        return Err(Error::overloaded(format!(
+                            "a produce stream carries at most {MAX_WRITES_PER_PRODUCE_STREAM} \
+                             writes: finish it and open another (this write was not appended)"
+                        )));
+                    }
+                    results.push(None);
+                    results.len() - 1
+                };
+                let list = p.get_values()?;
                 let mut values = Vec::with_capacity(list.len() as usize);
                 for v in list.iter() {
                     values.push(v?.to_vec());
                 }
-                let slot = {
-                    let mut results = self.results.borrow_mut();
-                    results.push(None);
-                    results.len() - 1
-                };
                 let outcome = self
                     .service
                     .append_values(values, Some(self.session), self.acks)

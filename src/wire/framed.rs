@@ -1,0 +1,510 @@
+//! The receive side of a connection: Cap'n Proto frames are buffered as
+//! their bytes arrive and handed to capnp-rpc only once whole.
+//!
+//! capnp's reader allocates a message's body as soon as it has read the
+//! segment table, for whatever size the table claims: a 16-byte header
+//! claiming 64 MiB costs the server 64 MiB before a byte of body has
+//! arrived. [`FramedReader`] reads the table itself, refuses a message over
+//! the limit (exactly: a body of `max_message_bytes` is served, one word
+//! more closes the connection), and holds back the table until the whole
+//! body is in its buffer, so what a peer makes the server hold is what it
+//! sent. Its buffer grows with the bytes received (a quarter ahead at most),
+//! is charged to the node's [`ByteBudget`] beyond its base size, and shrinks
+//! back once the large message has been handed over. While the budget is
+//! spent, no connection reads from its socket (backpressure).
+
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use futures::io::AsyncRead;
+
+/// A buffer's size when no large message is in it (also the most read
+/// from the socket at once).
+pub const BASE_BUFFER_BYTES: usize = 64 << 10;
+
+/// capnp's own limit on segments in one message.
+const MAX_SEGMENTS: usize = 512;
+
+/// Request bytes in flight on a node, across every connection: message
+/// bytes buffered before they are whole, and the parameters of calls being
+/// served (charged by the service). Once `limit` is reached no connection
+/// reads from its socket until some are given back.
+#[derive(Debug)]
+pub struct ByteBudget {
+    limit: usize,
+    used: AtomicUsize,
+    waiting: Mutex<Vec<Waker>>,
+}
+
+impl ByteBudget {
+    pub fn new(limit: usize) -> ByteBudget {
+        ByteBudget {
+            limit,
+            used: AtomicUsize::new(0),
+            waiting: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The configured limit, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Charges `bytes` already in memory (a call's parameters): never
+    /// waits; readers stop while the total is over the limit. Given back
+    /// when the charge is dropped.
+    pub fn charge(self: &Rc<Self>, bytes: usize) -> Charge {
+        self.take(bytes);
+        Charge {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
+    fn take(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
+        if before >= self.limit && before - bytes < self.limit {
+            let waiting = std::mem::take(&mut *self.lock());
+            for w in waiting {
+                w.wake();
+            }
+        }
+    }
+
+    /// Ready when a reader may read from its socket; else registers `cx`.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.used() < self.limit {
+            return Poll::Ready(());
+        }
+        self.lock().push(cx.waker().clone());
+        // Given back between the check and the registration?
+        if self.used() < self.limit {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waker>> {
+        // A panic while holding this lock leaves only a list of wakers.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Bytes charged to a [`ByteBudget`] until dropped.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Rc<ByteBudget>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
+/// When a connection last received a whole message; shared with whoever
+/// times out idle connections.
+#[derive(Debug)]
+pub struct Activity {
+    last: Cell<Instant>,
+    messages: Cell<u64>,
+}
+
+impl Activity {
+    pub fn new() -> Rc<Activity> {
+        Rc::new(Activity {
+            last: Cell::new(Instant::now()),
+            messages: Cell::new(0),
+        })
+    }
+
+    /// When the last whole message arrived (or the connection opened).
+    pub fn last_message(&self) -> Instant {
+        self.last.get()
+    }
+
+    /// Whole messages received so far.
+    pub fn messages(&self) -> u64 {
+        self.messages.get()
+    }
+
+    fn note_message(&self) {
+        self.last.set(Instant::now());
+        self.messages.set(self.messages.get() + 1);
+    }
+}
+
+/// What a connection may receive.
+#[derive(Debug, Clone)]
+pub struct ReceiveLimits {
+    /// Largest message body (the segments, not the table), in bytes.
+    pub max_message_bytes: usize,
+    /// The node's budget of request bytes in flight (`None`: unlimited, as
+    /// on a client).
+    pub budget: Option<Rc<ByteBudget>>,
+    /// Where whole messages are noted (for idle timeouts).
+    pub activity: Option<Rc<Activity>>,
+}
+
+impl ReceiveLimits {
+    pub fn new(max_message_bytes: usize) -> ReceiveLimits {
+        ReceiveLimits {
+            max_message_bytes,
+            budget: None,
+            activity: None,
+        }
+    }
+
+    pub fn with_budget(mut self, budget: Option<Rc<ByteBudget>>) -> ReceiveLimits {
+        self.budget = budget;
+        self
+    }
+
+    pub fn with_activity(mut self, activity: Rc<Activity>) -> ReceiveLimits {
+        self.activity = Some(activity);
+        self
+    }
+}
+
+/// Buffers whole Cap'n Proto frames from `inner` (see the module doc).
+pub struct FramedReader<R> {
+    inner: R,
+    limits: ReceiveLimits,
+    /// `buf[start..ready]`: whole messages not yet read by capnp;
+    /// `buf[ready..filled]`: the start of the next one.
+    buf: Vec<u8>,
+    start: usize,
+    ready: usize,
+    filled: usize,
+    /// Length (table and body) of the message at `ready`, once its table is in.
+    next_len: Option<usize>,
+    /// Bytes of `buf` charged to the budget (its capacity beyond the base).
+    charged: usize,
+    /// The stream ended (bytes of a partial message left are an error).
+    eof: bool,
+}
+
+impl<R> FramedReader<R> {
+    pub fn new(inner: R, limits: ReceiveLimits) -> FramedReader<R> {
+        FramedReader {
+            inner,
+            limits,
+            buf: Vec::new(),
+            start: 0,
+            ready: 0,
+            filled: 0,
+            next_len: None,
+            charged: 0,
+            eof: false,
+        }
+    }
+
+    /// Finds the length of the message at `ready` and marks every whole
+    /// message as ready. Errors on a table over the limits.
+    fn frame(&mut self) -> io::Result<()> {
+        loop {
+            let have = self.filled - self.ready;
+            let len = match self.next_len {
+                Some(len) => len,
+                None => {
+                    let Some(len) = message_len(
+                        &self.buf[self.ready..self.filled],
+                        self.limits.max_message_bytes,
+                    )?
+                    else {
+                        return Ok(());
+                    };
+                    self.next_len = Some(len);
+                    len
+                }
+            };
+            if have < len {
+                return Ok(());
+            }
+            self.ready += len;
+            self.next_len = None;
+            if let Some(a) = &self.limits.activity {
+                a.note_message();
+            }
+        }
+    }
+
+    /// Makes room to read: drops what capnp has read, then grows the
+    /// buffer towards the message being received (never beyond twice the
+    /// bytes held), or shrinks it back to the base once it is empty.
+    fn make_room(&mut self) {
+        if self.start == self.filled {
+            self.start = 0;
+            self.ready = 0;
+            self.filled = 0;
+            if self.buf.len() > BASE_BUFFER_BYTES {
+                self.buf = vec![0; BASE_BUFFER_BYTES];
+                self.recharge();
+            }
+        } else if self.start > 0 && self.filled == self.buf.len() {
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.ready -= self.start;
+            self.filled -= self.start;
+            self.start = 0;
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; BASE_BUFFER_BYTES];
+        }
+        if self.filled == self.buf.len() {
+            // Grows by a quarter at a time: the bytes touched stay within
+            // a quarter of those received (the capacity past them is only
+            // address space until written).
+            let needed = self.ready + self.next_len.unwrap_or(0);
+            let step = (self.buf.len() / 4).max(BASE_BUFFER_BYTES);
+            let grown = (self.buf.len() + step).min(needed.max(self.buf.len() + 8));
+            self.buf.resize(grown, 0);
+            self.recharge();
+        }
+    }
+
+    /// Charges the buffer's size beyond the base to the budget.
+    fn recharge(&mut self) {
+        let Some(budget) = &self.limits.budget else {
+            return;
+        };
+        let now = self.buf.len().saturating_sub(BASE_BUFFER_BYTES);
+        if now > self.charged {
+            budget.take(now - self.charged);
+        } else {
+            budget.give_back(self.charged - now);
+        }
+        self.charged = now;
+    }
+}
+
+impl<R> Drop for FramedReader<R> {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.limits.budget {
+            budget.give_back(self.charged);
+        }
+    }
+}
+
+/// The length (table and body) of the message whose table starts `bytes`,
+/// `None` until the whole table is there.
+fn message_len(bytes: &[u8], max_body: usize) -> io::Result<Option<usize>> {
+    let Some(first) = bytes.get(..4) else {
+        return Ok(None);
+    };
+    let segments = u32::from_le_bytes([first[0], first[1], first[2], first[3]]) as usize + 1;
+    if segments > MAX_SEGMENTS {
+        return Err(invalid(format!(
+            "message of {segments} segments: at most {MAX_SEGMENTS}"
+        )));
+    }
+    // The count and one size per segment, padded to a word.
+    let table = (segments / 2 + 1) * 8;
+    let Some(sizes) = bytes.get(4..4 + 4 * segments) else {
+        return Ok(None);
+    };
+    let words: u64 = sizes
+        .chunks_exact(4)
+        .map(|s| u64::from(u32::from_le_bytes([s[0], s[1], s[2], s[3]])))
+        .sum();
+    let body = words * 8;
+    if body > max_body as u64 {
+        return Err(invalid(format!(
+            "message of {body} bytes exceeds the limit of {max_body}"
+        )));
+    }
+    Ok(Some(table + body as usize))
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for FramedReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        loop {
+            if this.start < this.ready {
+                let n = out.len().min(this.ready - this.start);
+                out[..n].copy_from_slice(&this.buf[this.start..this.start + n]);
+                this.start += n;
+                return Poll::Ready(Ok(n));
+            }
+            if this.eof {
+                return Poll::Ready(if this.filled > this.ready {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the connection ended inside a message",
+                    ))
+                } else {
+                    Ok(0)
+                });
+            }
+            if let Some(budget) = &this.limits.budget
+                && budget.poll_room(cx).is_pending()
+            {
+                return Poll::Pending;
+            }
+            this.make_room();
+            let filled = this.filled;
+            let n = match Pin::new(&mut this.inner).poll_read(cx, &mut this.buf[filled..]) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            if n == 0 {
+                this.eof = true;
+                continue;
+            }
+            this.filled += n;
+            this.frame()?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::AsyncReadExt;
+
+    fn frame(words: u32) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&0u32.to_le_bytes());
+        f.extend_from_slice(&words.to_le_bytes());
+        f.extend(std::iter::repeat_n(7u8, words as usize * 8));
+        f
+    }
+
+    /// A reader that hands out `chunks` one per read.
+    struct Chunks(Vec<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            out: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.0.is_empty() {
+                return Poll::Ready(Ok(0));
+            }
+            let chunk = &mut self.0[0];
+            let n = out.len().min(chunk.len());
+            out[..n].copy_from_slice(&chunk[..n]);
+            chunk.drain(..n);
+            if chunk.is_empty() {
+                self.0.remove(0);
+            }
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn read_all(chunks: Vec<Vec<u8>>, max: usize) -> io::Result<Vec<u8>> {
+        let mut r = FramedReader::new(Chunks(chunks), ReceiveLimits::new(max));
+        let mut out = Vec::new();
+        futures::executor::block_on(r.read_to_end(&mut out))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_message_exactly_at_the_limit_passes_and_one_word_more_is_refused() {
+        let at = frame(1024);
+        assert_eq!(read_all(vec![at.clone()], 1024 * 8).unwrap(), at);
+        let over = read_all(vec![frame(1025)], 1024 * 8).unwrap_err();
+        assert_eq!(over.kind(), io::ErrorKind::InvalidData);
+        assert!(over.to_string().contains("8200 bytes exceeds the limit of 8192"));
+    }
+
+    #[test]
+    fn messages_split_anywhere_come_out_whole_and_in_order() {
+        let mut all = Vec::new();
+        for words in [1, 0, 9000, 3, 20000] {
+            all.extend(frame(words));
+        }
+        // A three-segment message: table of 4 + 3*4 bytes padded to 16.
+        let mut three = Vec::new();
+        for v in [2u32, 1, 2, 3] {
+            three.extend_from_slice(&v.to_le_bytes());
+        }
+        three.extend(std::iter::repeat_n(1u8, 6 * 8));
+        all.extend(&three);
+        for chunk in [1, 5, 4096, 100_000] {
+            let chunks = all.chunks(chunk).map(<[u8]>::to_vec).collect();
+            assert_eq!(read_all(chunks, 1 << 20).unwrap(), all, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_header_alone_holds_no_memory_for_its_claim() {
+        let budget = Rc::new(ByteBudget::new(1 << 30));
+        let mut header = Vec::new();
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&(8u32 << 20).to_le_bytes()); // 64 MiB
+        header.extend(std::iter::repeat_n(0u8, 1000));
+        let limits = ReceiveLimits::new(64 << 20).with_budget(Some(budget.clone()));
+        let mut r = FramedReader::new(Chunks(vec![header]), limits);
+        let mut out = [0u8; 8];
+        let read = futures::executor::block_on(r.read(&mut out));
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert!(r.buf.len() <= BASE_BUFFER_BYTES, "{}", r.buf.len());
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_large_message_is_charged_while_buffered_and_given_back_after() {
+        let budget = Rc::new(ByteBudget::new(1 << 30));
+        let big = frame(1 << 17); // 1 MiB
+        let limits = ReceiveLimits::new(2 << 20).with_budget(Some(budget.clone()));
+        let chunks: Vec<Vec<u8>> = big.chunks(100_000).map(<[u8]>::to_vec).collect();
+        let mut r = FramedReader::new(Chunks(chunks), limits);
+        let mut first = [0u8; 8];
+        futures::executor::block_on(r.read_exact(&mut first)).unwrap();
+        // Whole before any byte came out; the growth is charged.
+        assert!(budget.used() >= (1 << 20) - BASE_BUFFER_BYTES);
+        assert!(r.buf.len() <= big.len() + big.len() / 4);
+        let mut rest = Vec::new();
+        futures::executor::block_on(r.read_to_end(&mut rest)).unwrap();
+        assert_eq!(rest.len() + 8, big.len());
+        assert_eq!(r.buf.len(), BASE_BUFFER_BYTES, "shrunk back");
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_spent_budget_stops_reading_until_given_back() {
+        let budget = Rc::new(ByteBudget::new(100));
+        let call = budget.charge(100);
+        let limits = ReceiveLimits::new(1 << 20).with_budget(Some(budget.clone()));
+        let mut r = FramedReader::new(Chunks(vec![frame(1)]), limits);
+        let mut out = [0u8; 16];
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut r).poll_read(&mut cx, &mut out).is_pending());
+        drop(call);
+        assert!(matches!(
+            Pin::new(&mut r).poll_read(&mut cx, &mut out),
+            Poll::Ready(Ok(16))
+        ));
+    }
+}
