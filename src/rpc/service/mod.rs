@@ -52,6 +52,11 @@ pub struct ServiceContext {
     pub in_sync: Rc<crate::replication::InSync>,
 }
 
+/// What a call in progress costs beyond its parameters (capnp-rpc's
+/// question and answer, the append message and its reply channel), for
+/// the budget of bytes in flight.
+const CALL_OVERHEAD_BYTES: usize = 1024;
+
 /// One client connection's view of the service: its identity goes with it.
 pub struct LogService {
     ctx: Rc<ServiceContext>,
