@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use proglog::log::{Append, InjectSegmentPanic, LogActor, Read, ReadBatch, Stats, WaitFor};
+use proglog::log::{Append, InjectSegmentPanic, LogActor, Read, ReadBatch, Stats, wait_for};
 use proglog::storage::{LogConfig, Segment, SyncPolicy};
 use proglog::supervision::Work;
 
@@ -125,9 +125,9 @@ async fn wake_latency(samples: usize) -> Vec<Duration> {
     let record = vec![0x33u8; RECORD];
     let mut lat = Vec::with_capacity(samples);
     for i in 0..samples as u64 {
-        let waiter = log.send(WaitFor { offset: i });
+        let waiter = wait_for(&log, i);
         let waiter = actix_rt::spawn(async move {
-            waiter.await.unwrap().unwrap();
+            waiter.await.unwrap();
             Instant::now()
         });
         actix_rt::task::yield_now().await;

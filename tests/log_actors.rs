@@ -167,12 +167,12 @@ async fn a_waiting_reader_is_woken_by_the_append_that_reaches_it() {
     let log = start(dir.path(), small_config(SyncPolicy::Never));
     append(&log, vec![record(0)]).await.unwrap();
     assert_eq!(
-        log.send(WaitFor { offset: 0 }).await.unwrap().unwrap(),
+        wait_for(&log, 0).await.unwrap(),
         1,
         "already there: answered at once"
     );
-    let waiting = log.send(WaitFor { offset: 1 });
-    let far = log.send(WaitFor { offset: 5 });
+    let waiting = wait_for(&log, 1);
+    let far = wait_for(&log, 5);
     tokio::pin!(waiting, far);
     assert!(
         tokio::time::timeout(Duration::from_millis(50), &mut waiting)
@@ -181,7 +181,7 @@ async fn a_waiting_reader_is_woken_by_the_append_that_reaches_it() {
         "nothing to read yet"
     );
     append(&log, vec![record(1)]).await.unwrap();
-    assert_eq!(waiting.await.unwrap().unwrap(), 2);
+    assert_eq!(waiting.await.unwrap(), 2);
     assert!(
         tokio::time::timeout(Duration::from_millis(20), &mut far)
             .await
@@ -189,7 +189,7 @@ async fn a_waiting_reader_is_woken_by_the_append_that_reaches_it() {
         "offset 5 is not there yet"
     );
     append(&log, (2..6).map(record).collect()).await.unwrap();
-    assert_eq!(far.await.unwrap().unwrap(), 6);
+    assert_eq!(far.await.unwrap(), 6);
 }
 
 /// CPU time the current thread (the test's actix System) has used, from /proc.
@@ -209,7 +209,7 @@ fn cpu_time() -> Duration {
 async fn idle_waiting_readers_cost_no_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let log = start(dir.path(), small_config(SyncPolicy::Never));
-    let waits: Vec<_> = (0..1000).map(|_| log.send(WaitFor { offset: 0 })).collect();
+    let waits: Vec<_> = (0..1000).map(|_| wait_for(&log, 0)).collect();
     let all = futures::future::join_all(waits);
     tokio::pin!(all);
     let before = cpu_time();
@@ -225,7 +225,29 @@ async fn idle_waiting_readers_cost_no_cpu() {
     );
     append(&log, vec![record(0)]).await.unwrap();
     for r in all.await {
-        assert_eq!(r.unwrap().unwrap(), 1);
+        assert_eq!(r.unwrap(), 1);
+    }
+}
+
+#[actix_rt::test]
+async fn readers_that_gave_up_on_an_idle_partition_do_not_pile_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start(dir.path(), small_config(SyncPolicy::Never));
+    let live: Vec<_> = (0..10).map(|_| wait_for(&log, 0)).collect();
+    for _ in 0..10_000 {
+        let gave_up = wait_for(&log, 0);
+        // Handled in mailbox order: the wait is registered, then dropped.
+        log.send(Stats).await.unwrap();
+        drop(gave_up);
+    }
+    let waiting = log.send(Stats).await.unwrap().waiting_readers;
+    assert!(
+        waiting <= 64,
+        "{waiting} waiting readers kept for 10 live ones after 10,000 gave up"
+    );
+    append(&log, vec![record(0)]).await.unwrap();
+    for r in futures::future::join_all(live).await {
+        assert_eq!(r.unwrap(), 1, "the live readers are woken");
     }
 }
 
@@ -234,7 +256,7 @@ async fn a_panicking_segment_actor_is_restarted_and_loses_no_acknowledged_record
     let dir = tempfile::tempdir().unwrap();
     let log = start(dir.path(), small_config(SyncPolicy::Never));
     append(&log, (0..5).map(record).collect()).await.unwrap();
-    let waiting = log.send(WaitFor { offset: 1_000 });
+    let waiting = wait_for(&log, 1_000);
     tokio::pin!(waiting);
 
     // Appends in flight on both sides of the fault.
@@ -314,7 +336,7 @@ async fn a_panicking_segment_actor_is_restarted_and_loses_no_acknowledged_record
     append(&log, (0..missing).map(record).collect())
         .await
         .unwrap();
-    assert_eq!(waiting.await.unwrap().unwrap(), 1_001);
+    assert_eq!(waiting.await.unwrap(), 1_001);
 }
 
 #[actix_rt::test]
@@ -485,7 +507,7 @@ async fn a_panicking_log_actor_is_restarted_and_reopens_the_partition() {
     let dir = tempfile::tempdir().unwrap();
     let log = start(dir.path(), small_config(SyncPolicy::Never));
     append(&log, (0..30).map(record).collect()).await.unwrap();
-    let waiting = log.send(WaitFor { offset: 40 });
+    let waiting = wait_for(&log, 40);
     tokio::pin!(waiting);
     assert!(
         tokio::time::timeout(Duration::from_millis(20), &mut waiting)
@@ -524,7 +546,7 @@ async fn a_panicking_log_actor_is_restarted_and_reopens_the_partition() {
     append(&log, (next..41).map(record).collect())
         .await
         .unwrap();
-    assert_eq!(waiting.await.unwrap().unwrap(), 41);
+    assert_eq!(waiting.await.unwrap(), 41);
 }
 
 /// Two produce streams with many batches in flight through rolls: each

@@ -15,8 +15,8 @@ use proglog::replication::{Connector, GetStatus, ReplicatorActor, ReplicatorSetu
 use proglog::storage::LogConfig;
 use proglog::storage::frame::FrameHeader;
 use proglog::supervision::{self, ChildSpec};
-use proglog::wire::schema::log;
 use proglog::wire::framed::ReceiveLimits;
+use proglog::wire::schema::log;
 use proglog::wire::transport::vat_network;
 
 /// What the fake leader sends after two good records.

@@ -219,6 +219,20 @@ async fn an_idle_following_stream_uses_no_cpu() {
 
 /// Polls `cond` until it holds (or panics after 10 s): for state the server
 /// changes on its own, where no event is exposed to await.
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -372,4 +386,334 @@ async fn a_damaged_record_is_reported_as_corruption_and_never_served() {
     }
     assert_eq!(client.consume("", 0).await.unwrap().value, b"first");
     assert_eq!(client.consume("", 2).await.unwrap().value, b"third");
+}
+
+// ---- Hardening: what a hostile or careless client can make the server hold.
+
+/// This process's resident memory, bytes (the server runs in it).
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A raw Cap'n Proto RPC peer: hand-made frames on a plain socket.
+mod raw {
+    use capnp::message::{Builder, HeapAllocator, ReaderOptions};
+    use capnp::traits::HasTypeId;
+    use capnp_rpc::rpc_capnp::message;
+    use proglog::wire::schema::log;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub fn frame(msg: &Builder<HeapAllocator>) -> Vec<u8> {
+        capnp::serialize::write_message_to_words(msg)
+    }
+
+    /// The body size (segments) of `msg`.
+    pub fn body_bytes(msg: &Builder<HeapAllocator>) -> usize {
+        frame(msg).len() - 8 * (msg.get_segments_for_output().len() / 2 + 1)
+    }
+
+    pub fn bootstrap() -> Builder<HeapAllocator> {
+        let mut msg = Builder::new_default();
+        msg.init_root::<message::Builder>()
+            .init_bootstrap()
+            .set_question_id(0);
+        msg
+    }
+
+    /// Question 1: produceBatch of one value of `value_bytes` on the
+    /// bootstrap capability, in one segment.
+    pub fn produce_batch(value_bytes: usize) -> Builder<HeapAllocator> {
+        let words = value_bytes / 8 + 64;
+        let mut msg = Builder::new(HeapAllocator::new().first_segment_words(words as u32));
+        let mut call = msg.init_root::<message::Builder>().init_call();
+        call.set_question_id(1);
+        call.set_interface_id(log::Client::TYPE_ID);
+        call.set_method_id(1);
+        call.reborrow()
+            .init_target()
+            .init_promised_answer()
+            .set_question_id(0);
+        let mut payload = call.init_params();
+        let mut params = payload
+            .reborrow()
+            .get_content()
+            .init_as::<log::produce_batch_params::Builder>();
+        params
+            .reborrow()
+            .init_values(1)
+            .set(0, &vec![7u8; value_bytes]);
+        payload.init_cap_table(0);
+        assert_eq!(msg.get_segments_for_output().len(), 1);
+        msg
+    }
+
+    /// A produceBatch call whose body is exactly `body` bytes.
+    pub fn produce_batch_of_size(body: usize) -> Builder<HeapAllocator> {
+        let overhead = body_bytes(&produce_batch(0));
+        let msg = produce_batch(body - overhead);
+        assert_eq!(body_bytes(&msg), body);
+        msg
+    }
+
+    /// Reads frames until the connection ends; returns the question ids of
+    /// the `return`s that carried results (not exceptions).
+    pub async fn answered(tcp: &mut TcpStream) -> Vec<u32> {
+        let mut answered = Vec::new();
+        loop {
+            let mut count = [0u8; 4];
+            if tcp.read_exact(&mut count).await.is_err() {
+                return answered;
+            }
+            let segments = u32::from_le_bytes(count) as usize + 1;
+            let mut table = vec![0u8; (segments / 2 + 1) * 8 - 4];
+            tcp.read_exact(&mut table).await.unwrap();
+            let words: usize = (0..segments)
+                .map(|i| u32::from_le_bytes(table[4 * i..4 * i + 4].try_into().unwrap()) as usize)
+                .sum();
+            let mut body = vec![0u8; words * 8];
+            tcp.read_exact(&mut body).await.unwrap();
+            let mut bytes = count.to_vec();
+            bytes.extend(table);
+            bytes.extend(body);
+            let reader = capnp::serialize::read_message(&bytes[..], ReaderOptions::new()).unwrap();
+            let m = reader.get_root::<message::Reader>().unwrap();
+            if let Ok(message::Which::Return(r)) = m.which() {
+                let r = r.unwrap();
+                if let Ok(capnp_rpc::rpc_capnp::return_::Which::Results(_)) = r.which() {
+                    answered.push(r.get_answer_id());
+                    if r.get_answer_id() == 1 {
+                        // Seen what the test waits for: hang up.
+                        tcp.shutdown().await.unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn send(tcp: &mut TcpStream, msg: &Builder<HeapAllocator>) {
+        tcp.write_all(&frame(msg)).await.unwrap();
+    }
+}
+
+#[actix_rt::test]
+async fn a_message_exactly_at_the_size_limit_is_served_and_one_word_more_closes_the_connection() {
+    let limit = 256 << 10;
+    let node = start_node(RpcConfig {
+        max_message_bytes: limit,
+        ..RpcConfig::default()
+    })
+    .await;
+    let addr = node.server.local_addr();
+    let mut at = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw::send(&mut at, &raw::bootstrap()).await;
+    raw::send(&mut at, &raw::produce_batch_of_size(limit)).await;
+    assert!(
+        raw::answered(&mut at).await.contains(&1),
+        "a message of exactly max-message-bytes is served"
+    );
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw::send(&mut over, &raw::bootstrap()).await;
+    raw::send(&mut over, &raw::produce_batch_of_size(limit + 8)).await;
+    assert!(
+        !raw::answered(&mut over).await.contains(&1),
+        "one word more closes the connection unanswered"
+    );
+    let client = connect(&node).await;
+    let record = client.consume("", 0).await.unwrap();
+    assert!(record.value.len() > limit - 1024 && record.value.iter().all(|&b| b == 7));
+    assert!(
+        matches!(
+            client.consume("", 1).await,
+            Err(ClientError::OffsetOutOfRange { .. })
+        ),
+        "the message over the limit appended nothing"
+    );
+}
+
+/// A frame header claiming a one-segment message of `bytes`.
+fn header_claiming(bytes: usize) -> Vec<u8> {
+    let mut h = 0u32.to_le_bytes().to_vec();
+    h.extend_from_slice(&((bytes / 8) as u32).to_le_bytes());
+    h
+}
+
+#[actix_rt::test]
+async fn headers_claiming_large_messages_cost_the_server_nothing_until_the_bytes_arrive() {
+    let node = start_node(RpcConfig::default()).await;
+    let before = rss_bytes();
+    let mut hostile = Vec::new();
+    for _ in 0..50 {
+        let mut tcp = tokio::net::TcpStream::connect(node.server.local_addr())
+            .await
+            .unwrap();
+        tcp.write_all(&header_claiming(64 << 20)).await.unwrap();
+        hostile.push(tcp);
+    }
+    eventually("all 50 are served", || node.server.open_connections() == 50).await;
+    // Every header has been read (a real call gets through after them).
+    let client = connect(&node).await;
+    client.produce(b"still serving").await.unwrap();
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "50 headers claiming 64 MiB each grew the server by {} MiB",
+        grown >> 20
+    );
+    assert_eq!(node.server.inflight_bytes(), 0);
+}
+
+#[actix_rt::test]
+async fn past_the_inflight_budget_the_server_stops_reading_and_resumes_when_bytes_are_done() {
+    let node = start_node(RpcConfig {
+        max_inflight_bytes: 1 << 20,
+        max_message_bytes: 16 << 20,
+        ..RpcConfig::default()
+    })
+    .await;
+    // Four senders of an 8 MiB message each, all but the last word.
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(node.server.local_addr())
+            .await
+            .unwrap();
+        tcp.write_all(&header_claiming(8 << 20)).await.unwrap();
+        senders.push(tokio::task::spawn_local(async move {
+            let body = vec![0u8; (8 << 20) - 8];
+            // Blocks once the server stops reading (its buffers are full).
+            let _ = tcp.write_all(&body).await;
+            tcp
+        }));
+    }
+    // The server holds what it read; it read until the budget was spent,
+    // plus at most one read of 64 KiB per connection past it.
+    eventually("the budget is spent", || {
+        node.server.inflight_bytes() >= 1 << 20
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = node.server.inflight_bytes();
+    assert!(
+        held <= (1 << 20) + 4 * (128 << 10),
+        "held {held} bytes against a budget of 1 MiB"
+    );
+    // Closing the senders gives their bytes back; reading resumes.
+    for s in senders {
+        s.abort();
+    }
+    eventually("the senders' bytes are given back", || {
+        node.server.inflight_bytes() == 0
+    })
+    .await;
+    let client = connect(&node).await;
+    assert_eq!(client.produce(b"after").await.unwrap().offset, 0);
+}
+
+#[actix_rt::test]
+async fn a_connection_without_a_whole_message_in_time_is_closed() {
+    let node = start_node(RpcConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..RpcConfig::default()
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(node.server.local_addr())
+        .await
+        .unwrap();
+    slow.write_all(&[1, 2, 3]).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "3 garbage bytes are not waited on forever");
+}
+
+#[actix_rt::test]
+async fn an_idle_connection_is_closed_and_a_following_consumer_is_not() {
+    let node = start_node(RpcConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..RpcConfig::default()
+    })
+    .await;
+    let idle = connect(&node).await;
+    idle.produce(b"a").await.unwrap();
+    let follower = connect(&node).await;
+    let mut stream = follower.consume_stream("", 0);
+    assert_eq!(stream.next().await.unwrap().unwrap().value, b"a");
+    eventually("the idle connection is closed", || {
+        node.server.open_connections() == 1
+    })
+    .await;
+    assert!(idle.produce(b"b").await.is_err());
+    // Well past the idle timeout, the follower still gets new records.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let producer = connect(&node).await;
+    producer.produce(b"c").await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap().value, b"c");
+}
+
+#[actix_rt::test]
+async fn one_identity_cannot_take_every_connection_slot() {
+    let node = start_node(RpcConfig {
+        max_connections_per_identity: 2,
+        ..RpcConfig::default()
+    })
+    .await;
+    let a = connect(&node).await;
+    let b = connect(&node).await;
+    a.produce(b"a").await.unwrap();
+    b.produce(b"b").await.unwrap();
+    let c = connect(&node).await;
+    assert!(
+        matches!(c.produce(b"c").await, Err(ClientError::Rpc(_))),
+        "a third connection of `anonymous` is closed"
+    );
+    drop(a);
+    eventually("a slot frees up", || node.server.open_connections() == 1).await;
+    let d = connect(&node).await;
+    assert_eq!(d.produce(b"d").await.unwrap().offset, 2);
+}
+
+#[actix_rt::test]
+async fn a_connection_holds_at_most_its_limit_of_streams() {
+    use proglog::wire::MAX_STREAMS_PER_CONNECTION;
+    let node = start_node(RpcConfig::default()).await;
+    let client = connect(&node).await;
+    client.produce(b"a").await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_CONNECTION {
+        let mut s = client.consume_stream("", 0);
+        s.next().await.unwrap().unwrap();
+        streams.push(s);
+    }
+    let mut one_more = client.consume_stream("", 0);
+    assert!(
+        matches!(one_more.next().await, Some(Err(ClientError::Overloaded(_)))),
+        "stream {} is refused, typed",
+        MAX_STREAMS_PER_CONNECTION + 1
+    );
+    streams.pop();
+    eventually_async("a stream slot frees up", || async {
+        let mut s = client.consume_stream("", 0);
+        matches!(s.next().await, Some(Ok(_)))
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_produce_stream_carries_its_limit_of_writes_and_the_client_opens_the_next() {
+    use proglog::wire::MAX_WRITES_PER_PRODUCE_STREAM;
+    let node = start_node(RpcConfig::default()).await;
+    let client = connect(&node).await;
+    let batches: Vec<Vec<Vec<u8>>> = (0..MAX_WRITES_PER_PRODUCE_STREAM + 10)
+        .map(|i| vec![i.to_string().into_bytes()])
+        .collect();
+    let outcomes = client.produce_stream(&batches).await.unwrap();
+    assert_eq!(outcomes.len(), batches.len());
+    for (i, o) in outcomes.iter().enumerate() {
+        assert_eq!(o.as_ref().unwrap().offsets.start, i as u64);
+    }
 }

@@ -169,6 +169,32 @@ async fn root_may_produce_and_consume_and_nobody_is_denied_both() {
     ));
 }
 
+#[actix_rt::test]
+async fn listing_servers_and_partitions_needs_the_describe_grant() {
+    let pki = Pki::new();
+    let node = start_tls_node(&pki).await;
+    let root = connect(&node, pki.client("root")).await.unwrap();
+    assert_eq!(root.partitions().await.unwrap().len(), 1);
+    root.servers().await.unwrap();
+    let nobody = connect(&node, pki.client("nobody")).await.unwrap();
+    for denied in [
+        nobody.partitions().await.map(|_| ()),
+        nobody.servers().await.map(|_| ()),
+    ] {
+        match denied {
+            Err(ClientError::PermissionDenied {
+                subject,
+                action,
+                object,
+            }) => assert_eq!(
+                (subject.as_str(), action.as_str(), object.as_str()),
+                ("nobody", "describe", "cluster")
+            ),
+            other => panic!("expected PermissionDenied, got {other:?}"),
+        }
+    }
+}
+
 /// Under TLS 1.3 a refused client may see the handshake succeed; the
 /// server's alert surfaces on the first call. Either way no call succeeds.
 async fn assert_cannot_call(

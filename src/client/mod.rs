@@ -36,8 +36,8 @@ pub use error::ClientError;
 pub use producer::{Producer, ProducerConfig};
 pub use stream::{FrameStream, Record, RecordStream, ReplicaBatch};
 
-use crate::wire::schema::{log, produced};
 use crate::wire::framed::ReceiveLimits;
+use crate::wire::schema::{log, produced};
 use crate::wire::transport::vat_network;
 
 /// Connection settings.
@@ -262,7 +262,10 @@ impl Client {
             let mut request = self.log.produce_stream_request();
             request.get().set_acks(self.acks);
             let sink = request.send().promise.await?.get()?.get_sink()?;
-            for batch in batches.by_ref().take(crate::wire::MAX_WRITES_PER_PRODUCE_STREAM) {
+            for batch in batches
+                .by_ref()
+                .take(crate::wire::MAX_WRITES_PER_PRODUCE_STREAM)
+            {
                 let batch = batch.as_ref();
                 let mut request = sink.write_request();
                 {

@@ -417,7 +417,10 @@ impl NodeConfig {
             return Err(invalid("idle-timeout", "must be at least 1 second"));
         }
         if self.max_connections_per_identity == 0 {
-            return Err(invalid("max-connections-per-identity", "must be at least 1"));
+            return Err(invalid(
+                "max-connections-per-identity",
+                "must be at least 1",
+            ));
         }
         if self.rpc_addr == self.gossip_addr && self.rpc_addr.port() != 0 {
             return Err(invalid("gossip-addr", "must differ from rpc-addr"));

@@ -122,10 +122,64 @@ pub struct ReadBatch {
 /// Answers (with the log's next offset) as soon as a record at `offset`
 /// exists: at once if it already does, else when an append reaches it. A
 /// waiting reader costs nothing: no timer, no polling.
+///
+/// Answered with a [`Waiting`] the caller awaits itself: a reader that
+/// gives up drops it, and the LogActor forgets the reader (see
+/// [`wait_for`]).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<u64, LogError>")]
+#[rtype(result = "Waiting")]
 pub struct WaitFor {
     pub offset: u64,
+}
+
+/// A [`WaitFor`]'s answer: resolves with the committed end once it is past
+/// the offset waited for (or with the partition's failure).
+#[derive(Debug)]
+pub struct Waiting(pub(crate) WaitingState);
+
+#[derive(Debug)]
+pub(crate) enum WaitingState {
+    Ready(Option<Result<u64, LogError>>),
+    Pending {
+        answer: tokio::sync::oneshot::Receiver<Result<u64, LogError>>,
+        partition: String,
+    },
+}
+
+impl std::future::Future for Waiting {
+    type Output = Result<u64, LogError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            WaitingState::Ready(answer) => std::task::Poll::Ready(
+                answer
+                    .take()
+                    .unwrap_or_else(|| Err(LogError::Closed(String::new()))),
+            ),
+            WaitingState::Pending { answer, partition } => std::pin::Pin::new(answer)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| Err(LogError::Closed(partition.clone())))),
+        }
+    }
+}
+
+/// Waits until `log` holds a record at `offset` (see [`WaitFor`]); the
+/// wait is registered now. Dropping the returned future gives up: the
+/// LogActor then forgets this reader.
+pub fn wait_for(
+    log: &actix::Addr<super::LogActor>,
+    offset: u64,
+) -> impl std::future::Future<Output = Result<u64, LogError>> + 'static {
+    let sent = log.send(WaitFor { offset });
+    async move {
+        match sent.await {
+            Ok(waiting) => waiting.await,
+            Err(_) => Err(LogError::Closed(String::new())),
+        }
+    }
 }
 
 /// Deletes whole segments whose records are all below `lowest`; answers how many.
@@ -176,6 +230,8 @@ pub struct LogStats {
     pub disk_full: Option<String>,
     /// Every record below this offset is on disk.
     pub recovery_point: u64,
+    /// Readers waiting for records past the end (following streams).
+    pub waiting_readers: usize,
 }
 
 /// Flushes, syncs and seals every segment, stops the actors and releases the

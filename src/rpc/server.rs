@@ -25,13 +25,13 @@ use capnp_rpc::rpc_twoparty_capnp::Side;
 use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::service::ConnectionState;
 use super::service::{LogService, ServiceContext};
 use crate::log_capnp::log;
 use crate::supervision::{self, ChildSpec, Failpoints, InjectPanic, Parent, Work, panic_message};
 use crate::telemetry::Metrics;
 use crate::wire::framed::{Activity, ByteBudget, ReceiveLimits};
 use crate::wire::transport::vat_network;
-use super::service::ConnectionState;
 
 /// Settings of the RPC front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +104,7 @@ impl Acceptor for PlainAcceptor {
 pub struct RpcServer {
     local_addr: SocketAddr,
     open: Rc<Cell<usize>>,
+    budget: Rc<ByteBudget>,
     stop: Recipient<StopAccepting>,
     inject: Recipient<InjectPanic>,
 }
@@ -140,7 +141,7 @@ impl RpcServer {
                 acceptor,
                 open: open.clone(),
                 per_identity: RefCell::new(HashMap::new()),
-                budget,
+                budget: budget.clone(),
                 metrics,
                 failpoints: Failpoints::default(),
             }),
@@ -151,6 +152,7 @@ impl RpcServer {
         Ok(RpcServer {
             local_addr,
             open,
+            budget,
             stop: addr.clone().recipient(),
             inject: addr.recipient(),
         })
@@ -163,6 +165,11 @@ impl RpcServer {
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
         self.open.get()
+    }
+
+    /// Request bytes in flight now (see [`RpcConfig::max_inflight_bytes`]).
+    pub fn inflight_bytes(&self) -> usize {
+        self.budget.used()
     }
 
     /// Stops accepting new connections and closes the listener (open
@@ -279,18 +286,22 @@ async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Rc<Connection
 
 async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: Rc<Connections<A>>) {
     let config = &conn.config;
-    let (stream, subject) =
-        match tokio::time::timeout(config.handshake_timeout, conn.acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "handshake failed: closing connection");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%peer, timeout = ?config.handshake_timeout, "no handshake in time: closing connection");
-                return;
-            }
-        };
+    let (stream, subject) = match tokio::time::timeout(
+        config.handshake_timeout,
+        conn.acceptor.accept(tcp),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "handshake failed: closing connection");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, timeout = ?config.handshake_timeout, "no handshake in time: closing connection");
+            return;
+        }
+    };
     let Some(_identity) = IdentitySlot::take(&conn, &subject) else {
         tracing::warn!(%peer, %subject, limit = config.max_connections_per_identity, "connection limit of this identity reached: closing connection");
         return;
@@ -308,7 +319,12 @@ async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: R
         .with_connection(state.clone(), Some(conn.budget.clone()));
     let service: log::Client = capnp_rpc::new_client(service);
     let rpc = RpcSystem::new(Box::new(network), Some(service.client));
-    let idle = idle_watch(&activity, &state, config.handshake_timeout, config.idle_timeout);
+    let idle = idle_watch(
+        &activity,
+        &state,
+        config.handshake_timeout,
+        config.idle_timeout,
+    );
     tokio::select! {
         ended = rpc => match ended {
             Ok(()) => tracing::debug!(%peer, "client disconnected"),

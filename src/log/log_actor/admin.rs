@@ -98,6 +98,7 @@ impl Handler<Stats> for LogActor {
             read_only: self.read_only.clone(),
             disk_full: self.disk_full.clone(),
             recovery_point: self.durable_point(),
+            waiting_readers: self.waiters.len(),
         })
     }
 }

@@ -147,26 +147,30 @@ impl Handler<ReadBatch> for LogActor {
 }
 
 impl Handler<WaitFor> for LogActor {
-    type Result = ResponseFuture<Result<u64, LogError>>;
+    type Result = MessageResult<WaitFor>;
 
     fn handle(&mut self, msg: WaitFor, _ctx: &mut Context<Self>) -> Self::Result {
         if msg.offset < self.committed {
-            return Box::pin(ready(Ok(self.committed)));
+            return MessageResult(Waiting(WaitingState::Ready(Some(Ok(self.committed)))));
         }
         if self.closed {
-            return Box::pin(ready(Err(LogError::Closed(self.partition.clone()))));
+            let closed = LogError::Closed(self.partition.clone());
+            return MessageResult(Waiting(WaitingState::Ready(Some(Err(closed)))));
         }
         let (tx, rx) = oneshot::channel();
-        // Readers that gave up are otherwise dropped only at the next
-        // commit: on an idle partition, streams opened and cancelled would
-        // pile up. Pruning when the list doubles keeps it within twice the
-        // live waiters, at a constant cost per wait.
+        // Readers that gave up (dropped their `Waiting`) are otherwise
+        // dropped only at the next commit: on an idle partition, streams
+        // opened and cancelled would pile up. Pruning when the list
+        // doubles keeps it within twice the live waiters, at a constant
+        // cost per wait.
         if self.waiters.len() >= self.prune_waiters_at {
             self.waiters.retain(|(_, tx)| !tx.is_closed());
             self.prune_waiters_at = (self.waiters.len() * 2).max(MIN_PRUNE_WAITERS_AT);
         }
         self.waiters.push((msg.offset, tx));
-        let partition = self.partition.clone();
-        Box::pin(async move { rx.await.unwrap_or(Err(LogError::Closed(partition))) })
+        MessageResult(Waiting(WaitingState::Pending {
+            answer: rx,
+            partition: self.partition.clone(),
+        }))
     }
 }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::cluster::{ClusterView, ServerInfo};
-use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats, WaitFor};
+use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats};
 use crate::log_capnp::{Acks, frame_sink, log, produce_sink, produced, record_sink};
 use crate::storage::{RecordBatch, Records};
 use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
@@ -29,8 +29,8 @@ mod authorization;
 mod calls;
 mod streams;
 
-pub use accounting::{ConnectionState, InFlight};
 use accounting::*;
+pub use accounting::{ConnectionState, InFlight};
 pub use authorization::{
     ACTION_CONSUME, ACTION_DESCRIBE, ACTION_PRODUCE, ACTION_REPLICATE, Authorizer, OBJECT_CLUSTER,
 };

@@ -141,10 +141,9 @@ impl LogService {
             };
             if batch.is_empty() {
                 // At the end of the log: wait to be woken by the LogActor.
-                match log.send(WaitFor { offset: next }).await {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => return Some(log_error(&e)),
-                    Err(e) => return Some((WireError::Unavailable, e.to_string())),
+                match crate::log::wait_for(log, next).await {
+                    Ok(_) => continue,
+                    Err(e) => return Some(log_error(&e)),
                 }
             }
             // Counted as read from the log, whether or not the client
