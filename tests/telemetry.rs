@@ -435,3 +435,53 @@ async fn an_agent_counts_calls_by_outcome_fsyncs_and_connections() {
         "closing seals the active segment"
     );
 }
+
+/// Sends `bytes` to the HTTP port and reads until the server closes.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tcp.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closes the connection")
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[actix_rt::test]
+async fn the_http_port_answers_garbage_with_400_and_closes() {
+    let http = HttpServer::start("127.0.0.1:0".parse().unwrap(), Telemetry::new(true))
+        .await
+        .unwrap();
+    let addr = http.local_addr();
+    let garbage = exchange(addr, &[0xde, 0xad, 0xbe, 0xef, b'\r', b'\n', b'\r', b'\n']).await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage:?}");
+    // The start of a TLS ClientHello.
+    let tls = exchange(
+        addr,
+        &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc],
+    )
+    .await;
+    assert!(tls.starts_with("HTTP/1.1 400"), "{tls:?}");
+    let post = exchange(addr, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(post.starts_with("HTTP/1.1 405"), "{post:?}");
+    assert!(
+        post.to_ascii_lowercase().contains("allow: get, head"),
+        "{post:?}"
+    );
+    // Silent: closed once the head timeout passes.
+    let silent = exchange(addr, b"").await;
+    assert!(
+        silent.is_empty() || silent.starts_with("HTTP/1.1 408"),
+        "{silent:?}"
+    );
+    let ok = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        ok.starts_with("HTTP/1.1 200") && ok.ends_with("ok\n"),
+        "{ok:?}"
+    );
+}
