@@ -108,7 +108,7 @@ fn a_flipped_bit_in_a_sealed_segment_makes_the_partition_read_only_until_repair(
     assert!(ready.body.contains("read-only"), "{}", ready.body);
     let metrics = http_get(server.http, "/metrics").unwrap().body;
     assert!(
-        metrics.contains("cause=\"read_only\""),
+        metrics.contains("cause=\"readOnly\""),
         "metrics keep the cause"
     );
     assert!(server.stop().0.success());

@@ -398,8 +398,8 @@ async fn an_agent_counts_calls_by_outcome_fsyncs_and_connections() {
         )
     };
     assert_eq!(calls("produce", "ok"), 3.0);
-    assert_eq!(calls("produce", "record_too_large"), 1.0);
-    assert_eq!(calls("consume", "offset_out_of_range"), 1.0);
+    assert_eq!(calls("produce", "recordTooLarge"), 1.0);
+    assert_eq!(calls("consume", "offsetOutOfRange"), 1.0);
     assert_eq!(calls("consume", "ok"), 1.0);
     assert_eq!(value(&samples, "proglog_records_appended_total", &[]), 3.0);
     assert_eq!(value(&samples, "proglog_bytes_appended_total", &[]), 6.0);

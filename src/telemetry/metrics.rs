@@ -257,7 +257,7 @@ impl Metrics {
         let partition_writes_refused = Family::<RefusalLabels, Gauge>::default();
         r.register(
             "partition_writes_refused",
-            "1 while a partition refuses writes, by cause: read_only (damaged durable data: run proglog repair), disk_full (until space returns)",
+            "1 while a partition refuses writes, by cause: readOnly (damaged durable data: run proglog repair), diskFull (until space returns)",
             partition_writes_refused.clone(),
         );
         let partition_recovery_point = gauges(
@@ -438,8 +438,8 @@ impl Metrics {
                 .get_or_create(&l)
                 .set(as_i64(stats.recovery_point));
             for (cause, on) in [
-                ("read_only", stats.read_only.is_some()),
-                ("disk_full", stats.disk_full.is_some()),
+                ("readOnly", stats.read_only.is_some()),
+                ("diskFull", stats.disk_full.is_some()),
             ] {
                 if on {
                     self.partition_writes_refused

@@ -44,22 +44,23 @@ pub enum WireError {
 }
 
 impl WireError {
-    /// The kind as a metric label: `offset_out_of_range`, `unknown_partition`, ...
+    /// The kind as the schema spells it (`offsetOutOfRange`, `unknownPartition`,
+    /// ...): the `outcome` label of `proglog_rpc_calls_total`.
     pub fn kind(&self) -> &'static str {
         match self {
-            WireError::OffsetOutOfRange { .. } => "offset_out_of_range",
-            WireError::UnknownPartition(_) => "unknown_partition",
-            WireError::RecordTooLarge { .. } => "record_too_large",
-            WireError::PermissionDenied { .. } => "permission_denied",
+            WireError::OffsetOutOfRange { .. } => "offsetOutOfRange",
+            WireError::UnknownPartition(_) => "unknownPartition",
+            WireError::RecordTooLarge { .. } => "recordTooLarge",
+            WireError::PermissionDenied { .. } => "permissionDenied",
             WireError::Corruption => "corruption",
             WireError::Unavailable => "unavailable",
-            WireError::InvalidArgument => "invalid_argument",
-            WireError::DiskFull => "disk_full",
-            WireError::ReadOnly => "read_only",
+            WireError::InvalidArgument => "invalidArgument",
+            WireError::DiskFull => "diskFull",
+            WireError::ReadOnly => "readOnly",
             WireError::Indeterminate => "indeterminate",
-            WireError::RecordsLost { .. } => "records_lost",
-            WireError::NotEnoughReplicas { .. } => "not_enough_replicas",
-            WireError::ReplicationTimeout => "replication_timeout",
+            WireError::RecordsLost { .. } => "recordsLost",
+            WireError::NotEnoughReplicas { .. } => "notEnoughReplicas",
+            WireError::ReplicationTimeout => "replicationTimeout",
             WireError::Overloaded => "overloaded",
         }
     }
