@@ -142,6 +142,7 @@ impl RpcServer {
                 open: open.clone(),
                 per_identity: RefCell::new(HashMap::new()),
                 budget: budget.clone(),
+                trim_pending: Cell::new(false),
                 metrics,
                 failpoints: Failpoints::default(),
             }),
@@ -256,6 +257,8 @@ struct Connections<A> {
     per_identity: RefCell<HashMap<String, usize>>,
     /// The node's budget of request bytes in flight.
     budget: Rc<ByteBudget>,
+    /// A hand-back of freed memory to the OS is scheduled.
+    trim_pending: Cell<bool>,
     metrics: Option<Arc<Metrics>>,
     failpoints: Failpoints,
 }
@@ -274,12 +277,15 @@ async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Rc<Connection
         let guard = OpenGuard(conn.open.clone());
         let counted = conn.metrics.as_ref().map(|m| m.connection_opened());
         let serve = serve_connection(tcp, peer, conn.clone());
+        let conn = conn.clone();
         actix_rt::spawn(async move {
-            let _guard = (guard, counted);
+            let guard = (guard, counted);
             // A temporary child: a panic closes this connection only.
             if let Err(panic) = AssertUnwindSafe(serve).catch_unwind().await {
                 tracing::error!(%peer, panic = %panic_message(&*panic), "connection task panicked: connection closed");
             }
+            drop(guard);
+            Connections::trim_soon(&conn);
         });
     }
 }
@@ -392,6 +398,28 @@ impl<A> Drop for IdentitySlot<'_, A> {
                 counts.remove(&self.subject);
             }
         }
+    }
+}
+
+impl<A: 'static> Connections<A> {
+    /// Hands memory freed by closed connections back to the OS, a second
+    /// after a close (at most once a second): glibc keeps freed heap pages
+    /// otherwise, so the node's RSS would stay at its peak of connections.
+    /// A no-op off glibc.
+    fn trim_soon(this: &Rc<Self>) {
+        if this.trim_pending.replace(true) {
+            return;
+        }
+        let conn = this.clone();
+        actix_rt::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            conn.trim_pending.set(false);
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only returns free pages of malloc's arenas.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
     }
 }
 

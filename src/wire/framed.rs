@@ -28,6 +28,10 @@ use futures::io::AsyncRead;
 /// from the socket at once).
 pub const BASE_BUFFER_BYTES: usize = 64 << 10;
 
+/// A new connection's buffer: doubled (up to [`BASE_BUFFER_BYTES`]) each
+/// time a read fills it, so an idle or quiet connection holds 8 KiB.
+const FIRST_BUFFER_BYTES: usize = 8 << 10;
+
 /// capnp's own limit on segments in one message.
 const MAX_SEGMENTS: usize = 512;
 
@@ -268,7 +272,7 @@ impl<R> FramedReader<R> {
             self.start = 0;
         }
         if self.buf.is_empty() {
-            self.buf = vec![0; BASE_BUFFER_BYTES];
+            self.buf = vec![0; FIRST_BUFFER_BYTES];
         }
         if self.filled == self.buf.len() {
             // Grows by a quarter at a time: the bytes touched stay within
@@ -380,6 +384,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for FramedReader<R> {
                 continue;
             }
             this.filled += n;
+            if this.filled == this.buf.len() && this.buf.len() < BASE_BUFFER_BYTES {
+                // The socket had more than fitted: read more at once.
+                let len = (this.buf.len() * 2).min(BASE_BUFFER_BYTES);
+                this.buf.resize(len, 0);
+            }
             this.frame()?;
         }
     }
