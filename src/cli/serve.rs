@@ -12,7 +12,6 @@ pub fn run(args: ServeArgs) -> Result<(), BoxError> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    fixed_mmap_threshold();
     super::block_on(async move {
         let agent = Agent::start(config).await?;
         let c = agent.config();
@@ -70,17 +69,5 @@ async fn wait_for_signal() {
             tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-/// Allocations of 128 KiB and more (a large message's receive buffer)
-/// come from their own mappings, returned to the OS when freed. glibc
-/// otherwise raises this threshold after such a free, and later large
-/// buffers stay in the heap after use.
-fn fixed_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes malloc's tuning; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
     }
 }
