@@ -302,13 +302,10 @@ async fn a_client_that_disconnects_mid_stream_frees_its_task() {
     .await;
 }
 
-#[actix_rt::test]
-async fn connections_over_the_limit_are_refused_and_the_others_keep_working() {
-    let node = start_node(RpcConfig {
-        max_connections: 2,
-        ..RpcConfig::default()
-    })
-    .await;
+/// With room for two connections (of all, or of one identity): a third is
+/// closed, the two keep working, and a slot frees when one goes.
+async fn two_connections_fit_and_a_third_is_closed(rpc: RpcConfig) {
+    let node = start_node(rpc).await;
     let a = connect(&node).await;
     let b = connect(&node).await;
     a.produce(b"a").await.unwrap();
@@ -323,6 +320,15 @@ async fn connections_over_the_limit_are_refused_and_the_others_keep_working() {
     eventually("a slot frees up", || node.server.open_connections() == 1).await;
     let d = connect(&node).await;
     assert_eq!(d.produce(b"d").await.unwrap().offset, 2);
+}
+
+#[actix_rt::test]
+async fn connections_over_the_limit_are_refused_and_the_others_keep_working() {
+    two_connections_fit_and_a_third_is_closed(RpcConfig {
+        max_connections: 2,
+        ..RpcConfig::default()
+    })
+    .await;
 }
 
 #[actix_rt::test]
@@ -657,24 +663,12 @@ async fn an_idle_connection_is_closed_and_a_following_consumer_is_not() {
 
 #[actix_rt::test]
 async fn one_identity_cannot_take_every_connection_slot() {
-    let node = start_node(RpcConfig {
+    // Every plaintext client is `anonymous`.
+    two_connections_fit_and_a_third_is_closed(RpcConfig {
         max_connections_per_identity: 2,
         ..RpcConfig::default()
     })
     .await;
-    let a = connect(&node).await;
-    let b = connect(&node).await;
-    a.produce(b"a").await.unwrap();
-    b.produce(b"b").await.unwrap();
-    let c = connect(&node).await;
-    assert!(
-        matches!(c.produce(b"c").await, Err(ClientError::Rpc(_))),
-        "a third connection of `anonymous` is closed"
-    );
-    drop(a);
-    eventually("a slot frees up", || node.server.open_connections() == 1).await;
-    let d = connect(&node).await;
-    assert_eq!(d.produce(b"d").await.unwrap().offset, 2);
 }
 
 #[actix_rt::test]
