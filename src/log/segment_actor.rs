@@ -37,12 +37,47 @@ pub(crate) type AppendReply = oneshot::Sender<Result<Range<u64>, LogError>>;
 
 /// Appends records; the answer is sent on `reply` after the group commit
 /// that covers them. Sent with `do_send`: the caller waits on the oneshot.
+/// An append's reply while its [`SegAppend`] waits in a mailbox. Dropped
+/// unhandled (its segment actor stopped first: a restart budget spent, a
+/// retirement), the append was certainly not written, and the caller is
+/// told so (`Unavailable`, safe to resend); only an append the actor took
+/// and then lost is `Indeterminate`.
+pub(crate) struct QueuedReply {
+    reply: Option<AppendReply>,
+    partition: std::sync::Arc<str>,
+}
+
+impl QueuedReply {
+    pub(crate) fn new(reply: AppendReply, partition: &std::sync::Arc<str>) -> QueuedReply {
+        QueuedReply {
+            reply: Some(reply),
+            partition: partition.clone(),
+        }
+    }
+
+    /// Taken by the handler: from here on the actor answers it.
+    fn take(mut self) -> Option<AppendReply> {
+        self.reply.take()
+    }
+}
+
+impl Drop for QueuedReply {
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(LogError::unavailable(
+                &self.partition,
+                "its segment actor stopped before taking the append: not appended",
+            )));
+        }
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct SegAppend {
     /// Frames (a replica's) must start at this segment's next offset.
     pub records: Records,
-    pub reply: AppendReply,
+    pub reply: QueuedReply,
     /// The produce stream it belongs to, whose order must hold.
     pub session: Option<u64>,
 }
@@ -721,9 +756,12 @@ impl Handler<SegAppend> for SegmentActor {
     type Result = ();
 
     fn handle(&mut self, msg: SegAppend, ctx: &mut Context<Self>) {
+        let Some(reply) = msg.reply.take() else {
+            return;
+        };
         if self.retired || self.segment.is_none() {
             let e = self.unavailable();
-            self.refuse(msg.reply, msg.session, e);
+            self.refuse(reply, msg.session, e);
             return;
         }
         if let Some(refusal) = &self.refusing {
@@ -738,11 +776,11 @@ impl Handler<SegAppend> for SegmentActor {
                     format!("an append queued before this one failed ({reason}); not appended"),
                 ),
             };
-            self.refuse(msg.reply, msg.session, error);
+            self.refuse(reply, msg.session, error);
             return;
         }
         if self.poisoned.contains(msg.session) {
-            let _ = msg.reply.send(Err(LogError::unavailable(
+            let _ = reply.send(Err(LogError::unavailable(
                 &self.partition,
                 "an earlier batch of this produce stream failed; later batches are not appended",
             )));
@@ -757,7 +795,7 @@ impl Handler<SegAppend> for SegmentActor {
                 expected: next,
                 got: at,
             };
-            let _ = msg.reply.send(Err(e));
+            let _ = reply.send(Err(e));
             return;
         }
         let records = msg.records;
@@ -781,14 +819,14 @@ impl Handler<SegAppend> for SegmentActor {
         match result {
             Ok(offsets) => {
                 self.pending.push(Pending {
-                    reply: msg.reply,
+                    reply: reply,
                     offsets,
                     session: msg.session,
                 });
                 self.schedule_commit(ctx);
             }
             Err(e) => {
-                self.refuse(msg.reply, msg.session, e);
+                self.refuse(reply, msg.session, e);
             }
         }
     }

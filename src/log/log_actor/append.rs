@@ -128,7 +128,7 @@ impl LogActor {
         if fit == records.len() {
             active.addr.do_send(SegAppend {
                 records,
-                reply,
+                reply: QueuedReply::new(reply, &self.partition_name),
                 session,
             });
             return;
@@ -149,7 +149,7 @@ impl LogActor {
             let (rest_tx, rest_rx) = oneshot::channel();
             active.addr.do_send(SegAppend {
                 records,
-                reply: first_tx,
+                reply: QueuedReply::new(first_tx, &self.partition_name),
                 session,
             });
             let partition = self.partition.clone();

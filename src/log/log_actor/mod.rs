@@ -35,8 +35,8 @@ use tokio::sync::oneshot;
 use super::error::LogError;
 use super::messages::*;
 use super::segment_actor::{
-    AppendReply, CloseSegment, FromSegment, RemoveSegment, Resume, Seal, SegAppend, SegRead,
-    SegReadBatch, SegmentActor, SegmentEvent, SegmentSetup, free_bytes, new_actor_id,
+    AppendReply, CloseSegment, FromSegment, QueuedReply, RemoveSegment, Resume, Seal, SegAppend,
+    SegRead, SegReadBatch, SegmentActor, SegmentEvent, SegmentSetup, free_bytes, new_actor_id,
 };
 use super::session::PoisonedSessions;
 
@@ -97,6 +97,8 @@ pub struct LogActor {
     /// A roll sealed the active segment but could not create the next one
     /// (full disk): the next append creates it at this offset first.
     needs_segment: Option<u64>,
+    /// The partition's id, shared by the replies of queued appends.
+    partition_name: std::sync::Arc<str>,
     /// Records below this offset are committed and served to readers.
     committed: u64,
     /// Readers waiting for an offset at or past `committed`.
@@ -143,8 +145,10 @@ impl LogActor {
         let (active_bytes, active_entries) = (active.size_bytes(), active.len());
         let read_only = damage_reason(&opened.damage);
         let damaged_from = opened.damage.iter().map(|d| d.offset).min();
+        let partition: String = partition.into();
         Ok(LogActor {
-            partition: partition.into(),
+            partition_name: partition.as_str().into(),
+            partition,
             dir,
             config,
             committed: 0,
