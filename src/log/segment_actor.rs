@@ -819,7 +819,7 @@ impl Handler<SegAppend> for SegmentActor {
         match result {
             Ok(offsets) => {
                 self.pending.push(Pending {
-                    reply: reply,
+                    reply,
                     offsets,
                     session: msg.session,
                 });
