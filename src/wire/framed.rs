@@ -14,6 +14,7 @@
 //! spent, no connection reads from its socket (backpressure).
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,6 +32,9 @@ pub const BASE_BUFFER_BYTES: usize = 64 << 10;
 /// A new connection's buffer: doubled (up to [`BASE_BUFFER_BYTES`]) each
 /// time a read fills it, so an idle or quiet connection holds 8 KiB.
 const FIRST_BUFFER_BYTES: usize = 8 << 10;
+
+/// A grown buffer left empty this long, its socket quiet, shrinks back.
+const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// capnp's own limit on segments in one message.
 const MAX_SEGMENTS: usize = 512;
@@ -206,6 +210,8 @@ pub struct FramedReader<R> {
     charged: usize,
     /// The stream ended (bytes of a partial message left are an error).
     eof: bool,
+    /// Started when a grown buffer went empty with the socket quiet.
+    quiet_since: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<R> FramedReader<R> {
@@ -220,6 +226,7 @@ impl<R> FramedReader<R> {
             next_len: None,
             charged: 0,
             eof: false,
+            quiet_since: None,
         }
     }
 
@@ -261,10 +268,6 @@ impl<R> FramedReader<R> {
             self.start = 0;
             self.ready = 0;
             self.filled = 0;
-            if self.buf.len() > BASE_BUFFER_BYTES {
-                self.buf = vec![0; BASE_BUFFER_BYTES];
-                self.recharge();
-            }
         } else if self.start > 0 && self.filled == self.buf.len() {
             self.buf.copy_within(self.start..self.filled, 0);
             self.ready -= self.start;
@@ -282,6 +285,29 @@ impl<R> FramedReader<R> {
             let step = (self.buf.len() / 4).max(BASE_BUFFER_BYTES);
             let grown = (self.buf.len() + step).min(needed.max(self.buf.len() + 8));
             self.buf.resize(grown, 0);
+            self.recharge();
+        }
+    }
+
+    /// Shrinks a buffer grown for large messages back to the base once it
+    /// has held nothing, with the socket quiet, for [`SHRINK_AFTER`]: a
+    /// busy connection keeps it from one large message to the next (no
+    /// regrowth, no zero-filling), a quiet one gives it back (a timer
+    /// wakes the reader for that).
+    fn shrink_when_quiet(&mut self, cx: &mut Context<'_>) {
+        if self.start != self.filled || self.buf.len() <= BASE_BUFFER_BYTES {
+            self.quiet_since = None;
+            return;
+        }
+        let quiet = self
+            .quiet_since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(SHRINK_AFTER)));
+        if quiet.as_mut().poll(cx).is_ready() {
+            self.quiet_since = None;
+            self.start = 0;
+            self.ready = 0;
+            self.filled = 0;
+            self.buf = vec![0; BASE_BUFFER_BYTES];
             self.recharge();
         }
     }
@@ -377,8 +403,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for FramedReader<R> {
             let n = match Pin::new(&mut this.inner).poll_read(cx, &mut this.buf[filled..]) {
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.shrink_when_quiet(cx);
+                    return Poll::Pending;
+                }
             };
+            this.quiet_since = None;
             if n == 0 {
                 this.eof = true;
                 continue;

@@ -77,6 +77,15 @@ impl LogService {
     }
 }
 
+/// The values of a produce call, copied out of its message for the append.
+pub(super) fn copy_values(list: capnp::data_list::Reader<'_>) -> capnp::Result<Vec<Vec<u8>>> {
+    let mut values = Vec::with_capacity(list.len() as usize);
+    for v in list.iter() {
+        values.push(v?.to_vec());
+    }
+    Ok(values)
+}
+
 pub(super) fn write_produced(
     out: produced::Builder<'_>,
     outcome: Result<(String, u64, u32), (WireError, String)>,
@@ -162,10 +171,10 @@ impl log::Server for LogService {
     ) -> Result<(), Error> {
         self.call(PRODUCE, async {
             let p = params.get()?;
-            let _charge = self.charge(p.total_size());
-            let (value, acks) = (p.get_value()?.to_vec(), p.get_acks()?);
+            let values = vec![p.get_value()?.to_vec()];
+            let _charge = self.charge(&values);
             Ok(self
-                .append(vec![value], acks, results.get().init_result())
+                .append(values, p.get_acks()?, results.get().init_result())
                 .await)
         })
         .await
@@ -178,12 +187,8 @@ impl log::Server for LogService {
     ) -> Result<(), Error> {
         self.call(PRODUCE_BATCH, async {
             let p = params.get()?;
-            let _charge = self.charge(p.total_size());
-            let list = p.get_values()?;
-            let mut values = Vec::with_capacity(list.len() as usize);
-            for v in list.iter() {
-                values.push(v?.to_vec());
-            }
+            let values = copy_values(p.get_values()?)?;
+            let _charge = self.charge(&values);
             Ok(self
                 .append(values, p.get_acks()?, results.get().init_result())
                 .await)

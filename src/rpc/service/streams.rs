@@ -186,7 +186,6 @@ impl produce_sink::Server for ProduceSink {
         self.service
             .call(SINK_WRITE, async {
                 let p = params.get()?;
-                let _charge = self.service.charge(p.total_size());
                 let slot = {
                     let mut results = self.results.borrow_mut();
                     if results.len() >= MAX_WRITES_PER_PRODUCE_STREAM {
@@ -198,11 +197,8 @@ impl produce_sink::Server for ProduceSink {
                     results.push(None);
                     results.len() - 1
                 };
-                let list = p.get_values()?;
-                let mut values = Vec::with_capacity(list.len() as usize);
-                for v in list.iter() {
-                    values.push(v?.to_vec());
-                }
+                let values = copy_values(p.get_values()?)?;
+                let _charge = self.service.charge(&values);
                 let outcome = self
                     .service
                     .append_values(values, Some(self.session), self.acks)
