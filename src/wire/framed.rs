@@ -520,23 +520,38 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
-    #[test]
-    fn a_large_message_is_charged_while_buffered_and_given_back_after() {
+    #[tokio::test]
+    async fn a_large_message_is_charged_while_buffered_and_given_back_once_quiet() {
+        use tokio::io::AsyncWriteExt;
+        use tokio_util::compat::TokioAsyncReadCompatExt;
         let budget = Rc::new(ByteBudget::new(1 << 30));
         let big = frame(1 << 17); // 1 MiB
         let limits = ReceiveLimits::new(2 << 20).with_budget(Some(budget.clone()));
-        let chunks: Vec<Vec<u8>> = big.chunks(100_000).map(<[u8]>::to_vec).collect();
-        let mut r = FramedReader::new(Chunks::new(chunks), limits);
+        let (mut peer, ours) = tokio::io::duplex(64 << 10);
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            peer.write_all(&sent).await.unwrap();
+            peer // kept open: the socket goes quiet, not closed
+        });
+        let mut r = FramedReader::new(ours.compat(), limits);
         let mut first = [0u8; 8];
-        futures::executor::block_on(r.read_exact(&mut first)).unwrap();
+        r.read_exact(&mut first).await.unwrap();
         // Whole before any byte came out; the growth is charged.
         assert!(budget.used() >= (1 << 20) - BASE_BUFFER_BYTES);
         assert!(r.buf.len() <= big.len() + big.len() / 4);
-        let mut rest = Vec::new();
-        futures::executor::block_on(r.read_to_end(&mut rest)).unwrap();
-        assert_eq!(rest.len() + 8, big.len());
+        let mut rest = vec![0u8; big.len() - 8];
+        r.read_exact(&mut rest).await.unwrap();
+        assert!(
+            r.buf.len() > BASE_BUFFER_BYTES,
+            "kept while the connection is busy"
+        );
+        // Quiet for longer than SHRINK_AFTER: the timer wakes the reader.
+        let mut more = [0u8; 1];
+        let waited = tokio::time::timeout(SHRINK_AFTER * 3, r.read(&mut more)).await;
+        assert!(waited.is_err(), "nothing more was sent");
         assert_eq!(r.buf.len(), BASE_BUFFER_BYTES, "shrunk back");
         assert_eq!(budget.used(), 0);
+        drop(writer.await.unwrap());
     }
 
     #[test]
