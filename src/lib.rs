@@ -24,6 +24,8 @@ pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log;
 pub mod membership;
 mod net;

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use actor::MembershipActor;
+pub(crate) use task::{receive_datagram, sample_datagrams};
 pub use config::MembershipConfig;
 pub use stats::GossipStats;
 
