@@ -29,10 +29,8 @@ impl Scratch {
     fn new(what: &str) -> Scratch {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "proglog-fuzz-{what}-{}-{n}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("proglog-fuzz-{what}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::create_dir_all(&dir);
         Scratch(dir)
@@ -121,10 +119,10 @@ pub fn gossip_seeds() -> Vec<Vec<u8>> {
 /// Seeds for [`rpc_messages`]: a client's bootstrap followed by calls of
 /// each kind that needs no capability of the client's, as frames.
 pub fn rpc_seeds() -> Vec<Vec<u8>> {
+    use crate::log_capnp::log;
     use capnp::message::Builder;
     use capnp::traits::HasTypeId;
     use capnp_rpc::rpc_capnp::message;
-    use crate::log_capnp::log;
 
     fn frame(build: impl FnOnce(message::Builder<'_>)) -> Vec<u8> {
         let mut msg = Builder::new_default();
@@ -195,7 +193,16 @@ pub fn rpc_seeds() -> Vec<Vec<u8>> {
         p.init_as::<log::produce_stream_params::Builder>();
     });
     let mut all = bootstrap.clone();
-    for m in [&produce, &batch, &consume, &consume_batch, &servers, &partitions, &replicated, &stream] {
+    for m in [
+        &produce,
+        &batch,
+        &consume,
+        &consume_batch,
+        &servers,
+        &partitions,
+        &replicated,
+        &stream,
+    ] {
         all.extend_from_slice(m);
     }
     all.extend(finish(1));

@@ -65,17 +65,29 @@ fn log_files(ext: &str) -> Vec<Vec<u8>> {
 
 #[test]
 fn segment_recovery_corpus() {
-    replay("segment_recovery", || log_files("store"), fuzzing::segment_recovery);
+    replay(
+        "segment_recovery",
+        || log_files("store"),
+        fuzzing::segment_recovery,
+    );
 }
 
 #[test]
 fn index_recovery_corpus() {
-    replay("index_recovery", || log_files("index"), fuzzing::index_recovery);
+    replay(
+        "index_recovery",
+        || log_files("index"),
+        fuzzing::index_recovery,
+    );
 }
 
 #[test]
 fn gossip_datagram_corpus() {
-    replay("gossip_datagram", fuzzing::gossip_seeds, fuzzing::gossip_datagram);
+    replay(
+        "gossip_datagram",
+        fuzzing::gossip_seeds,
+        fuzzing::gossip_datagram,
+    );
 }
 
 #[test]
@@ -85,7 +97,10 @@ fn rpc_messages_corpus() {
 
 #[test]
 fn the_generated_seeds_are_what_they_claim() {
-    assert!(fuzzing::gossip_seeds().len() >= 2, "an announce and its answer");
+    assert!(
+        fuzzing::gossip_seeds().len() >= 2,
+        "an announce and its answer"
+    );
     // A whole store opens with its 20 records.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -576,18 +576,19 @@ async fn past_the_inflight_budget_the_server_stops_reading_and_resumes_when_byte
     let node = start_node(RpcConfig {
         max_inflight_bytes: 1 << 20,
         max_message_bytes: 16 << 20,
+        handshake_timeout: Duration::from_millis(300),
         ..RpcConfig::default()
     })
     .await;
-    // Four senders of an 8 MiB message each, all but the last word.
+    // Four senders of a 2 MiB message each, all but the last word.
     let mut senders = Vec::new();
     for _ in 0..4 {
         let mut tcp = tokio::net::TcpStream::connect(node.server.local_addr())
             .await
             .unwrap();
-        tcp.write_all(&header_claiming(8 << 20)).await.unwrap();
+        tcp.write_all(&header_claiming(2 << 20)).await.unwrap();
         senders.push(tokio::task::spawn_local(async move {
-            let body = vec![0u8; (8 << 20) - 8];
+            let body = vec![0u8; (2 << 20) - 8];
             // Blocks once the server stops reading (its buffers are full).
             let _ = tcp.write_all(&body).await;
             tcp
@@ -605,7 +606,9 @@ async fn past_the_inflight_budget_the_server_stops_reading_and_resumes_when_byte
         held <= (1 << 20) + 4 * (128 << 10),
         "held {held} bytes against a budget of 1 MiB"
     );
-    // Closing the senders gives their bytes back; reading resumes.
+    // Closing the senders gives their bytes back, once the server sees the
+    // closes: it reads no socket meanwhile, so at the deadline of their
+    // large messages (0.3 s + 2 s for 2 MiB); then reading resumes.
     for s in senders {
         s.abort();
     }
@@ -710,4 +713,36 @@ async fn a_produce_stream_carries_its_limit_of_writes_and_the_client_opens_the_n
     for (i, o) in outcomes.iter().enumerate() {
         assert_eq!(o.as_ref().unwrap().offsets.start, i as u64);
     }
+}
+
+#[actix_rt::test]
+async fn a_sender_stalled_inside_a_large_message_is_closed_and_its_budget_given_back() {
+    let node = start_node(RpcConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..RpcConfig::default()
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(node.server.local_addr())
+        .await
+        .unwrap();
+    // A whole first message, so only the large message's deadline can apply.
+    raw::send(&mut tcp, &raw::bootstrap()).await;
+    // 1 MiB claimed, half of it sent, then nothing: allowed 0.3 s + 1 s.
+    tcp.write_all(&header_claiming(1 << 20)).await.unwrap();
+    tcp.write_all(&vec![0u8; 512 << 10]).await.unwrap();
+    eventually("the stalled half is held", || {
+        node.server.inflight_bytes() > 0
+    })
+    .await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "the stalled sender is closed");
+    eventually("its budget is given back", || {
+        node.server.inflight_bytes() == 0
+    })
+    .await;
 }

@@ -27,9 +27,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use actor::MembershipActor;
-pub(crate) use task::{receive_datagram, sample_datagrams};
 pub use config::MembershipConfig;
 pub use stats::GossipStats;
+pub(crate) use task::{receive_datagram, sample_datagrams};
 
 /// A live member of the cluster as seen by this node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

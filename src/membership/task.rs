@@ -464,7 +464,10 @@ pub(crate) fn sample_datagrams() -> Vec<Vec<u8>> {
     let mut runtime = AccumulatingRuntime::new();
     let mut out = Vec::new();
     let plain = PacketAuth::new(None);
-    let _ = a.announce(NodeId::seed(SocketAddr::from(([127, 0, 0, 1], 8411))), &mut runtime);
+    let _ = a.announce(
+        NodeId::seed(SocketAddr::from(([127, 0, 0, 1], 8411))),
+        &mut runtime,
+    );
     for _ in 0..4 {
         let mut sent = Vec::new();
         while let Some((_, packet)) = runtime.to_send() {

@@ -340,10 +340,16 @@ async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: R
     }
 }
 
+/// Slowest a large message (one charged to the budget) may arrive, after
+/// the first-message allowance: a sender that stalls inside one would hold
+/// its share of `--max-inflight-bytes` until the idle timeout.
+pub const MIN_LARGE_MESSAGE_BYTES_PER_SEC: usize = 1 << 20;
+
 /// Resolves when the connection should be closed for want of traffic: no
-/// whole message within `first` of opening, or none for `idle` while no
-/// call or stream of its own is in progress (a following consumer is not
-/// idle).
+/// whole message within `first` of opening; a large message (over 64 KiB)
+/// still arriving `first` plus a second per MiB after it began; or no
+/// message for `idle` while no call or stream of its own is in progress (a
+/// following consumer is not idle).
 async fn idle_watch(
     activity: &Activity,
     state: &ConnectionState,
@@ -351,19 +357,32 @@ async fn idle_watch(
     idle: Duration,
 ) -> &'static str {
     let opened = tokio::time::Instant::now();
-    tokio::time::sleep_until(opened + first).await;
-    if activity.messages() == 0 {
-        return "no message in time";
-    }
     loop {
-        let since = tokio::time::Instant::from_std(activity.last_message());
-        tokio::time::sleep_until(since + idle).await;
-        if state.busy() == 0 && activity.last_message().elapsed() >= idle {
-            return "idle";
+        let now = tokio::time::Instant::now();
+        let due = if let Some((since, len)) = activity.large_message() {
+            // While a large message arrives only its own deadline counts.
+            let allowed = first
+                + Duration::from_secs_f64(len as f64 / MIN_LARGE_MESSAGE_BYTES_PER_SEC as f64);
+            (
+                tokio::time::Instant::from_std(since) + allowed,
+                "a large message arriving too slowly",
+            )
+        } else if activity.messages() == 0 {
+            (opened + first, "no message in time")
+        } else {
+            let last = tokio::time::Instant::from_std(activity.last_message());
+            match state.busy() {
+                0 => (last + idle, "idle"),
+                // Busy: look again a whole timeout later.
+                _ => (now.max(last) + idle, "idle"),
+            }
+        };
+        if due.0 <= now && (due.1 != "idle" || state.busy() == 0) {
+            return due.1;
         }
-        if state.busy() > 0 {
-            // In progress now: look again a whole timeout later.
-            tokio::time::sleep(idle).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.0.max(now)) => {}
+            _ = activity.changed() => {}
         }
     }
 }

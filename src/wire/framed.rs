@@ -130,12 +130,16 @@ impl Drop for Charge {
     }
 }
 
-/// When a connection last received a whole message; shared with whoever
-/// times out idle connections.
+/// What a connection has received lately: when its last whole message
+/// came, and the large message (over the base buffer, so charged to the
+/// budget) it is receiving now; shared with whoever times connections out.
 #[derive(Debug)]
 pub struct Activity {
     last: Cell<Instant>,
     messages: Cell<u64>,
+    large: Cell<Option<(Instant, usize)>>,
+    /// Woken when a large message starts.
+    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -143,7 +147,26 @@ impl Activity {
         Rc::new(Activity {
             last: Cell::new(Instant::now()),
             messages: Cell::new(0),
+            large: Cell::new(None),
+            changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The large message being received: since when, and its length.
+    pub fn large_message(&self) -> Option<(Instant, usize)> {
+        self.large.get()
+    }
+
+    /// Resolves when a large message starts arriving.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    fn note_large(&self, len: usize) {
+        if self.large.get().is_none() {
+            self.large.set(Some((Instant::now(), len)));
+            self.changed.notify_one();
+        }
     }
 
     /// When the last whole message arrived (or the connection opened).
@@ -159,6 +182,7 @@ impl Activity {
     fn note_message(&self) {
         self.last.set(Instant::now());
         self.messages.set(self.messages.get() + 1);
+        self.large.set(None);
     }
 }
 
@@ -250,6 +274,11 @@ impl<R> FramedReader<R> {
                 }
             };
             if have < len {
+                if len > BASE_BUFFER_BYTES
+                    && let Some(a) = &self.limits.activity
+                {
+                    a.note_large(len);
+                }
                 return Ok(());
             }
             self.ready += len;
