@@ -235,7 +235,10 @@ pub fn rpc_messages(data: &[u8]) -> usize {
         });
         let (client, server) = tokio::io::duplex(1 << 20);
         let budget = Rc::new(crate::wire::framed::ByteBudget::new(16 << 20));
-        let limits = crate::wire::framed::ReceiveLimits::new(1 << 20).with_budget(Some(budget));
+        let activity = crate::wire::framed::Activity::new();
+        let limits = crate::wire::framed::ReceiveLimits::new(1 << 20)
+            .with_budget(Some(budget))
+            .with_activity(activity.clone());
         let network = crate::wire::transport::vat_network(
             server,
             capnp_rpc::rpc_twoparty_capnp::Side::Server,
@@ -246,12 +249,20 @@ pub fn rpc_messages(data: &[u8]) -> usize {
             capnp_rpc::new_client(crate::rpc::LogService::new(ctx.clone(), "fuzz"));
         let rpc = capnp_rpc::RpcSystem::new(Box::new(network), Some(service.client));
         let (mut from_server, mut to_server) = tokio::io::split(client);
+        // Half the inputs (by length) end as a client hanging up does; the
+        // other half as the node ends a connection it times out, with
+        // whatever calls are in flight (`Activity::close`).
+        let hang_up = data.len() % 2 == 0;
         let send = async move {
             use tokio::io::AsyncWriteExt;
             let _ = to_server.write_all(&data).await;
-            let _ = to_server.shutdown().await;
-            // Keeps the connection open a moment for answers and streams.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if hang_up {
+                let _ = to_server.shutdown().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                activity.close("fuzz: timed out");
+            }
+            to_server
         };
         let drain = async move {
             use tokio::io::AsyncReadExt;
@@ -265,14 +276,11 @@ pub fn rpc_messages(data: &[u8]) -> usize {
             }
             answered
         };
-        let serve = async {
-            tokio::select! {
-                _ = rpc => {}
-                _ = send => {}
-            }
-        };
+        // The RPC system finishes on its own in both cases, as in the node.
         let answered = tokio::time::timeout(Duration::from_secs(5), async {
-            tokio::join!(serve, drain).1
+            let (to_server, served, answered) = tokio::join!(send, rpc, drain);
+            drop((to_server, served));
+            answered
         })
         .await
         .unwrap_or(0);

@@ -325,20 +325,35 @@ async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: R
         .with_connection(state.clone(), Some(conn.budget.clone()));
     let service: log::Client = capnp_rpc::new_client(service);
     let rpc = RpcSystem::new(Box::new(network), Some(service.client));
+    tokio::pin!(rpc);
     let idle = idle_watch(
         &activity,
         &state,
         config.handshake_timeout,
         config.idle_timeout,
     );
-    tokio::select! {
-        ended = rpc => match ended {
-            Ok(()) => tracing::debug!(%peer, "client disconnected"),
-            Err(e) => tracing::info!(%peer, error = %e, "closing connection"),
+    let why = tokio::select! {
+        ended = &mut rpc => {
+            match ended {
+                Ok(()) => tracing::debug!(%peer, "client disconnected"),
+                Err(e) => tracing::info!(%peer, error = %e, "closing connection"),
+            }
+            return;
         },
-        why = idle => tracing::info!(%peer, %subject, "{why}: closing connection"),
+        why = idle => why,
+    };
+    tracing::info!(%peer, %subject, "{why}: closing connection");
+    // capnp-rpc winds the connection down as on a broken one (dropping it
+    // while it runs can leak its state); a peer that does not read its
+    // answers cannot hold it up for long.
+    activity.close(why);
+    if tokio::time::timeout(WIND_DOWN, rpc).await.is_err() {
+        tracing::warn!(%peer, "connection did not wind down in time: dropped");
     }
 }
+
+/// Longest a closed connection may take to wind down.
+const WIND_DOWN: Duration = Duration::from_secs(5);
 
 /// Slowest a large message (one charged to the budget) may arrive, after
 /// the first-message allowance: a sender that stalls inside one would hold

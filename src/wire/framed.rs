@@ -140,6 +140,10 @@ pub struct Activity {
     large: Cell<Option<(Instant, usize)>>,
     /// Woken when a large message starts.
     changed: tokio::sync::Notify,
+    /// Set by [`Activity::close`]: the reader fails with it.
+    closed: Cell<Option<&'static str>>,
+    /// The reader's task, to wake when closed.
+    reader: std::cell::RefCell<Option<Waker>>,
 }
 
 impl Activity {
@@ -149,7 +153,30 @@ impl Activity {
             messages: Cell::new(0),
             large: Cell::new(None),
             changed: tokio::sync::Notify::new(),
+            closed: Cell::new(None),
+            reader: std::cell::RefCell::new(None),
         })
+    }
+
+    /// Ends the connection from its receiving side: the reader fails with
+    /// `why` at once (woken if it waits), so capnp-rpc disconnects as on a
+    /// broken connection and releases what the connection held. (Dropping
+    /// a running RPC system instead can leave its connection state in a
+    /// reference cycle: found by the `rpc_messages` fuzzer.)
+    pub fn close(&self, why: &'static str) {
+        self.closed.set(Some(why));
+        if let Some(waker) = self.reader.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Remembers the reader's task while it waits.
+    fn park(&self, cx: &Context<'_>) {
+        let mut reader = self.reader.borrow_mut();
+        match &*reader {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *reader = Some(cx.waker().clone()),
+        }
     }
 
     /// The large message being received: since when, and its length.
@@ -405,6 +432,15 @@ impl<R: AsyncRead + Unpin> AsyncRead for FramedReader<R> {
         out: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if let Some(why) = this.limits.activity.as_ref().and_then(|a| a.closed.get()) {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+        }
+        let pending = |this: &Self, cx: &Context<'_>| {
+            if let Some(a) = &this.limits.activity {
+                a.park(cx);
+            }
+            Poll::Pending
+        };
         loop {
             if this.start < this.ready {
                 let n = out.len().min(this.ready - this.start);
@@ -425,7 +461,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FramedReader<R> {
             if let Some(budget) = &this.limits.budget
                 && budget.poll_room(cx).is_pending()
             {
-                return Poll::Pending;
+                return pending(this, cx);
             }
             this.make_room();
             let filled = this.filled;
@@ -434,7 +470,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FramedReader<R> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     this.shrink_when_quiet(cx);
-                    return Poll::Pending;
+                    return pending(this, cx);
                 }
             };
             this.quiet_since = None;
