@@ -252,7 +252,7 @@ pub fn rpc_messages(data: &[u8]) -> usize {
         // Half the inputs (by length) end as a client hanging up does; the
         // other half as the node ends a connection it times out, with
         // whatever calls are in flight (`Activity::close`).
-        let hang_up = data.len() % 2 == 0;
+        let hang_up = data.len().is_multiple_of(2);
         let send = async move {
             use tokio::io::AsyncWriteExt;
             let _ = to_server.write_all(&data).await;
