@@ -74,12 +74,18 @@ def main():
         s.setblocking(False)
     deadline = time.time() + 20
     pending = {s: body for s in socks}
+    closed_by_node = 0
     while pending and time.time() < deadline:
         progressed = False
         for s in list(pending):
             try:
                 k = s.send(chunk[: min(len(chunk), pending[s])])
             except BlockingIOError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                # Closed by the node: no whole first message within 10 s.
+                closed_by_node += 1
+                del pending[s]
                 continue
             sent += k
             progressed = True
@@ -90,7 +96,7 @@ def main():
             time.sleep(0.05)
     print(
         f"3. {sent / 2**20:.0f} MiB of bodies sent ({len(pending)} senders blocked by "
-        f"backpressure): node RSS {settle(pid):.1f} MiB"
+        f"backpressure, {closed_by_node} closed by the node): node RSS {settle(pid):.1f} MiB"
     )
     for s in socks:
         s.close()

@@ -607,8 +607,8 @@ async fn past_the_inflight_budget_the_server_stops_reading_and_resumes_when_byte
         "held {held} bytes against a budget of 1 MiB"
     );
     // Closing the senders gives their bytes back, once the server sees the
-    // closes: it reads no socket meanwhile, so at the deadline of their
-    // large messages (0.3 s + 2 s for 2 MiB); then reading resumes.
+    // closes: it reads no socket meanwhile, so at the first-message
+    // deadline (0.3 s: no whole message came first); then reading resumes.
     for s in senders {
         s.abort();
     }

@@ -361,8 +361,10 @@ const WIND_DOWN: Duration = Duration::from_secs(5);
 pub const MIN_LARGE_MESSAGE_BYTES_PER_SEC: usize = 1 << 20;
 
 /// Resolves when the connection should be closed for want of traffic: no
-/// whole message within `first` of opening; a large message (over 64 KiB)
-/// still arriving `first` plus a second per MiB after it began; or no
+/// whole message within `first` of opening (however large the one
+/// arriving: a client starts with its small bootstrap); a large message
+/// (over 64 KiB) still arriving `first` plus a second per MiB after it
+/// began; or no
 /// message for `idle` while no call or stream of its own is in progress (a
 /// following consumer is not idle).
 async fn idle_watch(
@@ -374,7 +376,10 @@ async fn idle_watch(
     let opened = tokio::time::Instant::now();
     loop {
         let now = tokio::time::Instant::now();
-        let due = if let Some((since, len)) = activity.large_message() {
+        let due = if activity.messages() == 0 {
+            // A client's first message is its bootstrap, a small one.
+            (opened + first, "no message in time")
+        } else if let Some((since, len)) = activity.large_message() {
             // While a large message arrives only its own deadline counts.
             let allowed = first
                 + Duration::from_secs_f64(len as f64 / MIN_LARGE_MESSAGE_BYTES_PER_SEC as f64);
@@ -382,8 +387,6 @@ async fn idle_watch(
                 tokio::time::Instant::from_std(since) + allowed,
                 "a large message arriving too slowly",
             )
-        } else if activity.messages() == 0 {
-            (opened + first, "no message in time")
         } else {
             let last = tokio::time::Instant::from_std(activity.last_message());
             match state.busy() {
