@@ -405,6 +405,8 @@ async fn an_agent_counts_calls_by_outcome_fsyncs_and_connections() {
     assert_eq!(value(&samples, "proglog_bytes_appended_total", &[]), 6.0);
     assert_eq!(value(&samples, "proglog_records_read_total", &[]), 1.0);
     assert_eq!(value(&samples, "proglog_rpc_open_connections", &[]), 1.0);
+    // Every produce call has ended: nothing in flight (charges were given back).
+    assert_eq!(value(&samples, "proglog_rpc_inflight_bytes", &[]), 0.0);
     assert!(
         value(
             &samples,

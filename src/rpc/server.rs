@@ -132,7 +132,11 @@ impl RpcServer {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let open = Rc::new(Cell::new(0usize));
-        let budget = Rc::new(ByteBudget::new(config.max_inflight_bytes));
+        let mut budget = ByteBudget::new(config.max_inflight_bytes);
+        if let Some(m) = &metrics {
+            budget = budget.shown_in(m.inflight_bytes());
+        }
+        let budget = Rc::new(budget);
         let front = RpcFront {
             listener: Some(Rc::new(listener)),
             connections: Rc::new(Connections {

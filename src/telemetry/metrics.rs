@@ -115,6 +115,7 @@ pub struct Metrics {
     records_read: Counter,
     bytes_read: Counter,
     open_connections: Gauge,
+    inflight_bytes: Gauge,
     consume_streams: Gauge,
     produce_streams: Gauge,
     replicate_streams: Gauge,
@@ -172,6 +173,12 @@ impl Metrics {
             "rpc_open_connections",
             "RPC connections open",
             open_connections.clone(),
+        );
+        let inflight_bytes = Gauge::default();
+        r.register(
+            "rpc_inflight_bytes",
+            "Request bytes in flight (messages being received, produce calls being served), against --max-inflight-bytes",
+            inflight_bytes.clone(),
         );
         let streams = Family::<KindLabels, Gauge>::default();
         r.register(
@@ -286,6 +293,7 @@ impl Metrics {
             records_read,
             bytes_read,
             open_connections,
+            inflight_bytes,
             consume_streams,
             produce_streams,
             replicate_streams,
@@ -375,6 +383,11 @@ impl Metrics {
     }
 
     /// Counts an open RPC connection until the guard is dropped.
+    /// The gauge the node's budget of request bytes in flight keeps up to date.
+    pub fn inflight_bytes(&self) -> Gauge {
+        self.inflight_bytes.clone()
+    }
+
     pub fn connection_opened(&self) -> GaugeGuard {
         self.open_connections.inc();
         GaugeGuard(self.open_connections.clone())

@@ -48,6 +48,8 @@ pub struct ByteBudget {
     limit: usize,
     used: AtomicUsize,
     waiting: Mutex<Vec<Waker>>,
+    /// Shows `used` (a metric), when set.
+    shown: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl ByteBudget {
@@ -56,6 +58,19 @@ impl ByteBudget {
             limit,
             used: AtomicUsize::new(0),
             waiting: Mutex::new(Vec::new()),
+            shown: None,
+        }
+    }
+
+    /// Keeps `gauge` at the bytes charged.
+    pub fn shown_in(mut self, gauge: prometheus_client::metrics::gauge::Gauge) -> ByteBudget {
+        self.shown = Some(gauge);
+        self
+    }
+
+    fn show(&self, used: usize) {
+        if let Some(g) = &self.shown {
+            g.set(used as i64);
         }
     }
 
@@ -81,7 +96,8 @@ impl ByteBudget {
     }
 
     fn take(&self, bytes: usize) {
-        self.used.fetch_add(bytes, Ordering::AcqRel);
+        let before = self.used.fetch_add(bytes, Ordering::AcqRel);
+        self.show(before + bytes);
     }
 
     fn give_back(&self, bytes: usize) {
@@ -89,6 +105,7 @@ impl ByteBudget {
             return;
         }
         let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.show(before - bytes);
         if before >= self.limit && before - bytes < self.limit {
             let waiting = std::mem::take(&mut *self.lock());
             for w in waiting {
