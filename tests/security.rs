@@ -70,6 +70,10 @@ struct Node {
 }
 
 async fn start_tls_node(pki: &Pki) -> Node {
+    start_tls_node_with(pki, RpcConfig::default()).await
+}
+
+async fn start_tls_node_with(pki: &Pki, rpc: RpcConfig) -> Node {
     let data = tempfile::tempdir().unwrap();
     let partitions =
         Rc::new(Partitions::open(data.path(), "secure", LogConfig::default()).unwrap());
@@ -96,7 +100,7 @@ async fn start_tls_node(pki: &Pki) -> Node {
     .unwrap();
     let rpc = RpcConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        ..RpcConfig::default()
+        ..rpc
     };
     let server = RpcServer::start(rpc, ctx, TlsAcceptor::new(tls))
         .await
@@ -167,6 +171,35 @@ async fn root_may_produce_and_consume_and_nobody_is_denied_both() {
         root.consume("no-such-partition", 0).await,
         Err(ClientError::UnknownPartition(_))
     ));
+}
+
+#[actix_rt::test]
+async fn a_tls_handshake_that_does_not_come_in_time_closes_the_connection() {
+    let pki = Pki::new();
+    let node = start_tls_node_with(
+        &pki,
+        RpcConfig {
+            handshake_timeout: std::time::Duration::from_millis(300),
+            ..RpcConfig::default()
+        },
+    )
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(node.server.local_addr())
+        .await
+        .unwrap();
+    let mut said = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut silent, &mut said),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent TLS client is not waited on forever"
+    );
+    // A real client still gets in.
+    let root = connect(&node, pki.client("root")).await.unwrap();
+    root.produce(b"x").await.unwrap();
 }
 
 #[actix_rt::test]
