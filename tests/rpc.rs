@@ -742,3 +742,43 @@ async fn a_sender_stalled_inside_a_large_message_is_closed_and_its_budget_given_
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn pipelined_produce_calls_are_held_to_the_inflight_budget() {
+    let budget = 1 << 20;
+    let node = Rc::new(
+        start_node(RpcConfig {
+            max_inflight_bytes: budget,
+            ..RpcConfig::default()
+        })
+        .await,
+    );
+    let client = connect(&node).await;
+    let value = vec![7u8; 32 << 10];
+    // 96 MiB of produce calls sent at once; appends wait in the partition's
+    // mailbox while they are served: the budget bounds them (the client's
+    // own copies live in this process too, so its RSS says nothing here).
+    let most = Rc::new(std::cell::Cell::new(0usize));
+    let watch = {
+        let (node, most) = (node.clone(), most.clone());
+        tokio::task::spawn_local(async move {
+            loop {
+                most.set(most.get().max(node.server.inflight_bytes()));
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let calls = (0..3_000).map(|_| client.produce(&value));
+    let outcomes = futures::future::join_all(calls).await;
+    watch.abort();
+    assert!(
+        outcomes.iter().all(Result::is_ok),
+        "backpressure fails no call"
+    );
+    assert!(
+        most.get() <= budget + (512 << 10),
+        "{} bytes in flight against a budget of {budget}",
+        most.get()
+    );
+    assert_eq!(node.server.inflight_bytes(), 0, "every charge given back");
+}
