@@ -10,8 +10,10 @@
 //! body is in its buffer, so what a peer makes the server hold is what it
 //! sent. Its buffer grows with the bytes received (a quarter ahead at most),
 //! is charged to the node's [`ByteBudget`] beyond its base size, and shrinks
-//! back once the large message has been handed over. While the budget is
-//! spent, no connection reads from its socket (backpressure).
+//! back once the connection has been quiet for 100 ms. While the budget is
+//! spent, no connection reads from its socket (backpressure). The
+//! connection's [`Activity`] sees whole messages and large ones arriving,
+//! and can end the connection from this side ([`Activity::close`]).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -333,9 +335,9 @@ impl<R> FramedReader<R> {
         }
     }
 
-    /// Makes room to read: drops what capnp has read, then grows the
-    /// buffer towards the message being received (never beyond twice the
-    /// bytes held), or shrinks it back to the base once it is empty.
+    /// Makes room to read: drops what capnp has read (moving a partial
+    /// message to the front), then grows the buffer towards the message
+    /// being received, a quarter at a time.
     fn make_room(&mut self) {
         if self.start == self.filled {
             self.start = 0;
