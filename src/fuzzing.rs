@@ -238,7 +238,8 @@ pub fn rpc_messages(data: &[u8]) -> usize {
         let activity = crate::wire::framed::Activity::new();
         let limits = crate::wire::framed::ReceiveLimits::new(1 << 20)
             .with_budget(Some(budget))
-            .with_activity(activity.clone());
+            .with_activity(activity.clone())
+            .refuse_promise_resolutions();
         let network = crate::wire::transport::vat_network(
             server,
             capnp_rpc::rpc_twoparty_capnp::Side::Server,

@@ -320,7 +320,8 @@ async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: R
     let activity = Activity::new();
     let limits = ReceiveLimits::new(config.max_message_bytes)
         .with_budget(Some(conn.budget.clone()))
-        .with_activity(activity.clone());
+        .with_activity(activity.clone())
+        .refuse_promise_resolutions();
     let network = vat_network(stream, Side::Server, limits, config.stream_window_bytes);
     let state = Rc::new(ConnectionState::default());
     let service = LogService::new(conn.ctx.clone(), subject.as_str())
