@@ -553,4 +553,47 @@ mod tests {
             .contains("no-such-setting")
         );
     }
+
+    #[test]
+    fn front_limits_are_checked_at_their_boundaries() {
+        let resolve = |args: ServeArgs| {
+            NodeConfig::resolve(ServeArgs {
+                node_name: Some("n".into()),
+                ..args
+            })
+        };
+        let inflight = |bytes| {
+            resolve(ServeArgs {
+                max_inflight_bytes: Some(bytes),
+                ..ServeArgs::default()
+            })
+        };
+        assert!(inflight(1 << 20).is_ok());
+        let low = inflight((1 << 20) - 1).unwrap_err().to_string();
+        assert!(low.contains("max-inflight-bytes"), "{low}");
+        let idle = |secs| {
+            resolve(ServeArgs {
+                idle_timeout: Some(secs),
+                ..ServeArgs::default()
+            })
+        };
+        assert!(idle(1).is_ok());
+        assert!(idle(0).unwrap_err().to_string().contains("idle-timeout"));
+        let per_identity = |n| {
+            resolve(ServeArgs {
+                max_connections_per_identity: Some(n),
+                ..ServeArgs::default()
+            })
+        };
+        assert!(per_identity(1).is_ok());
+        let zero = per_identity(0).unwrap_err().to_string();
+        assert!(zero.contains("max-connections-per-identity"), "{zero}");
+        // The default is half of max-connections.
+        let c = resolve(ServeArgs {
+            max_connections: Some(10),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_connections_per_identity, 5);
+    }
 }
