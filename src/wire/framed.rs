@@ -76,11 +76,6 @@ impl ByteBudget {
         }
     }
 
-    /// The configured limit, in bytes.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Bytes charged now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)

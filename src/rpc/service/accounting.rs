@@ -64,11 +64,6 @@ impl ConnectionState {
         self.busy.get()
     }
 
-    /// Streams (produce sinks, consume and replication streams) open.
-    pub fn streams(&self) -> usize {
-        self.streams.get()
-    }
-
     fn enter(self: &Rc<Self>) -> Busy {
         self.busy.set(self.busy.get() + 1);
         Busy(self.clone())
