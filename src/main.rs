@@ -36,6 +36,13 @@ enum Command {
     /// Load generator: produce N records with up to W unacknowledged, then
     /// consume them back; prints records/s, MB/s and latency percentiles.
     Bench(cli::bench::BenchArgs),
+    /// Check a running cluster: produce with acks=all and follow every
+    /// partition for a while, then verify nothing acknowledged was lost,
+    /// holders are identical, offsets contiguous, nothing duplicated.
+    Verify(cli::verify::Args),
+    /// Exit 0 when the node's /readyz (or, with --live, /healthz) says so:
+    /// the container health check (the image has no shell or curl).
+    Health(cli::health::Args),
     /// Make a CA, node and client certificates (PEM) for mutual TLS.
     Certs(cli::certs::CertsArgs),
     /// Measure the partition engine on this machine's disk (no server needed).
@@ -73,6 +80,8 @@ fn main() -> std::process::ExitCode {
         Command::Servers(args) => cli::client::servers(args),
         Command::Partitions(args) => cli::client::partitions(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Verify(args) => cli::verify::run(args),
+        Command::Health(args) => cli::health::run(args),
         Command::Certs(args) => cli::certs::run(args),
         Command::StorageBench(args) => cli::storage_bench::run(args),
         Command::Repair(args) => cli::repair::run(args),

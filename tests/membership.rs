@@ -256,6 +256,20 @@ async fn three_members_join_through_one_seed_and_see_each_other() {
 }
 
 #[actix_rt::test]
+async fn a_seed_given_by_host_name_is_looked_up_and_one_that_does_not_resolve_is_skipped() {
+    let mut a = start(config("a", any_port(), &[], None)).await;
+    let port = a.local.gossip_addr.port();
+    let mut cfg = config("b", any_port(), &[], None);
+    cfg.seed_names = vec![
+        "no-such-node.invalid:8401".to_string(),
+        format!("localhost:{port}"),
+    ];
+    let mut b = start(cfg).await;
+    wait_all_up(&mut b, &["a".to_string()]).await;
+    wait_all_up(&mut a, &["b".to_string()]).await;
+}
+
+#[actix_rt::test]
 async fn graceful_leave_is_reported_as_left_within_one_second() {
     init_tracing();
     let mut nodes = cluster(&["a", "b", "c"], Some(KEY)).await;

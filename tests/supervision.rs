@@ -309,7 +309,7 @@ fn named(dir: &std::path::Path, name: &str, join: Option<std::net::SocketAddr>) 
         rpc_addr: any(),
         gossip_addr: any(),
         http_addr: any(),
-        join: join.map(|seed| vec![seed]),
+        join: join.map(|seed| vec![seed.to_string()]),
         ..ServeArgs::default()
     })
     .unwrap()

@@ -177,6 +177,15 @@ impl Handler<MembershipEvent> for Agent {
     }
 }
 
+/// The gossip address peers are told: the bound one, unless it is a
+/// wildcard (`0.0.0.0:8401` in a container), then the advertised RPC
+/// address's IP with the gossip port. `None` lets membership use the bound
+/// address (also when the RPC address is a wildcard too: a cluster of one).
+fn gossip_advertise_addr(gossip: SocketAddr, advertise_rpc: SocketAddr) -> Option<SocketAddr> {
+    (gossip.ip().is_unspecified() && gossip.port() != 0 && !advertise_rpc.ip().is_unspecified())
+        .then(|| SocketAddr::new(advertise_rpc.ip(), gossip.port()))
+}
+
 impl Agent {
     /// Starts a node. Must run inside an actix System. RPC is mutual TLS
     /// with casbin authorization, or plain TCP with `insecure` (warned about).
@@ -354,8 +363,10 @@ impl Agent {
         let membership_config = MembershipConfig {
             node_name: config.node_name.clone(),
             bind_addr: config.gossip_addr,
+            advertise_addr: gossip_advertise_addr(config.gossip_addr, advertise_rpc_addr),
             rpc_addr: advertise_rpc_addr,
             seeds: config.join.clone(),
+            seed_names: config.join_names.clone(),
             cluster_key,
             partition: partitions.own_id().to_string(),
             ..MembershipConfig::default()
@@ -376,7 +387,7 @@ impl Agent {
         };
         telemetry.watch_cluster(cluster.clone());
         // A node with no seeds but itself forms its own cluster: joined at once.
-        if config.join.iter().all(|seed| *seed == gossip_addr) {
+        if config.join_names.is_empty() && config.join.iter().all(|seed| *seed == gossip_addr) {
             telemetry.readiness().set_membership_joined(true);
         }
         let _ = replication.set(Replication {

@@ -11,6 +11,10 @@ pub struct CertsArgs {
     /// Directory holding ca.pem/ca.key and receiving the new files.
     #[arg(long, default_value = "certs", global = true)]
     dir: PathBuf,
+    /// Directory holding the CA's ca.pem/ca.key when it is not --dir (a
+    /// read-only secret, say) [default: --dir].
+    #[arg(long, global = true)]
+    ca_dir: Option<PathBuf>,
     /// Validity in days.
     #[arg(long, global = true)]
     days: Option<i64>,
@@ -42,6 +46,7 @@ enum What {
 }
 
 pub fn run(args: CertsArgs) -> Result<(), BoxError> {
+    let ca_dir = args.ca_dir.clone().unwrap_or_else(|| args.dir.clone());
     match args.what {
         What::Ca => {
             if args.dir.join("ca.pem").exists() {
@@ -56,7 +61,7 @@ pub fn run(args: CertsArgs) -> Result<(), BoxError> {
             println!("{}\n{}", cert.display(), key.display());
         }
         What::Server { hosts, name } => {
-            let ca = certs::read(&args.dir, "ca")?;
+            let ca = certs::read(&ca_dir, "ca")?;
             let pem = certs::issue(
                 &ca,
                 &Leaf::Server { hosts },
@@ -69,7 +74,7 @@ pub fn run(args: CertsArgs) -> Result<(), BoxError> {
             if cn.is_empty() || cn.contains(['/', '\\']) {
                 return Err(format!("bad --cn {cn:?}").into());
             }
-            let ca = certs::read(&args.dir, "ca")?;
+            let ca = certs::read(&ca_dir, "ca")?;
             let pem = certs::issue(
                 &ca,
                 &Leaf::Client {

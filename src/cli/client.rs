@@ -42,21 +42,15 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     /// The seeds when `--addr` names several nodes.
-    fn seeds(&self) -> Option<Vec<String>> {
+    pub fn seeds(&self) -> Option<Vec<String>> {
         self.addr
             .contains(',')
             .then(|| self.addr.split(',').map(|a| a.trim().to_string()).collect())
     }
 
     /// A cluster client through the `--addr` seeds.
-    async fn connect_cluster(&self, seeds: &[String]) -> Result<ClusterClient, BoxError> {
-        let dial = if self.insecure {
-            Dial::Plain
-        } else {
-            let (ca, cert, key) = self.tls_files()?;
-            Dial::Tls(proglog::auth::tls::client_config(&ca, &cert, &key)?)
-        };
-        Client::connect_cluster(seeds, dial)
+    pub async fn connect_cluster(&self, seeds: &[String]) -> Result<ClusterClient, BoxError> {
+        Client::connect_cluster(seeds, self.dial()?)
             .await
             .map_err(|e| format!("cannot reach the cluster through {}: {e}", self.addr).into())
     }
@@ -84,23 +78,36 @@ impl ConnectArgs {
     }
 
     pub async fn connect(&self) -> Result<Client, BoxError> {
-        let failed = |e: &dyn std::fmt::Display| -> BoxError {
-            format!("cannot connect to {}: {e}", self.addr).into()
-        };
+        self.connect_to(&self.addr).await
+    }
+
+    /// How to reach a node: plain TCP with `--insecure`, else mutual TLS.
+    pub fn dial(&self) -> Result<Dial, BoxError> {
         if self.insecure {
-            return Client::connect(self.addr.as_str())
-                .await
-                .map_err(|e| failed(&e));
+            return Ok(Dial::Plain);
         }
         let (ca, cert, key) = self.tls_files()?;
-        let config = proglog::auth::tls::client_config(&ca, &cert, &key)?;
-        let host = self
-            .addr
+        Ok(Dial::Tls(proglog::auth::tls::client_config(
+            &ca, &cert, &key,
+        )?))
+    }
+
+    /// A connection to the node at `addr` (the certificate must name its
+    /// host, or `--server-name`).
+    pub async fn connect_to(&self, addr: &str) -> Result<Client, BoxError> {
+        let failed = |e: &dyn std::fmt::Display| -> BoxError {
+            format!("cannot connect to {addr}: {e}").into()
+        };
+        let config = match self.dial()? {
+            Dial::Plain => return Client::connect(addr).await.map_err(|e| failed(&e)),
+            Dial::Tls(config) => config,
+        };
+        let host = addr
             .rsplit_once(':')
-            .map_or(self.addr.as_str(), |(h, _)| h)
+            .map_or(addr, |(h, _)| h)
             .trim_matches(['[', ']']);
         let server_name = self.server_name.clone().unwrap_or_else(|| host.to_string());
-        Client::connect_tls(self.addr.as_str(), &server_name, config)
+        Client::connect_tls(addr, &server_name, config)
             .await
             .map_err(|e| failed(&e))
     }

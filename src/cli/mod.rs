@@ -3,9 +3,11 @@
 pub mod bench;
 pub mod certs;
 pub mod client;
+pub mod health;
 pub mod repair;
 pub mod serve;
 pub mod storage_bench;
+pub mod verify;
 
 /// Errors a subcommand reports (printed as `proglog: <error>`, exit 1).
 pub type BoxError = Box<dyn std::error::Error>;

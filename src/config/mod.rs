@@ -67,9 +67,12 @@ pub struct ServeArgs {
     /// UDP address for SWIM gossip [default: 127.0.0.1:8401].
     #[arg(long, env = "PROGLOG_GOSSIP_ADDR")]
     pub gossip_addr: Option<SocketAddr>,
-    /// Gossip addresses of nodes to join, comma-separated [default: none, a cluster of one].
+    /// Gossip addresses of nodes to join, comma-separated, as `ip:port` or
+    /// `host:port` (a name is looked up again at every join attempt, so a
+    /// peer whose name does not resolve yet is found once it does)
+    /// [default: none, a cluster of one].
     #[arg(long, env = "PROGLOG_JOIN", value_delimiter = ',')]
-    pub join: Option<Vec<SocketAddr>>,
+    pub join: Option<Vec<String>>,
     /// File holding the shared gossip key (at least 16 bytes) [default: none: unauthenticated gossip].
     #[arg(long, env = "PROGLOG_CLUSTER_KEY_FILE")]
     pub cluster_key_file: Option<PathBuf>,
@@ -185,6 +188,37 @@ impl ServeArgs {
     }
 }
 
+/// Splits `--join` into literal socket addresses and `host:port` names;
+/// a seed without a port, or with a port that is not a number, is refused.
+fn split_seeds(seeds: Vec<String>) -> Result<(Vec<SocketAddr>, Vec<String>), ConfigError> {
+    let mut addrs = Vec::new();
+    let mut names = Vec::new();
+    for seed in seeds {
+        let seed = seed.trim();
+        if seed.is_empty() {
+            continue;
+        }
+        if let Ok(addr) = seed.parse::<SocketAddr>() {
+            addrs.push(addr);
+            continue;
+        }
+        match seed.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok() =>
+            {
+                names.push(seed.to_string());
+            }
+            _ => {
+                return Err(invalid(
+                    "join",
+                    format!("{seed:?}: expected ip:port or host:port"),
+                ));
+            }
+        }
+    }
+    Ok((addrs, names))
+}
+
 /// A setting that cannot work, named.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -225,7 +259,10 @@ pub struct NodeConfig {
     pub rpc_addr: SocketAddr,
     pub advertise_rpc_addr: SocketAddr,
     pub gossip_addr: SocketAddr,
+    /// Seeds given as IP addresses.
     pub join: Vec<SocketAddr>,
+    /// Seeds given as `host:port`, resolved at each join attempt.
+    pub join_names: Vec<String>,
     pub cluster_key_file: Option<PathBuf>,
     pub sync: String,
     pub max_record_bytes: u32,
@@ -319,6 +356,7 @@ impl NodeConfig {
                 "cannot be combined with tls-ca/tls-cert/tls-key",
             ));
         }
+        let (join, join_names) = split_seeds(a.join.unwrap_or_default())?;
         let config = NodeConfig {
             insecure: a.insecure,
             tls,
@@ -336,7 +374,8 @@ impl NodeConfig {
             gossip_addr: a
                 .gossip_addr
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8401))),
-            join: a.join.unwrap_or_default(),
+            join,
+            join_names,
             cluster_key_file: a.cluster_key_file,
             sync: a.sync.unwrap_or_else(|| log_defaults.sync.to_string()),
             max_record_bytes: a.max_record_bytes.unwrap_or(log_defaults.max_record_bytes),
@@ -497,6 +536,24 @@ mod tests {
         assert_eq!(c.max_connections, 7);
         assert_eq!(c.http_addr.port(), 9402);
         assert!(c.no_metrics);
+    }
+
+    #[test]
+    fn seeds_are_addresses_or_host_port_names() {
+        let resolve = |seeds: &[&str]| {
+            NodeConfig::resolve(ServeArgs {
+                node_name: Some("n".into()),
+                join: Some(seeds.iter().map(|s| s.to_string()).collect()),
+                ..ServeArgs::default()
+            })
+        };
+        let c = resolve(&["10.0.0.1:8401", "[::1]:8401", "node-2.proglog:8401"]).unwrap();
+        assert_eq!(c.join.len(), 2);
+        assert_eq!(c.join_names, vec!["node-2.proglog:8401".to_string()]);
+        for bad in ["node-2", "node-2:", "node-2:http", "::1", ":8401"] {
+            let e = resolve(&[bad]).unwrap_err().to_string();
+            assert!(e.contains("join") && e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct MembershipConfig {
     /// cluster of one. A seed must be given by the address it advertises.
     /// Default: empty.
     pub seeds: Vec<SocketAddr>,
+    /// Seeds given as `host:port`: looked up again at every join attempt,
+    /// so a peer whose name does not resolve yet (a pod not scheduled, a
+    /// container not started) is found once it does. Default: empty.
+    pub seed_names: Vec<String>,
     /// Shared cluster key: when set, every packet carries an HMAC-SHA256 tag
     /// and packets without a valid tag are dropped. At least 16 bytes.
     /// Default: `None` (gossip is unauthenticated; a warning is logged).
@@ -83,6 +87,7 @@ impl Default for MembershipConfig {
             advertise_addr: None,
             rpc_addr: SocketAddr::from(([127, 0, 0, 1], 8400)),
             seeds: Vec::new(),
+            seed_names: Vec::new(),
             cluster_key: None,
             probe_period: Duration::from_millis(300),
             probe_rtt: Duration::from_millis(100),

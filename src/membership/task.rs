@@ -135,7 +135,7 @@ pub(crate) async fn run(params: TaskParams) {
         config: params.config,
         panic_at_timer: false,
     };
-    if gossip.join_targets.is_empty() {
+    if gossip.join_targets.is_empty() && gossip.config.seed_names.is_empty() {
         // Nobody to join: a cluster of one has its (empty) view already.
         gossip.publish_view();
     } else {
@@ -144,6 +144,10 @@ pub(crate) async fn run(params: TaskParams) {
     let clean = gossip.run(params.control).await;
     guard.clean = clean;
 }
+
+/// How long one seed name may take to resolve before the join goes on
+/// without it.
+const SEED_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The state of one gossip task.
 struct Gossip {
@@ -271,8 +275,12 @@ impl Gossip {
             self.backoff = self.config.join_backoff_initial;
             return;
         }
-        tracing::debug!(targets = ?self.join_targets, backoff = ?self.backoff, "announcing");
-        for target in self.join_targets.clone() {
+        let mut targets = self.join_targets.clone();
+        targets.extend(self.resolve_seed_names().await);
+        targets.sort();
+        targets.dedup();
+        tracing::debug!(?targets, backoff = ?self.backoff, "announcing");
+        for target in targets {
             if let Err(error) = self.foca.announce(NodeId::seed(target), &mut self.runtime) {
                 tracing::warn!(%error, "announce failed");
             }
@@ -280,6 +288,23 @@ impl Gossip {
         self.join_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(self.config.join_backoff_max);
         self.drain().await;
+    }
+
+    /// The addresses the `host:port` seeds resolve to now, without this
+    /// node's own; a name that does not resolve (yet) is skipped.
+    async fn resolve_seed_names(&self) -> Vec<SocketAddr> {
+        let me = self.foca.identity().gossip_addr;
+        let mut found = Vec::new();
+        for name in &self.config.seed_names {
+            match tokio::time::timeout(SEED_LOOKUP_TIMEOUT, tokio::net::lookup_host(name.as_str()))
+                .await
+            {
+                Ok(Ok(addrs)) => found.extend(addrs.filter(|a| *a != me)),
+                Ok(Err(error)) => tracing::debug!(seed = %name, %error, "seed does not resolve"),
+                Err(_) => tracing::debug!(seed = %name, "seed lookup timed out"),
+            }
+        }
+        found
     }
 
     /// Queues a leave notice, leaves, and puts the datagrams on the wire.
@@ -325,7 +350,7 @@ impl Gossip {
                 | OwnedNotification::Active => changed = true,
                 OwnedNotification::Idle => {
                     changed = true;
-                    if !self.join_targets.is_empty() {
+                    if !self.join_targets.is_empty() || !self.config.seed_names.is_empty() {
                         tracing::info!("no live peers left; trying the seeds again");
                         self.backoff = self.config.join_backoff_initial;
                         self.join_at = Some(Instant::now() + self.backoff);
