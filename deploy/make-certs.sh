@@ -41,7 +41,8 @@ for cn in root nobody; do
     [ -f "$dir/$cn.pem" ] || certs client --cn "$cn" >/dev/null
 done
 [ -f "$dir/cluster.key" ] || head -c 32 /dev/urandom | base64 > "$dir/cluster.key"
-# The nodes run as uid 65532 and must read their keys from this bind mount.
-# Fine for a cluster on one host; on a real one, keys come from secrets.
-chmod 0644 "$dir"/*.key
+# The nodes run as uid 65532 and must read their keys from this bind mount
+# (fine for a cluster on one host; on a real one keys come from secrets).
+# The CA and client keys stay readable by you alone.
+chmod 0644 "$dir"/node*.key
 echo "$dir"

@@ -30,7 +30,7 @@ use std::ops::Range;
 use capnp_rpc::RpcSystem;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::ToSocketAddrs;
 
 pub use error::ClientError;
 pub use producer::{Producer, ProducerConfig};
@@ -137,8 +137,7 @@ fn read_produced(r: produced::Reader<'_>) -> Result<ProducedBatch, ClientError> 
 impl Client {
     /// Connects over plain TCP.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
+        let tcp = crate::net::dial(addr).await?;
         Ok(Client::over(tcp, ClientOptions::default()))
     }
 
@@ -159,8 +158,7 @@ impl Client {
         server_name: &str,
         config: std::sync::Arc<rustls::ClientConfig>,
     ) -> Result<Client, ClientError> {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
+        let tcp = crate::net::dial(addr).await?;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| ClientError::Tls(format!("bad server name {server_name:?}: {e}")))?;
         let stream = tokio_rustls::TlsConnector::from(config)

@@ -276,7 +276,9 @@ async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Rc<Connection
             drop(tcp);
             continue;
         }
-        let _ = tcp.set_nodelay(true);
+        if let Err(e) = crate::net::tune_rpc_socket(&tcp) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP options");
+        }
         conn.open.set(conn.open.get() + 1);
         let guard = OpenGuard(conn.open.clone());
         let counted = conn.metrics.as_ref().map(|m| m.connection_opened());
