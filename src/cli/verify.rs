@@ -237,15 +237,15 @@ async fn check(args: Args) -> Result<Report, BoxError> {
                         }
                     }
                     Ok(Err(e)) => {
-                        let maybe = e.maybe_appended();
-                        let mut o = outcomes.borrow_mut();
-                        *o.errors.entry(error_kind(&e)).or_default() += 1;
-                        if maybe {
-                            o.indeterminate.extend(values);
-                        } else {
-                            o.refused.extend(values);
+                        {
+                            let mut o = outcomes.borrow_mut();
+                            *o.errors.entry(error_kind(&e)).or_default() += 1;
+                            if e.maybe_appended() {
+                                o.indeterminate.extend(values);
+                            } else {
+                                o.refused.extend(values);
+                            }
                         }
-                        drop(o);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Err(_) => {
