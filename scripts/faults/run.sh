@@ -47,6 +47,14 @@ if [ "$build" = 1 ] || ! docker image inspect "$image" >/dev/null 2>&1; then
 fi
 
 id=pf$$
+# Leftovers of runs that were killed outright (no trap runs on SIGKILL).
+for stale in $(docker ps -a --filter label=proglog-faults --format '{{.Label "proglog-faults"}}' | sort -u); do
+    if ! kill -0 "${stale#pf}" 2>/dev/null; then
+        docker ps -aq --filter "label=proglog-faults=$stale" | xargs -r docker rm -f >/dev/null 2>&1 || true
+        docker network rm "$stale-net" >/dev/null 2>&1 || true
+        for n in node1 node2 node3; do docker volume rm "$stale-$n" >/dev/null 2>&1 || true; done
+    fi
+done
 logs=${logs:-target/faults/$id}
 work=$(mktemp -d)
 net=$id-net
