@@ -8,7 +8,7 @@
 #     start, join included, is printed too).
 #  2. acks: three nodes; `proglog bench` against one of them with
 #     --acks leader and --acks all, W=1 single records and batched.
-# Every line printed is JSON.
+# Every line printed is JSON. ONLY=catch-up stops after the first part.
 #
 #   scripts/bench-replication.sh [BINARY] [RECORDS]
 set -euo pipefail
@@ -56,6 +56,8 @@ print(json.dumps({"case": "catch_up", "records": int(n),
                   "records_per_s": round(n / s), "mb_per_s": round(n * 256 / s / 1e6, 1)}))
 PY
 kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
+
+[ "${ONLY:-}" = catch-up ] && exit 0
 
 # 2. acks=leader vs acks=all on three nodes.
 start a "$bin" --insecure; a="$addr"; a_pid="$pid"
