@@ -176,7 +176,7 @@ for s in $(seq "$schedules"); do
                done ;;
         esac
         took=$(wait_all_ready)
-        echo "$took" >> "$recoveries"
+        echo "${what%% *} $took" >> "$recoveries"
         echo "faults: schedule $s fault $f: $what; ready again in ${took}s"
     done
     status=$(docker wait "$checker")
@@ -195,7 +195,11 @@ done
 python3 - "$results" "$recoveries" "$seed" "$failed" <<'PY'
 import json, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-rec = [float(l) for l in open(sys.argv[2]) if l.strip()]
+pairs = [l.split() for l in open(sys.argv[2]) if l.strip()]
+rec = [float(p[1]) for p in pairs]
+kinds = {}
+for kind, took in pairs:
+    kinds.setdefault(kind, []).append(float(took))
 tot = lambda k: sum(r.get(k, 0) for r in rows)
 verdict = "FAIL" if sys.argv[4] == "1" else "OK"
 print(f"faults: {verdict} seed={sys.argv[3]} schedules={len(rows)} faults={len(rec)} "
@@ -204,5 +208,7 @@ print(f"faults: {verdict} seed={sys.argv[3]} schedules={len(rows)} faults={len(r
       f"divergent={tot('divergent')} gaps={tot('gaps')} "
       f"max_lag={max([r.get('max_replica_lag', 0) for r in rows] or [0])} "
       + (f"recovery median={statistics.median(rec):.1f}s max={max(rec):.1f}s" if rec else "recovery n/a"))
+for kind, v in sorted(kinds.items()):
+    print(f"faults: {kind}: {len(v)} faults, ready again in median {statistics.median(v):.1f}s, max {max(v):.1f}s")
 PY
 exit $failed
