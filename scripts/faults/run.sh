@@ -169,11 +169,13 @@ for s in $(seq "$schedules"); do
             2) what="pause $n ${hold}s"
                docker pause "$id-$n" >/dev/null; sleep "$hold"
                docker unpause "$id-$n" >/dev/null ;;
-            3) what="rolling restart"
+            3) rolled=$(date +%s%N)
                for r in "${nodes[@]}"; do
                    docker restart -t 15 "$id-$r" >/dev/null
                    wait_all_ready >/dev/null
-               done ;;
+               done
+               tenths=$(( ($(date +%s%N) - rolled) / 100000000 ))
+               what="rolling restart (all three in $((tenths / 10)).$((tenths % 10))s)" ;;
         esac
         took=$(wait_all_ready)
         echo "${what%% *} $took" >> "$recoveries"
