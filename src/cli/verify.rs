@@ -57,7 +57,7 @@ pub struct Args {
 }
 
 /// A partition's records as one holder has them: (offset, value).
-type Copy = Vec<(u64, Vec<u8>)>;
+type HolderCopy = Vec<(u64, Vec<u8>)>;
 
 /// What the writers learnt.
 #[derive(Default)]
@@ -197,7 +197,7 @@ async fn check(args: Args) -> Result<Report, BoxError> {
     let cluster = Rc::new(cluster);
 
     // Followers: every partition known at the start, from where it stood.
-    let followed: Rc<RefCell<HashMap<String, Copy>>> = Rc::default();
+    let followed: Rc<RefCell<HashMap<String, HolderCopy>>> = Rc::default();
     let follow_violations = Rc::new(Cell::new(0u64));
     let mut followers = Vec::new();
     for (partition, offset) in &start {
@@ -308,7 +308,7 @@ async fn check(args: Args) -> Result<Report, BoxError> {
     };
 
     // Every holder's copy of what this run wrote, against the reference.
-    let mut reference: HashMap<String, Copy> = HashMap::new();
+    let mut reference: HashMap<String, HolderCopy> = HashMap::new();
     for (partition, (end, holders, owner)) in &ends {
         let from = start.get(partition).copied().unwrap_or(0).min(*end);
         let mut copies = Vec::new();
@@ -446,7 +446,7 @@ async fn follow(
     cluster: Rc<ClusterClient>,
     partition: String,
     from: u64,
-    followed: Rc<RefCell<HashMap<String, Copy>>>,
+    followed: Rc<RefCell<HashMap<String, HolderCopy>>>,
     violations: Rc<Cell<u64>>,
 ) {
     let mut stream = cluster.follow(&partition, from);
@@ -536,7 +536,7 @@ async fn read_range(
     partition: &str,
     from: u64,
     end: u64,
-) -> Result<Copy, BoxError> {
+) -> Result<HolderCopy, BoxError> {
     let mut out = Vec::with_capacity((end - from) as usize);
     let mut next = from;
     while next < end {
