@@ -137,7 +137,7 @@ fn read_produced(r: produced::Reader<'_>) -> Result<ProducedBatch, ClientError> 
 impl Client {
     /// Connects over plain TCP.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
-        let tcp = crate::net::dial(addr).await?;
+        let tcp = crate::wire::socket::dial(addr).await?;
         Ok(Client::over(tcp, ClientOptions::default()))
     }
 
@@ -158,7 +158,7 @@ impl Client {
         server_name: &str,
         config: std::sync::Arc<rustls::ClientConfig>,
     ) -> Result<Client, ClientError> {
-        let tcp = crate::net::dial(addr).await?;
+        let tcp = crate::wire::socket::dial(addr).await?;
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| ClientError::Tls(format!("bad server name {server_name:?}: {e}")))?;
         let stream = tokio_rustls::TlsConnector::from(config)

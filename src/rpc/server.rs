@@ -276,7 +276,7 @@ async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Rc<Connection
             drop(tcp);
             continue;
         }
-        if let Err(e) = crate::net::tune_rpc_socket(&tcp) {
+        if let Err(e) = crate::wire::socket::tune_rpc_socket(&tcp) {
             tracing::debug!(%peer, error = %e, "cannot set TCP options");
         }
         conn.open.set(conn.open.get() + 1);

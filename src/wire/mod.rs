@@ -7,6 +7,7 @@
 pub mod corked;
 pub mod errors;
 pub mod framed;
+pub mod socket;
 pub mod transport;
 
 pub use crate::log_capnp as schema;
