@@ -246,6 +246,13 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Whether the server closes `tcp` within 10 s (it may say why first: a
 /// capnp Abort message).
+/// A bare TCP connection to the node, for tests that speak bytes, not calls.
+async fn raw_connect(node: &Node) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(node.server.local_addr())
+        .await
+        .unwrap()
+}
+
 async fn hangs_up(tcp: &mut tokio::net::TcpStream) -> bool {
     let mut said = Vec::new();
     tokio::time::timeout(
@@ -261,9 +268,7 @@ async fn garbage_bytes_close_only_that_connection() {
     let node = start_node(RpcConfig::default()).await;
     let good = connect(&node).await;
     good.produce(b"kept").await.unwrap();
-    let mut bad = tokio::net::TcpStream::connect(node.server.local_addr())
-        .await
-        .unwrap();
+    let mut bad = raw_connect(&node).await;
     bad.write_all(&[0xffu8; 64]).await.unwrap();
     assert!(hangs_up(&mut bad).await, "the server hangs up on garbage");
     assert_eq!(
@@ -517,15 +522,14 @@ async fn a_message_exactly_at_the_size_limit_is_served_and_one_word_more_closes_
         ..RpcConfig::default()
     })
     .await;
-    let addr = node.server.local_addr();
-    let mut at = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut at = raw_connect(&node).await;
     raw::send(&mut at, &raw::bootstrap()).await;
     raw::send(&mut at, &raw::produce_batch_of_size(limit)).await;
     assert!(
         raw::answered(&mut at).await.contains(&1),
         "a message of exactly max-message-bytes is served"
     );
-    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut over = raw_connect(&node).await;
     raw::send(&mut over, &raw::bootstrap()).await;
     raw::send(&mut over, &raw::produce_batch_of_size(limit + 8)).await;
     assert!(
@@ -557,9 +561,7 @@ async fn headers_claiming_large_messages_cost_the_server_nothing_until_the_bytes
     let before = rss_bytes();
     let mut hostile = Vec::new();
     for _ in 0..50 {
-        let mut tcp = tokio::net::TcpStream::connect(node.server.local_addr())
-            .await
-            .unwrap();
+        let mut tcp = raw_connect(&node).await;
         tcp.write_all(&header_claiming(64 << 20)).await.unwrap();
         hostile.push(tcp);
     }
@@ -588,9 +590,7 @@ async fn past_the_inflight_budget_the_server_stops_reading_and_resumes_when_byte
     // Four senders of a 2 MiB message each, all but the last word.
     let mut senders = Vec::new();
     for _ in 0..4 {
-        let mut tcp = tokio::net::TcpStream::connect(node.server.local_addr())
-            .await
-            .unwrap();
+        let mut tcp = raw_connect(&node).await;
         tcp.write_all(&header_claiming(2 << 20)).await.unwrap();
         senders.push(tokio::task::spawn_local(async move {
             let body = vec![0u8; (2 << 20) - 8];
@@ -632,9 +632,7 @@ async fn a_connection_without_a_whole_message_in_time_is_closed() {
         ..RpcConfig::default()
     })
     .await;
-    let mut slow = tokio::net::TcpStream::connect(node.server.local_addr())
-        .await
-        .unwrap();
+    let mut slow = raw_connect(&node).await;
     slow.write_all(&[1, 2, 3]).await.unwrap();
     assert!(
         hangs_up(&mut slow).await,
@@ -724,9 +722,7 @@ async fn a_sender_stalled_inside_a_large_message_is_closed_and_its_budget_given_
         ..RpcConfig::default()
     })
     .await;
-    let mut tcp = tokio::net::TcpStream::connect(node.server.local_addr())
-        .await
-        .unwrap();
+    let mut tcp = raw_connect(&node).await;
     // A whole first message, so only the large message's deadline can apply.
     raw::send(&mut tcp, &raw::bootstrap()).await;
     // 1 MiB claimed, half of it sent, then nothing: allowed 0.3 s + 1 s.

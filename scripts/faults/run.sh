@@ -88,6 +88,12 @@ RANDOM=$seed
 PROGLOG_IMAGE=$image deploy/make-certs.sh "$work/certs" "$prefix" >/dev/null
 chmod 0644 "$work/certs"/*.key   # the checker runs as uid 65532 too
 
+# Seconds since a `date +%s%N` stamp, to a tenth.
+elapsed() {
+    local tenths=$(( ($(date +%s%N) - $1) / 100000000 ))
+    printf '%d.%d' $((tenths / 10)) $((tenths % 10))
+}
+
 ip_of() { echo "$prefix.1${1#node}"; }
 
 start_node() {
@@ -117,8 +123,7 @@ wait_all_ready() {
         local all=1
         for n in "${nodes[@]}"; do ready "$n" || { all=0; break; }; done
         if [ $all = 1 ]; then
-            local tenths=$(( ($(date +%s%N) - started) / 100000000 ))
-            printf '%d.%d' $((tenths / 10)) $((tenths % 10))
+            elapsed "$started"
             return 0
         fi
         sleep 0.2
@@ -174,8 +179,7 @@ for s in $(seq "$schedules"); do
                    docker restart -t 15 "$id-$r" >/dev/null
                    wait_all_ready >/dev/null
                done
-               tenths=$(( ($(date +%s%N) - rolled) / 100000000 ))
-               what="rolling restart (all three in $((tenths / 10)).$((tenths % 10))s)" ;;
+               what="rolling restart (all three in $(elapsed "$rolled")s)" ;;
         esac
         took=$(wait_all_ready)
         echo "${what%% *} $took" >> "$recoveries"
