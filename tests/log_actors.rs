@@ -85,6 +85,69 @@ async fn concurrent_single_appends_get_distinct_consecutive_offsets() {
 }
 
 #[actix_rt::test]
+async fn a_steady_trickle_of_appends_does_not_hold_back_their_commit() {
+    // Appends arriving concurrently make a commit wait some turns for more
+    // of them; an endless trickle (one append per turn) must not make it
+    // wait forever: the first append is answered while the trickle goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        sync: SyncPolicy::Never,
+        ..LogConfig::default()
+    };
+    let log = start(dir.path(), config);
+    // Two appends in one commit: the next commit waits for more.
+    let two = futures::future::join(
+        log.send(Append::one(record(0))),
+        log.send(Append::one(record(1))),
+    )
+    .await;
+    assert_eq!(
+        (two.0.unwrap().unwrap(), two.1.unwrap().unwrap()),
+        (0..1, 1..2)
+    );
+    let sent = Rc::new(Cell::new(0u64));
+    let first_answered_after = Rc::new(Cell::new(None));
+    // The trickle: a task that sends two appends a turn.
+    let trickle = {
+        let (log, sent, seen) = (log.clone(), sent.clone(), first_answered_after.clone());
+        actix_rt::spawn(async move {
+            let mut replies = Vec::new();
+            for i in 2..1000u64 {
+                let reply = log.send(Append::one(record(i)));
+                sent.set(i - 1);
+                let seen = (i == 2).then(|| (sent.clone(), seen.clone()));
+                replies.push(actix_rt::spawn(async move {
+                    let offsets = reply.await.unwrap().unwrap();
+                    if let Some((sent, seen)) = seen {
+                        seen.set(Some(sent.get()));
+                    }
+                    offsets
+                }));
+                if i % 2 == 1 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            replies
+        })
+    };
+    let replies = trickle.await.unwrap();
+    let mut offsets = Vec::new();
+    for r in replies {
+        offsets.push(r.await.unwrap().start);
+    }
+    assert_eq!(
+        offsets,
+        (2..1000).collect::<Vec<_>>(),
+        "every append answered, in order"
+    );
+    let after = first_answered_after.get().unwrap();
+    assert!(
+        after < 64,
+        "the first append was answered only after {after} appends were sent"
+    );
+}
+
+#[actix_rt::test]
 async fn read_batch_streams_in_order_and_is_empty_at_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let log = start(dir.path(), small_config(SyncPolicy::Never));

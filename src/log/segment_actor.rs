@@ -108,6 +108,12 @@ pub(crate) struct Sealed {
     pub still_active: bool,
 }
 
+/// Turns a commit waits at most for concurrent appends to gather.
+const GATHER_TURNS: u32 = 8;
+
+/// Appends one commit gathers before it stops waiting for more.
+const GATHER_APPENDS: usize = 256;
+
 /// Makes the segment read-only (after its pending appends are committed).
 #[derive(Message)]
 #[rtype(result = "Result<Sealed, LogError>")]
@@ -472,18 +478,31 @@ impl SegmentActor {
                 // Appends are arriving concurrently: commit after the other
                 // ready tasks have had a turn (the RPC front delivering more
                 // of the burst), so one flush, and one burst of answers,
-                // covers more of them (+15 % single-record produce at 64 in
-                // flight, BENCHMARKS.md).
-                ctx.spawn(
-                    tokio::task::yield_now()
-                        .into_actor(self)
-                        .map(|(), act, ctx| <Self as Handler<Commit>>::handle(act, Commit, ctx)),
-                );
+                // covers more of them (BENCHMARKS.md, the race).
+                self.gather(ctx, 0);
             } else {
                 // One at a time: commit as soon as the mailbox is drained.
                 ctx.notify(Commit);
             }
         }
+    }
+
+    /// Lets the other ready tasks run once, then commits, unless that turn
+    /// brought more appends: then another turn, up to [`GATHER_TURNS`].
+    fn gather(&mut self, ctx: &mut Context<Self>, turns: u32) {
+        let before = self.pending.len();
+        ctx.spawn(
+            tokio::task::yield_now()
+                .into_actor(self)
+                .map(move |(), act, ctx| {
+                    let grew = act.pending.len() > before;
+                    if grew && turns + 1 < GATHER_TURNS && act.pending.len() < GATHER_APPENDS {
+                        act.gather(ctx, turns + 1);
+                    } else {
+                        <Self as Handler<Commit>>::handle(act, Commit, ctx);
+                    }
+                }),
+        );
     }
 
     fn sync_due(&self) -> bool {
