@@ -106,6 +106,7 @@ async fn actor_stream(log: &Addr<LogActor>, n: u64) -> f64 {
             .send(ReadBatch {
                 from,
                 max_bytes: 1 << 20,
+                max_records: u64::MAX,
             })
             .await
             .unwrap()

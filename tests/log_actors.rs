@@ -159,6 +159,7 @@ async fn read_batch_streams_in_order_and_is_empty_at_the_end() {
             .send(ReadBatch {
                 from,
                 max_bytes: 300,
+                max_records: u64::MAX,
             })
             .await
             .unwrap()
@@ -177,6 +178,7 @@ async fn read_batch_streams_in_order_and_is_empty_at_the_end() {
         .send(ReadBatch {
             from: 51,
             max_bytes: 300,
+            max_records: u64::MAX,
         })
         .await
         .unwrap()
@@ -188,6 +190,43 @@ async fn read_batch_streams_in_order_and_is_empty_at_the_end() {
         ),
         "{err}"
     );
+}
+
+#[actix_rt::test]
+async fn read_batch_reads_at_most_max_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        sync: SyncPolicy::Never,
+        ..LogConfig::default()
+    };
+    let log = start(dir.path(), config);
+    append(&log, (0..50).map(record).collect()).await.unwrap();
+    let offsets = |from, max_records| {
+        let log = log.clone();
+        async move {
+            let read = ReadBatch {
+                from,
+                max_bytes: 1 << 20,
+                max_records,
+            };
+            let batch = log.send(read).await.unwrap().unwrap();
+            batch.iter().map(|(offset, _)| offset).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(offsets(2, 3).await, vec![2, 3, 4]);
+    assert_eq!(offsets(2, 1).await, vec![2]);
+    assert_eq!(offsets(2, 0).await, vec![2], "at least one record");
+    assert_eq!(
+        offsets(40, 10).await,
+        (40..50).collect::<Vec<_>>(),
+        "the limit"
+    );
+    assert_eq!(
+        offsets(40, 11).await,
+        (40..50).collect::<Vec<_>>(),
+        "one past it"
+    );
+    assert_eq!(offsets(0, u64::MAX).await, (0..50).collect::<Vec<_>>());
 }
 
 #[actix_rt::test]
@@ -715,6 +754,7 @@ async fn cold_reads_return_the_same_records() {
         .send(ReadBatch {
             from: 0,
             max_bytes: 1 << 20,
+            max_records: u64::MAX,
         })
         .await
         .unwrap()

@@ -117,6 +117,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
                 .send(ReadBatch {
                     from,
                     max_bytes: 1 << 20,
+                    max_records: u64::MAX,
                 })
                 .await??;
             read += batch.len() as u64;

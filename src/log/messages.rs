@@ -110,13 +110,16 @@ pub struct Read {
 }
 
 /// Reads consecutive records from `from`, about `max_bytes` of frames and at
-/// least one record, from one segment (ask again from `next_offset()` for
-/// more). At the end of the log the batch is empty: send [`WaitFor`].
+/// least one record, at most `max_records`, from one segment (ask again from
+/// `next_offset()` for more). At the end of the log the batch is empty: send
+/// [`WaitFor`].
 #[derive(Debug, Message)]
 #[rtype(result = "Result<RecordBatch, LogError>")]
 pub struct ReadBatch {
     pub from: u64,
     pub max_bytes: usize,
+    /// Records read (and checked) at most; `u64::MAX`: as many as fit.
+    pub max_records: u64,
 }
 
 /// Answers (with the log's next offset) as soon as a record at `offset`

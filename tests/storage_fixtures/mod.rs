@@ -96,8 +96,15 @@ impl Partition {
 
     pub fn read_batch(&self, from: u64, max_bytes: usize) -> Result<RecordBatch, LogError> {
         let log = self.log.clone();
-        self.system
-            .block_on(async move { log.send(ReadBatch { from, max_bytes }).await.unwrap() })
+        self.system.block_on(async move {
+            log.send(ReadBatch {
+                from,
+                max_bytes,
+                max_records: u64::MAX,
+            })
+            .await
+            .unwrap()
+        })
     }
 
     pub fn stats(&self) -> LogStats {

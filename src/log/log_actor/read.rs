@@ -138,7 +138,7 @@ impl Handler<ReadBatch> for LogActor {
         let committed = self.committed;
         let read = SegReadBatch {
             from: msg.from,
-            until: committed,
+            until: committed.min(msg.from.saturating_add(msg.max_records.max(1))),
             max_bytes: msg.max_bytes,
         };
         let batch = self.ask_segment(msg.from, read);

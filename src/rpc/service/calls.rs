@@ -267,9 +267,11 @@ impl log::Server for LogService {
                 n => n as usize,
             };
             let max_bytes = batch_bytes(p.get_max_bytes(), self.ctx.max_stream_batch_bytes);
+            // Only what is answered is read and checked.
             let read = ReadBatch {
                 from: offset,
                 max_bytes,
+                max_records: max_records as u64,
             };
             let outcome = self.read(&id, offset, 0, read).await;
             let out = results.get().init_result();

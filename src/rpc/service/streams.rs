@@ -132,6 +132,7 @@ impl LogService {
                 .send(ReadBatch {
                     from: next,
                     max_bytes,
+                    max_records: u64::MAX,
                 })
                 .await
             {
