@@ -4,6 +4,11 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// jemalloc, not glibc malloc: capnp-rpc allocates and frees in bursts of
+/// calls, which overflow glibc's per-thread cache (BENCHMARKS.md, the race).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// proglog: a distributed commit log.
 ///
 /// Start a node with `proglog serve`, then in another terminal

@@ -449,7 +449,9 @@ impl<A: 'static> Connections<A> {
     /// Hands memory freed by closed connections back to the OS, a second
     /// after a close (at most once a second): glibc keeps freed heap pages
     /// otherwise, so the node's RSS would stay at its peak of connections.
-    /// A no-op off glibc.
+    /// A no-op off glibc, and for what the `proglog` binary allocates (it
+    /// uses jemalloc, which returns freed pages on its own within seconds);
+    /// kept for programs that embed the server on glibc's allocator.
     fn trim_soon(this: &Rc<Self>) {
         if this.trim_pending.replace(true) {
             return;
