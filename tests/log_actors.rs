@@ -20,6 +20,14 @@ fn small_config(sync: SyncPolicy) -> LogConfig {
     }
 }
 
+/// The default segment sizes, no syncs.
+fn unsynced_default_config() -> LogConfig {
+    LogConfig {
+        sync: SyncPolicy::Never,
+        ..LogConfig::default()
+    }
+}
+
 fn record(i: u64) -> Vec<u8> {
     format!("record-{i:06}").into_bytes()
 }
@@ -87,14 +95,10 @@ async fn concurrent_single_appends_get_distinct_consecutive_offsets() {
 #[actix_rt::test]
 async fn a_steady_trickle_of_appends_does_not_hold_back_their_commit() {
     // Appends arriving concurrently make a commit wait some turns for more
-    // of them; an endless trickle (one append per turn) must not make it
+    // of them; an endless trickle (two appends a turn) must not make it
     // wait forever: the first append is answered while the trickle goes on.
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        sync: SyncPolicy::Never,
-        ..LogConfig::default()
-    };
-    let log = start(dir.path(), config);
+    let log = start(dir.path(), unsynced_default_config());
     // Two appends in one commit: the next commit waits for more.
     let two = futures::future::join(
         log.send(Append::one(record(0))),
@@ -195,11 +199,7 @@ async fn read_batch_streams_in_order_and_is_empty_at_the_end() {
 #[actix_rt::test]
 async fn read_batch_reads_at_most_max_records() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        sync: SyncPolicy::Never,
-        ..LogConfig::default()
-    };
-    let log = start(dir.path(), config);
+    let log = start(dir.path(), unsynced_default_config());
     append(&log, (0..50).map(record).collect()).await.unwrap();
     let offsets = |from, max_records| {
         let log = log.clone();
