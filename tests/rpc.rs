@@ -644,6 +644,9 @@ async fn a_connection_without_a_whole_message_in_time_is_closed() {
 async fn an_idle_connection_is_closed_and_a_following_consumer_is_not() {
     let node = start_node(RpcConfig {
         idle_timeout: Duration::from_millis(300),
+        // Far longer than the wait below: the idle timeout, not the first
+        // message's deadline, must be what closes it.
+        handshake_timeout: Duration::from_secs(60),
         ..RpcConfig::default()
     })
     .await;

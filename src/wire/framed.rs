@@ -198,7 +198,9 @@ impl Activity {
         self.large.get()
     }
 
-    /// Resolves when a large message starts arriving.
+    /// Resolves when the first whole message has arrived (the deadline
+    /// changes from the first message's to the idle one), or a large message
+    /// starts arriving.
     pub async fn changed(&self) {
         self.changed.notified().await
     }
@@ -224,6 +226,9 @@ impl Activity {
         self.last.set(Instant::now());
         self.messages.set(self.messages.get() + 1);
         self.large.set(None);
+        if self.messages.get() == 1 {
+            self.changed.notify_one();
+        }
     }
 }
 
