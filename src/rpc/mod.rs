@@ -10,7 +10,9 @@ pub mod errors;
 mod server;
 mod service;
 
-pub use server::{Acceptor, PlainAcceptor, RpcConfig, RpcFront, RpcServer, StopAccepting};
+pub use server::{
+    Acceptor, PlainAcceptor, RpcConfig, RpcFront, RpcServer, StopAccepting, set_free_memory_release,
+};
 pub use service::{
     ACTION_CONSUME, ACTION_DESCRIBE, ACTION_PRODUCE, ACTION_REPLICATE, Authorizer, ConnectionState,
     InFlight, LogService, OBJECT_CLUSTER, ServiceContext,

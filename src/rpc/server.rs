@@ -445,13 +445,23 @@ impl<A> Drop for IdentitySlot<'_, A> {
     }
 }
 
+/// What hands freed memory back to the OS, if not glibc's `malloc_trim`:
+/// set once by a program whose global allocator is another one.
+static RELEASE_FREE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Makes `release` what runs a second after connections close, instead of
+/// glibc's `malloc_trim` (the `proglog` binary, on jemalloc, purges its
+/// arenas). Only the first call counts.
+pub fn set_free_memory_release(release: fn()) {
+    let _ = RELEASE_FREE_MEMORY.set(release);
+}
+
 impl<A: 'static> Connections<A> {
     /// Hands memory freed by closed connections back to the OS, a second
-    /// after a close (at most once a second): glibc keeps freed heap pages
+    /// after a close (at most once a second): allocators keep freed pages
     /// otherwise, so the node's RSS would stay at its peak of connections.
-    /// A no-op off glibc, and for what the `proglog` binary allocates (it
-    /// uses jemalloc, which returns freed pages on its own within seconds);
-    /// kept for programs that embed the server on glibc's allocator.
+    /// glibc's `malloc_trim` unless [`set_free_memory_release`] named
+    /// another way; nothing off glibc otherwise.
     fn trim_soon(this: &Rc<Self>) {
         if this.trim_pending.replace(true) {
             return;
@@ -460,6 +470,10 @@ impl<A: 'static> Connections<A> {
         actix_rt::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
             conn.trim_pending.set(false);
+            if let Some(release) = RELEASE_FREE_MEMORY.get() {
+                release();
+                return;
+            }
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             // SAFETY: malloc_trim only returns free pages of malloc's arenas.
             unsafe {
