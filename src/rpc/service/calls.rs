@@ -263,24 +263,25 @@ impl log::Server for LogService {
             let p = params.get()?;
             let (id, offset) = (text(p.get_partition())?, p.get_offset());
             let max_records = match p.get_max_records() {
-                0 => usize::MAX,
-                n => n as usize,
+                0 => u64::MAX,
+                n => n.into(),
             };
             let max_bytes = batch_bytes(p.get_max_bytes(), self.ctx.max_stream_batch_bytes);
-            // Only what is answered is read and checked.
+            // The read stops at `max_records`: what is answered is all that
+            // is read and checked.
             let read = ReadBatch {
                 from: offset,
                 max_bytes,
-                max_records: max_records as u64,
+                max_records,
             };
             let outcome = self.read(&id, offset, 0, read).await;
             let out = results.get().init_result();
             match outcome {
                 Ok(batch) => {
-                    let n = batch.len().min(max_records);
+                    let n = batch.len();
                     let mut list = out.init_records(n as u32);
                     let mut bytes = 0;
-                    for (i, (offset, value)) in batch.iter().take(n).enumerate() {
+                    for (i, (offset, value)) in batch.iter().enumerate() {
                         let mut r = list.reborrow().get(i as u32);
                         r.set_offset(offset);
                         r.set_value(value);
