@@ -771,6 +771,18 @@ impl Handler<InjectPanic> for SegmentActor {
     }
 }
 
+/// Test hook: answered once every message sent before it is handled (a
+/// restart's reopen holds the mailbox, so after that too).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Settled;
+
+impl Handler<Settled> for SegmentActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Settled, _ctx: &mut Context<Self>) {}
+}
+
 impl Handler<SegAppend> for SegmentActor {
     type Result = ();
 

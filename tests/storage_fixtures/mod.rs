@@ -183,9 +183,15 @@ impl Partition {
             .block_on(async move { log.send(Stats).await.is_err() })
     }
 
-    /// Makes the active SegmentActor panic (its supervisor restarts it).
+    /// Makes the active SegmentActor panic and waits until its supervisor
+    /// has restarted it or escalated to the LogActor (an escalation is
+    /// then handled before any later call).
     pub fn inject_segment_fault(&self) {
-        self.log.do_send(InjectSegmentPanic(Work::Handler));
+        let log = self.log.clone();
+        self.system.block_on(async move {
+            // An error: the LogActor itself is gone (escalated earlier).
+            let _ = log.send(InjectSegmentPanic(Work::Handler)).await;
+        });
         self.settle();
     }
 

@@ -382,11 +382,28 @@ impl Handler<InjectPanic> for LogActor {
 }
 
 impl Handler<InjectSegmentPanic> for LogActor {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, InjectSegmentPanic(work): InjectSegmentPanic, _ctx: &mut Context<Self>) {
-        if let Some(active) = self.active() {
-            active.addr.do_send(InjectPanic(work));
-        }
+    /// Answered once the SegmentActor has dealt with a `Handler` panic:
+    /// restarted (its reopen done) or escalated (its escalation queued
+    /// here, so a message sent to this actor after the answer is handled
+    /// after it). A test waits for that instead of guessing a delay.
+    fn handle(
+        &mut self,
+        InjectSegmentPanic(work): InjectSegmentPanic,
+        _ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        let Some(segment) = self.active().map(|a| a.addr.clone()) else {
+            return Box::pin(async {});
+        };
+        // Both queued now, in order, ahead of anything sent after this
+        // message. The panic drops the first answer; the probe waits
+        // behind the restart's reopen.
+        let panicked = segment.send(InjectPanic(work));
+        let settled = segment.send(super::segment_actor::Settled);
+        Box::pin(async move {
+            let _ = panicked.await;
+            let _ = settled.await;
+        })
     }
 }
