@@ -32,18 +32,8 @@ pub struct PlannedRead {
 impl PlannedRead {
     /// The bytes, if `cached_only` is false or they are all in the page cache.
     fn bytes(&self, cached_only: bool) -> Result<Option<Vec<u8>>> {
-        let mut buf = vec![0u8; self.len];
-        let io = StorageError::io("read", &self.path);
-        if cached_only {
-            if !disk::read_at_if_cached(&self.file, &self.path, &mut buf, self.position)
-                .map_err(io)?
-            {
-                return Ok(None);
-            }
-        } else {
-            disk::read_at(&self.file, &self.path, &mut buf, self.position).map_err(io)?;
-        }
-        Ok(Some(buf))
+        disk::read_exact(&self.file, &self.path, self.len, self.position, cached_only)
+            .map_err(StorageError::io("read", &self.path))
     }
 
     /// Reads one record now if it is in the page cache (`None`: it is not).
