@@ -466,7 +466,18 @@ impl Segment {
     pub fn plan_batch(&self, from: u64, until: u64, max_bytes: usize) -> Result<PlannedRead> {
         let (position, first_len) = self.locate(from)?;
         // Committed records are in the file: never read the write buffer.
-        let end = self.data_end().min(self.store.flushed_len());
+        let mut end = self.data_end().min(self.store.flushed_len());
+        // Nor past record `until` when it is here: a read of a few records
+        // costs their bytes, not `max_bytes` (a range of 64 small records
+        // read 256 KiB and used 16 KiB). An index entry that does not fit
+        // leaves the end as it was: the frames are checked as they are read.
+        if until > from
+            && until < self.next
+            && let Some((_, until_at)) = self.index.entry(until - self.base)
+            && until_at > position
+        {
+            end = end.min(until_at);
+        }
         let want = (max_bytes as u64)
             .max(first_len)
             .min(end.saturating_sub(position));
@@ -610,6 +621,37 @@ mod tests {
         assert!(!s.fits(10), "three entries fill the index");
         s.flush().unwrap(); // reads serve committed (flushed) records only
         assert_eq!(s.read(17).unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn a_batch_read_reads_the_bytes_of_the_records_it_may_answer_and_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::create(dir.path(), 0, &config(1 << 20, 100)).unwrap();
+        // Record i holds i + 1 bytes: its frame is FRAME_HEADER_LEN + i + 1.
+        for i in 0..10u64 {
+            s.append(&vec![7u8; i as usize + 1]).unwrap();
+        }
+        s.flush().unwrap();
+        let frames = |r: std::ops::Range<u64>| r.map(|i| FRAME_HEADER_LEN + i as usize + 1).sum();
+        let plan = |from, until, max_bytes| s.plan_batch(from, until, max_bytes).unwrap();
+        assert_eq!(plan(2, 5, 1 << 20).len, frames(2..5), "records 2, 3, 4");
+        assert_eq!(plan(2, 3, 1 << 20).len, frames(2..3), "one record");
+        assert_eq!(plan(2, 9, 1 << 20).len, frames(2..9), "the last but one");
+        assert_eq!(plan(2, 10, 1 << 20).len, frames(2..10), "to the end");
+        assert_eq!(
+            plan(2, u64::MAX, 1 << 20).len,
+            frames(2..10),
+            "past the end"
+        );
+        assert_eq!(
+            plan(2, 9, frames(2..4)).len,
+            frames(2..4),
+            "max_bytes first"
+        );
+        assert_eq!(plan(2, 9, 1).len, frames(2..3), "at least one record");
+        let batch = plan(2, 5, 1 << 20).batch_from_disk().unwrap();
+        let offsets: Vec<u64> = batch.iter().map(|(offset, _)| offset).collect();
+        assert_eq!(offsets, vec![2, 3, 4]);
     }
 
     /// A leader's frames for `values` at offsets `first..`.
