@@ -470,11 +470,12 @@ impl Segment {
         // Nor past record `until` when it is here: a read of a few records
         // costs their bytes, not `max_bytes` (a range of 64 small records
         // read 256 KiB and used 16 KiB). An index entry that does not fit
-        // leaves the end as it was: the frames are checked as they are read.
+        // (before the end of the first frame) leaves the end as it was: the
+        // frames are checked as they are read.
         if until > from
             && until < self.next
             && let Some((_, until_at)) = self.index.entry(until - self.base)
-            && until_at > position
+            && until_at >= position + first_len
         {
             end = end.min(until_at);
         }
@@ -652,6 +653,33 @@ mod tests {
         let batch = plan(2, 5, 1 << 20).batch_from_disk().unwrap();
         let offsets: Vec<u64> = batch.iter().map(|(offset, _)| offset).collect();
         assert_eq!(offsets, vec![2, 3, 4]);
+
+        // A damaged entry for record 5 that points inside record 2's frame
+        // does not cut that frame: the read ends where it would have.
+        let (at_2, _) = s.locate(2).unwrap();
+        let damaged = crate::storage::frame::encode_entry(5, at_2 + 4);
+        let entry_5 = (FILE_HEADER_LEN + 5 * INDEX_ENTRY_LEN) as u64;
+        let index = std::fs::OpenOptions::new()
+            .write(true)
+            .open(s.index.path())
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&index, &damaged, entry_5).unwrap();
+        assert_eq!(
+            s.index.entry(5),
+            Some((5, at_2 + 4)),
+            "the map sees the damage"
+        );
+        let plan = |from, until, max_bytes| s.plan_batch(from, until, max_bytes).unwrap();
+        assert_eq!(
+            plan(2, 5, 1 << 20).len,
+            frames(2..10),
+            "to the end, as before"
+        );
+        assert_eq!(
+            plan(2, 4, 1 << 20).len,
+            frames(2..4),
+            "other bounds unaffected"
+        );
     }
 
     /// A leader's frames for `values` at offsets `first..`.
