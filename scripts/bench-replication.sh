@@ -26,6 +26,21 @@ next_of() {
   "$bin" partitions --insecure --addr "$1" | awk -v p="$2" '$1 == p { print $4; found=1 } END { if (!found) print 0 }'
 }
 
+# The host's condition that moves the catch-up figure most: a VM whose
+# balloon reports freed guest pages to the host (free page reporting) hands
+# the follower's page cache memory the host must fault in again, page by
+# page (BENCHMARKS.md, Replication). Printed so that a figure says what it
+# was measured under.
+reporting=/sys/module/page_reporting/parameters
+python3 - "$reporting" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+read = lambda k: open(os.path.join(d, k)).read().strip() if os.path.exists(os.path.join(d, k)) else None
+print(json.dumps({"case": "host", "free_page_reporting": os.path.isdir(d),
+                  "page_reporting_order": read("page_reporting_order"),
+                  "min_free_ms": read("min_free_ms")}))
+PY
+
 # 1. Catch-up.
 start leader "$bin" --insecure; leader="$addr"; leader_pid="$pid"
 "$bin" bench --insecure --addr "$leader" -n "$records" -s 256 -w 8 -b 1000 --no-consume \

@@ -37,7 +37,7 @@ impl LogService {
             .partitions
             .get(&id)
             .map_err(|e| (WireError::UnknownPartition(id.clone()), e.to_string()))?;
-        Ok((id, log.clone()))
+        Ok((id, log))
     }
 
     pub(super) fn authorize(&self, action: &str, object: &str) -> Result<(), (WireError, String)> {
