@@ -8,7 +8,7 @@ use actix::Addr;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proglog::log::{Append, InjectSegmentPanic, LogActor, Read, ReadBatch, Stats, wait_for};
-use proglog::storage::{LogConfig, Segment, SyncPolicy};
+use proglog::storage::{LogConfig, Segment, SyncPolicy, Values};
 use proglog::supervision::Work;
 
 const RECORD: usize = 256;
@@ -37,10 +37,10 @@ fn core_batched(n_batches: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(SyncPolicy::Never);
     let mut segment = Segment::create(dir.path(), 0, &cfg).unwrap();
-    let batch: Vec<Vec<u8>> = (0..1024).map(|_| vec![0x11; RECORD]).collect();
+    let batch: Values = (0..1024).map(|_| vec![0x11; RECORD]).collect();
     let start = Instant::now();
     for _ in 0..n_batches {
-        for r in &batch {
+        for r in batch.iter() {
             if !segment.fits(r.len()) {
                 let next = segment.next();
                 segment = Segment::create(dir.path(), next, &cfg).unwrap();
@@ -60,7 +60,7 @@ fn start_log(dir: &std::path::Path, sync: SyncPolicy) -> Addr<LogActor> {
 async fn actor_batched(n_batches: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let log = start_log(dir.path(), SyncPolicy::Never);
-    let batch: Vec<Vec<u8>> = (0..1024).map(|_| vec![0x11; RECORD]).collect();
+    let batch: Values = (0..1024).map(|_| vec![0x11; RECORD]).collect();
     let start = Instant::now();
     let mut inflight: FuturesUnordered<actix::dev::Request<LogActor, Append>> =
         FuturesUnordered::new();
@@ -68,7 +68,7 @@ async fn actor_batched(n_batches: usize) -> f64 {
         if inflight.len() >= 4 {
             inflight.next().await.unwrap().unwrap().unwrap();
         }
-        inflight.push(log.send(Append::batch(batch.clone())));
+        inflight.push(log.send(Append::values(batch.clone())));
     }
     while let Some(r) = inflight.next().await {
         r.unwrap().unwrap();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use proglog::log::{Append, Close, LogActor, ReadBatch, Stats};
-use proglog::storage::{LogConfig, SyncPolicy};
+use proglog::storage::{LogConfig, SyncPolicy, Values};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,7 +69,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
     let log_dir = root.join("log");
     let record = vec![0x5au8; args.record_bytes];
     let per_batch = ((256 << 10) / args.record_bytes).max(1);
-    let batch: Vec<Vec<u8>> = (0..per_batch).map(|_| record.clone()).collect();
+    let batch: Values = (0..per_batch).map(|_| &record).collect();
 
     // Everything below drives the node's own engine: a LogActor and its
     // SegmentActors, as `proglog serve` runs them.
@@ -79,7 +79,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         let start = Instant::now();
         let mut written = 0u64;
         while written < total {
-            log.send(Append::batch(batch.clone())).await??;
+            log.send(Append::values(batch.clone())).await??;
             written += (per_batch * args.record_bytes) as u64;
         }
         let append_time = start.elapsed();
@@ -133,7 +133,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         let target = config.max_store_bytes / 2;
         let mut added = 0u64;
         while added < target {
-            log.send(Append::batch(batch.clone())).await??;
+            log.send(Append::values(batch.clone())).await??;
             added += (per_batch * (args.record_bytes + 16)) as u64;
         }
         Ok::<_, BoxError>((read as f64 / read_time.as_secs_f64(), rss_max))

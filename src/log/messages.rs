@@ -5,7 +5,7 @@ use std::ops::Range;
 use actix::Message;
 
 use super::error::LogError;
-use crate::storage::{Frames, RecordBatch, Records};
+use crate::storage::{Frames, RecordBatch, Records, Values};
 
 /// Appends records (one or a batch) in order. Answers their offsets once
 /// they have reached the kernel and the sync policy is met (under `always`,
@@ -26,8 +26,13 @@ impl Append {
     }
 
     pub fn batch(records: Vec<Vec<u8>>) -> Append {
+        Append::values(records.into_iter().collect())
+    }
+
+    /// A batch already packed as the RPC front packs a call's values.
+    pub fn values(values: Values) -> Append {
         Append {
-            records: Records::Values(records),
+            records: Records::Values(values),
             session: None,
         }
     }
@@ -35,7 +40,7 @@ impl Append {
     /// A batch of the produce stream `session` (see [`new_session`]).
     pub fn in_session(records: Vec<Vec<u8>>, session: u64) -> Append {
         Append {
-            records: Records::Values(records),
+            records: Records::Values(records.into_iter().collect()),
             session: Some(session),
         }
     }

@@ -810,11 +810,8 @@ impl Handler<SegAppend> for SegmentActor {
             self.refuse(reply, msg.session, error);
             return;
         }
-        if self.poisoned.contains(msg.session) {
-            let _ = reply.send(Err(LogError::unavailable(
-                &self.partition,
-                "an earlier batch of this produce stream failed; later batches are not appended",
-            )));
+        if let Some(e) = self.poisoned.refusal(msg.session, &self.partition) {
+            let _ = reply.send(Err(e));
             return;
         }
         if let Some(at) = msg.records.required_first()
@@ -836,7 +833,7 @@ impl Handler<SegAppend> for SegmentActor {
                 Records::Values(values) => values,
             };
             let start = segment.next();
-            for value in values {
+            for value in values.iter() {
                 if !segment.fits(value.len()) {
                     return Err(StorageError::InvalidConfig(format!(
                         "segment {} is full: the LogActor should have rolled it",

@@ -9,6 +9,8 @@
 
 use std::collections::{HashSet, VecDeque};
 
+use super::error::LogError;
+
 /// Sessions remembered at most; the oldest is forgotten first. Bounded so
 /// no client can grow it: a session is poisoned only by a failure.
 const MAX_POISONED: usize = 4096;
@@ -36,6 +38,17 @@ impl PoisonedSessions {
 
     pub(crate) fn contains(&self, session: Option<u64>) -> bool {
         session.is_some_and(|s| s < self.below || self.set.contains(&s))
+    }
+
+    /// The error a batch of `session` gets when that session is poisoned:
+    /// not appended, so the client may send it again in a new stream.
+    pub(crate) fn refusal(&self, session: Option<u64>, partition: &str) -> Option<LogError> {
+        self.contains(session).then(|| {
+            LogError::unavailable(
+                partition,
+                "an earlier batch of this produce stream failed; later batches are not appended",
+            )
+        })
     }
 
     /// Poisons every session opened so far. After a restart the batch an
@@ -68,6 +81,18 @@ mod tests {
         assert!(p.contains(Some(MAX_POISONED as u64 + 9)));
         assert!(!p.contains(None));
         assert_eq!(p.order.len(), MAX_POISONED);
+    }
+
+    #[test]
+    fn a_batch_of_a_poisoned_session_is_refused_as_not_appended() {
+        let mut p = PoisonedSessions::default();
+        p.insert(7);
+        assert!(matches!(
+            p.refusal(Some(7), "n-1"),
+            Some(LogError::Unavailable { partition, .. }) if partition == "n-1"
+        ));
+        assert!(p.refusal(Some(8), "n-1").is_none());
+        assert!(p.refusal(None, "n-1").is_none());
     }
 
     #[test]

@@ -161,11 +161,93 @@ impl Frames {
     }
 }
 
+/// A producer's values, back to back in one buffer: a batch of a thousand
+/// records is two allocations, not a thousand and one (BENCHMARKS.md,
+/// "Batched produce against the round before the race").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Values {
+    buf: Vec<u8>,
+    /// Where each value ends in `buf`.
+    ends: Vec<usize>,
+}
+
+impl Values {
+    /// Room for `records` values of `bytes` in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Values {
+        Values {
+            buf: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(records),
+        }
+    }
+
+    /// One value.
+    pub fn one(value: &[u8]) -> Values {
+        let mut v = Values::with_capacity(1, value.len());
+        v.push(value);
+        v
+    }
+
+    pub fn push(&mut self, value: &[u8]) {
+        self.buf.extend_from_slice(value);
+        self.ends.push(self.buf.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn start(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.ends[i - 1] }
+    }
+
+    /// Length of value `i`.
+    pub fn value_len(&self, i: usize) -> usize {
+        self.ends[i] - self.start(i)
+    }
+
+    /// Value `i`.
+    pub fn get(&self, i: usize) -> &[u8] {
+        &self.buf[self.start(i)..self.ends[i]]
+    }
+
+    /// The values in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Bytes of all values.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Splits off values `at..`.
+    pub fn split_off(&mut self, at: usize) -> Values {
+        let start = self.start(at);
+        let buf = self.buf.split_off(start);
+        let ends = self.ends.split_off(at).iter().map(|e| e - start).collect();
+        Values { buf, ends }
+    }
+}
+
+impl<V: AsRef<[u8]>> FromIterator<V> for Values {
+    fn from_iter<I: IntoIterator<Item = V>>(values: I) -> Values {
+        let mut out = Values::default();
+        for v in values {
+            out.push(v.as_ref());
+        }
+        out
+    }
+}
+
 /// What an append writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Records {
     /// Values from a producer; the segment gives them offsets and frames.
-    Values(Vec<Vec<u8>>),
+    Values(Values),
     /// A replica's copy of its leader's frames, at the leader's offsets.
     Frames(Frames),
 }
@@ -185,7 +267,7 @@ impl Records {
     /// Length of record `i`'s bytes.
     pub fn record_len(&self, i: usize) -> usize {
         match self {
-            Records::Values(v) => v[i].len(),
+            Records::Values(v) => v.value_len(i),
             Records::Frames(f) => f.record_len(i),
         }
     }
@@ -201,7 +283,7 @@ impl Records {
     /// Bytes the records take in a store, frame headers included.
     pub fn frame_bytes(&self) -> u64 {
         match self {
-            Records::Values(v) => v.iter().map(|r| (FRAME_HEADER_LEN + r.len()) as u64).sum(),
+            Records::Values(v) => (v.len() * FRAME_HEADER_LEN + v.bytes()) as u64,
             Records::Frames(f) => f.bytes() as u64,
         }
     }
@@ -234,6 +316,32 @@ mod tests {
             buf.extend_from_slice(v);
         }
         buf
+    }
+
+    fn value_lens(values: &[&[u8]]) -> Vec<usize> {
+        let v: Values = values.iter().collect();
+        (0..v.len()).map(|i| v.value_len(i)).collect()
+    }
+
+    #[test]
+    fn values_keep_each_record_whole_and_in_order_across_a_split() {
+        let mut v: Values = [&b"a"[..], b"", b"bcd", b"ef"].into_iter().collect();
+        assert_eq!((v.len(), v.bytes()), (4, 6));
+        assert_eq!(
+            v.iter().collect::<Vec<_>>(),
+            [&b"a"[..], b"", b"bcd", b"ef"]
+        );
+        let tail = v.split_off(2);
+        assert_eq!(v.iter().collect::<Vec<_>>(), [&b"a"[..], b""]);
+        assert_eq!(tail.iter().collect::<Vec<_>>(), [&b"bcd"[..], b"ef"]);
+        assert_eq!(
+            Records::Values(tail).frame_bytes(),
+            2 * FRAME_HEADER_LEN as u64 + 5
+        );
+        let mut all = v.clone();
+        assert!(all.split_off(2).is_empty() && all == v);
+        assert_eq!(Values::one(b"xyz").get(0), b"xyz");
+        assert_eq!(value_lens(&[b"ab", b"", b"c"]), [2, 0, 1]);
     }
 
     #[test]

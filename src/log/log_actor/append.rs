@@ -244,11 +244,8 @@ impl LogActor {
             let _ = reply.send(Err(e));
             return;
         }
-        if self.poisoned.contains(msg.session) {
-            let _ = reply.send(Err(LogError::unavailable(
-                &self.partition,
-                "an earlier batch of this produce stream failed; later batches are not appended",
-            )));
+        if let Some(e) = self.poisoned.refusal(msg.session, &self.partition) {
+            let _ = reply.send(Err(e));
             return;
         }
         let max = self.config.max_record_bytes;

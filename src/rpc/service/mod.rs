@@ -18,7 +18,7 @@ use tracing::field::Empty;
 use crate::cluster::{ClusterView, ServerInfo};
 use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats};
 use crate::log_capnp::{Acks, frame_sink, log, produce_sink, produced, record_sink};
-use crate::storage::{RecordBatch, Records};
+use crate::storage::{RecordBatch, Records, Values};
 use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
 use crate::wire::errors::{WireError, write_error};
 use crate::wire::framed::{ByteBudget, Charge};
@@ -98,14 +98,15 @@ impl LogService {
     }
 
     /// Charges a produce call to the node's budget until the returned
-    /// charge is dropped: its values twice (in the message and copied out
-    /// for the append; 8 bytes of pointer each) and what a call costs
+    /// charge is dropped: its values twice (in the message, 8 bytes of
+    /// pointer each, and copied out for the append, 8 bytes of bookkeeping
+    /// each) and what a call costs
     /// beyond them. Counted from the copies' lengths: `total_size()` on
     /// the message walks every pointer (5 % of a batched produce's CPU).
     /// Appends wait in a LogActor's mailbox (sent in order, whatever its
     /// fill), so this is what bounds that mailbox.
-    fn charge(&self, values: &[Vec<u8>]) -> Option<Charge> {
-        let bytes: usize = values.iter().map(|v| v.len() + 8).sum();
+    fn charge(&self, values: &Values) -> Option<Charge> {
+        let bytes = values.bytes() + 8 * values.len();
         self.budget
             .as_ref()
             .map(|b| b.charge(bytes * 2 + CALL_OVERHEAD_BYTES))
