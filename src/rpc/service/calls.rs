@@ -77,7 +77,6 @@ impl LogService {
     }
 }
 
-/// The values of a produce call, copied out of its message for the append.
 /// Copies a call's values out of its message into one buffer, sized once:
 /// each value is looked up in the message once (a second pass would cost
 /// as much as the copy), through a list of slices that lives only here

@@ -100,9 +100,9 @@ impl LogService {
     /// Charges a produce call to the node's budget until the returned
     /// charge is dropped: its values twice (in the message, 8 bytes of
     /// pointer each, and copied out for the append, 8 bytes of bookkeeping
-    /// each) and what a call costs
-    /// beyond them. Counted from the copies' lengths: `total_size()` on
-    /// the message walks every pointer (5 % of a batched produce's CPU).
+    /// each) and what a call costs beyond them. Counted from the copy's
+    /// lengths: `total_size()` on the message walks every pointer (5 % of
+    /// a batched produce's CPU).
     /// Appends wait in a LogActor's mailbox (sent in order, whatever its
     /// fill), so this is what bounds that mailbox.
     fn charge(&self, values: &Values) -> Option<Charge> {
