@@ -128,6 +128,50 @@ async fn batch_and_stream_produce_give_consecutive_offsets_and_consume_stream_re
 }
 
 #[actix_rt::test]
+async fn a_batch_larger_than_a_segment_reads_back_record_for_record_across_its_rolls() {
+    // Segments of 4 MiB; the batch holds about 4.8 MB, empty values among
+    // them, so the node splits it at the rolls (the values' split path).
+    let node = start_node(RpcConfig::default()).await;
+    let client = connect(&node).await;
+    let batch: Vec<Vec<u8>> = (0..72u32)
+        .map(|i| match i % 3 {
+            0 => Vec::new(),
+            1 => vec![i as u8],
+            _ => vec![i as u8; 200_000],
+        })
+        .collect();
+    assert_eq!(client.produce_batch(&batch).await.unwrap().offsets, 0..72);
+    for (i, value) in batch.iter().enumerate() {
+        let record = client.consume("", i as u64).await.unwrap();
+        assert_eq!((record.offset, &record.value), (i as u64, value));
+    }
+    let stores = walk(node.dir.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "store"))
+        .count();
+    assert!(
+        stores >= 2,
+        "the batch did not cross a roll ({stores} store files)"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> impl Iterator<Item = std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.into_iter()
+}
+
+#[actix_rt::test]
 async fn domain_errors_arrive_typed() {
     let node = start_node(RpcConfig::default()).await;
     let client = connect(&node).await;
