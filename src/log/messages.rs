@@ -40,8 +40,8 @@ impl Append {
     /// A batch of the produce stream `session` (see [`new_session`]).
     pub fn in_session(records: Vec<Vec<u8>>, session: u64) -> Append {
         Append {
-            records: Records::Values(records.into_iter().collect()),
             session: Some(session),
+            ..Append::batch(records)
         }
     }
 

@@ -39,14 +39,59 @@ pub enum FramesError {
     },
 }
 
+/// Byte runs back to back in one buffer, with where each starts: a batch
+/// is two allocations whatever its count. What [`Frames`] and [`Values`]
+/// hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Runs {
+    buf: Vec<u8>,
+    /// Where each run starts in `buf`, then the end of the last one.
+    bounds: Vec<usize>,
+}
+
+impl Runs {
+    fn with_capacity(runs: usize, bytes: usize) -> Runs {
+        let mut bounds = Vec::with_capacity(runs + 1);
+        bounds.push(0);
+        Runs {
+            buf: Vec::with_capacity(bytes),
+            bounds,
+        }
+    }
+
+    fn push(&mut self, run: &[u8]) {
+        self.buf.extend_from_slice(run);
+        self.bounds.push(self.buf.len());
+    }
+
+    fn len(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        &self.buf[self.bounds[i]..self.bounds[i + 1]]
+    }
+
+    fn run_len(&self, i: usize) -> usize {
+        self.bounds[i + 1] - self.bounds[i]
+    }
+
+    /// Splits off runs `at..`.
+    fn split_off(&mut self, at: usize) -> Runs {
+        let start = self.bounds[at];
+        let buf = self.buf.split_off(start);
+        let bounds = self.bounds[at..].iter().map(|b| b - start).collect();
+        self.bounds.truncate(at + 1);
+        Runs { buf, bounds }
+    }
+}
+
 /// Frames checked to be intact, at consecutive offsets from `first`: the
 /// only way to build one is [`Frames::check`], so a segment can write
 /// them without looking again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frames {
-    buf: Vec<u8>,
-    /// Where each frame starts in `buf`, then the end of the last one.
-    bounds: Vec<usize>,
+    runs: Runs,
     first: u64,
 }
 
@@ -105,7 +150,10 @@ impl Frames {
             bounds.push(cursor);
             expected += 1;
         }
-        Ok(Frames { buf, bounds, first })
+        Ok(Frames {
+            runs: Runs { buf, bounds },
+            first,
+        })
     }
 
     /// Offset of the first frame.
@@ -115,7 +163,7 @@ impl Frames {
 
     /// Number of frames.
     pub fn len(&self) -> usize {
-        self.bounds.len() - 1
+        self.runs.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -124,38 +172,33 @@ impl Frames {
 
     /// Frame `i`, header included.
     pub fn frame(&self, i: usize) -> &[u8] {
-        &self.buf[self.bounds[i]..self.bounds[i + 1]]
+        self.runs.get(i)
     }
 
     /// Length of record `i` (its frame without the header).
     pub fn record_len(&self, i: usize) -> usize {
-        self.bounds[i + 1] - self.bounds[i] - FRAME_HEADER_LEN
+        self.runs.run_len(i) - FRAME_HEADER_LEN
     }
 
     /// All frames, back to back.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf
+        &self.runs.buf
     }
 
     /// Where frame `i` starts in [`Frames::as_bytes`].
     pub fn start(&self, i: usize) -> usize {
-        self.bounds[i]
+        self.runs.bounds[i]
     }
 
     /// Bytes of all frames, headers included.
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        self.runs.buf.len()
     }
 
     /// Splits off frames `at..` (a batch that a roll divides).
     pub fn split_off(&mut self, at: usize) -> Frames {
-        let start = self.bounds[at];
-        let buf = self.buf.split_off(start);
-        let bounds: Vec<usize> = self.bounds[at..].iter().map(|b| b - start).collect();
-        self.bounds.truncate(at + 1);
         Frames {
-            buf,
-            bounds,
+            runs: self.runs.split_off(at),
             first: self.first + at as u64,
         }
     }
@@ -164,19 +207,22 @@ impl Frames {
 /// A producer's values, back to back in one buffer: a batch of a thousand
 /// records is two allocations, not a thousand and one (BENCHMARKS.md,
 /// "Batched produce against the round before the race").
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Values {
-    buf: Vec<u8>,
-    /// Where each value ends in `buf`.
-    ends: Vec<usize>,
+    runs: Runs,
+}
+
+impl Default for Values {
+    fn default() -> Values {
+        Values::with_capacity(0, 0)
+    }
 }
 
 impl Values {
     /// Room for `records` values of `bytes` in all.
     pub fn with_capacity(records: usize, bytes: usize) -> Values {
         Values {
-            buf: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(records),
+            runs: Runs::with_capacity(records, bytes),
         }
     }
 
@@ -188,30 +234,25 @@ impl Values {
     }
 
     pub fn push(&mut self, value: &[u8]) {
-        self.buf.extend_from_slice(value);
-        self.ends.push(self.buf.len());
+        self.runs.push(value);
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.runs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    fn start(&self, i: usize) -> usize {
-        if i == 0 { 0 } else { self.ends[i - 1] }
+        self.len() == 0
     }
 
     /// Length of value `i`.
     pub fn value_len(&self, i: usize) -> usize {
-        self.ends[i] - self.start(i)
+        self.runs.run_len(i)
     }
 
     /// Value `i`.
     pub fn get(&self, i: usize) -> &[u8] {
-        &self.buf[self.start(i)..self.ends[i]]
+        self.runs.get(i)
     }
 
     /// The values in order.
@@ -221,15 +262,14 @@ impl Values {
 
     /// Bytes of all values.
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        self.runs.buf.len()
     }
 
     /// Splits off values `at..`.
     pub fn split_off(&mut self, at: usize) -> Values {
-        let start = self.start(at);
-        let buf = self.buf.split_off(start);
-        let ends = self.ends.split_off(at).iter().map(|e| e - start).collect();
-        Values { buf, ends }
+        Values {
+            runs: self.runs.split_off(at),
+        }
     }
 }
 
