@@ -296,6 +296,104 @@ fn a_full_disk_is_a_typed_error_reads_work_and_appends_resume_when_space_returns
     assert!(server.stop().0.success());
 }
 
+/// Bytes free for the node on the file system of `path` (statvfs's
+/// `f_bavail` × `f_frsize`, as the node counts them).
+fn free_bytes(path: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%a %S"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+    fields.next().unwrap() * fields.next().unwrap()
+}
+
+/// Waits until the file system of `path` shows at least `bytes` free (ext4
+/// may count an unlinked file's blocks as free a moment later).
+fn await_free(path: &Path, bytes: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let free = free_bytes(path);
+        if free >= bytes {
+            return free;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{free} bytes free, never {bytes}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A partition refused at the free-space floor resumes only once there is
+/// room above the floor (1 MiB), not at the floor itself, where its next
+/// batch would be refused again (a replica's batches were refused, taken
+/// back and resumed in a loop). Freeing 512 KiB leaves even a tiny record
+/// refused; freeing 2 MiB more lets appends resume, with no gap.
+#[test]
+fn a_partition_refused_at_the_floor_resumes_only_with_room_above_it() {
+    let Some(disk) = SmallDisk::new(16) else {
+        return;
+    };
+    let (small, large) = (
+        disk.path().join("filler-512k"),
+        disk.path().join("filler-2m"),
+    );
+    std::fs::write(&small, vec![7u8; 512 << 10]).unwrap();
+    std::fs::write(&large, vec![7u8; 2 << 20]).unwrap();
+    let data = disk.path().join("data");
+    const FLOOR: u64 = 4 << 20;
+    let mut server = Server::start_with(
+        &data,
+        &opts(&[
+            "--min-free-bytes",
+            &FLOOR.to_string(),
+            "--max-segment-bytes",
+            "1048576",
+            "--max-index-bytes",
+            "65536",
+            "--max-record-bytes",
+            "4096",
+        ]),
+    );
+    let value = |i: usize| format!("{i:08}-{}", "f".repeat(1000));
+    let mut acked = 0usize;
+    loop {
+        let chunk: Vec<String> = (acked..acked + 200).map(value).collect();
+        let out = produce(&server, &chunk);
+        acked += out.stdout.lines().count();
+        if !out.status.success() {
+            assert!(out.stderr.contains("min-free-bytes"), "{}", out.stderr);
+            break;
+        }
+        assert!(acked < 20_000, "the floor was never reached");
+    }
+    // Refused: less than one batch (about 200 KiB) above the floor.
+    let refused_at = free_bytes(disk.path());
+    assert!(refused_at < FLOOR + (256 << 10), "{refused_at} bytes free");
+
+    std::fs::remove_file(&small).unwrap();
+    let free = await_free(disk.path(), refused_at + (512 << 10) - (64 << 10));
+    assert!(
+        free < FLOOR + (1 << 20),
+        "{free} bytes free: the check needs less than 1 MiB above the floor"
+    );
+    let out = produce(&server, &["tiny".to_string()]);
+    assert!(
+        !out.status.success() && out.stderr.contains("disk full"),
+        "still refused with {free} bytes free: {}{}",
+        out.stdout,
+        out.stderr
+    );
+
+    std::fs::remove_file(&large).unwrap();
+    await_free(disk.path(), FLOOR + (1 << 20));
+    let out = produce(&server, &[value(acked)]).success();
+    assert_eq!(out.stdout.trim(), acked.to_string(), "no gap, no reuse");
+    assert!(server.stop().0.success());
+}
+
 /// The free-space floor refuses produce before the disk is really full.
 #[test]
 fn the_free_space_floor_refuses_produce_before_the_disk_is_full() {

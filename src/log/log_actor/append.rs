@@ -27,12 +27,16 @@ impl LogActor {
         })
     }
 
-    /// Leaves the disk-full state when the file system has room again.
+    /// Leaves the disk-full state when the file system has room again: the
+    /// floor plus [`RESUME_HEADROOM_BYTES`].
     pub(super) fn probe_free_space(&mut self) {
         if self.disk_full.is_none() {
             return;
         }
-        let needed = self.config.min_free_bytes.max(MIN_FREE_TO_RESUME);
+        let needed = self
+            .config
+            .min_free_bytes
+            .saturating_add(RESUME_HEADROOM_BYTES);
         if let Ok(free) = free_bytes(&self.dir)
             && free >= needed
         {

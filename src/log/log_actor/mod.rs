@@ -55,8 +55,11 @@ pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often free space is checked while the partition is disk-full.
 pub const DISK_FULL_PROBE_INTERVAL: Duration = Duration::from_millis(200);
-/// Free bytes needed to leave the disk-full state when no floor is set.
-const MIN_FREE_TO_RESUME: u64 = 1 << 20;
+/// Free bytes above the floor (`min_free_bytes`, which may be 0) needed to
+/// leave the disk-full state: room for more than the next append, so a
+/// partition does not resume at the floor only to be refused again by its
+/// next batch, over and over, while nothing was freed.
+const RESUME_HEADROOM_BYTES: u64 = 1 << 20;
 
 /// A started SegmentActor and what the LogActor knows of its segment.
 struct SegmentHandle {
