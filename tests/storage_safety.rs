@@ -214,6 +214,22 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A node for a small disk: 1 MiB segments, records of at most 4 KiB, and
+/// the free-space floor `floor` (0: off).
+fn small_disk_opts(floor: u64) -> ServeOptions {
+    let floor = floor.to_string();
+    opts(&[
+        "--min-free-bytes",
+        &floor,
+        "--max-segment-bytes",
+        "1048576",
+        "--max-index-bytes",
+        "65536",
+        "--max-record-bytes",
+        "4096",
+    ])
+}
+
 /// Disk full on a real 16 MiB file system: no crash, the typed `diskFull`
 /// error, reads keep working, appends resume by themselves once space is
 /// freed, and nothing acknowledged is lost across a restart.
@@ -226,16 +242,7 @@ fn a_full_disk_is_a_typed_error_reads_work_and_appends_resume_when_space_returns
     let filler = disk.path().join("filler");
     std::fs::write(&filler, vec![7u8; 3 << 20]).unwrap();
     let data = disk.path().join("data");
-    let o = opts(&[
-        "--min-free-bytes",
-        "0",
-        "--max-segment-bytes",
-        "1048576",
-        "--max-index-bytes",
-        "65536",
-        "--max-record-bytes",
-        "4096",
-    ]);
+    let o = small_disk_opts(0);
     let mut server = Server::start_with(&data, &o);
     let value = |i: usize| format!("{i:08}-{}", "d".repeat(1000));
     let mut acked = 0usize;
@@ -344,19 +351,7 @@ fn a_partition_refused_at_the_floor_resumes_only_with_room_above_it() {
     std::fs::write(&large, vec![7u8; 2 << 20]).unwrap();
     let data = disk.path().join("data");
     const FLOOR: u64 = 4 << 20;
-    let mut server = Server::start_with(
-        &data,
-        &opts(&[
-            "--min-free-bytes",
-            &FLOOR.to_string(),
-            "--max-segment-bytes",
-            "1048576",
-            "--max-index-bytes",
-            "65536",
-            "--max-record-bytes",
-            "4096",
-        ]),
-    );
+    let mut server = Server::start_with(&data, &small_disk_opts(FLOOR));
     let value = |i: usize| format!("{i:08}-{}", "f".repeat(1000));
     let mut acked = 0usize;
     loop {
