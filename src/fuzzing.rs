@@ -237,17 +237,24 @@ pub fn rpc_messages(data: &[u8]) -> usize {
         let budget = Rc::new(crate::wire::framed::ByteBudget::new(16 << 20));
         let activity = crate::wire::framed::Activity::new();
         let limits = crate::wire::framed::ReceiveLimits::new(1 << 20)
-            .with_budget(Some(budget))
+            .with_budget(Some(budget.clone()))
             .with_activity(activity.clone())
             .refuse_promise_resolutions();
+        let outbox = crate::wire::outbox::Outbox::new(Some(budget.clone()));
         let network = crate::wire::transport::vat_network(
             server,
             capnp_rpc::rpc_twoparty_capnp::Side::Server,
             limits,
             1 << 20,
+            Some(outbox.clone()),
         );
-        let service: crate::log_capnp::log::Client =
-            capnp_rpc::new_client(crate::rpc::LogService::new(ctx.clone(), "fuzz"));
+        let service: crate::log_capnp::log::Client = capnp_rpc::new_client(
+            crate::rpc::LogService::new(ctx.clone(), "fuzz").with_connection(
+                Default::default(),
+                Some(budget.clone()),
+                Some(outbox),
+            ),
+        );
         let rpc = capnp_rpc::RpcSystem::new(Box::new(network), Some(service.client));
         let (mut from_server, mut to_server) = tokio::io::split(client);
         // Half the inputs (by length) end as a client hanging up does; the

@@ -73,7 +73,13 @@ async fn fake_leader(fault: Fault) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::task::spawn_local(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let network = vat_network(tcp, Side::Server, ReceiveLimits::new(1 << 20), 1 << 20);
+            let network = vat_network(
+                tcp,
+                Side::Server,
+                ReceiveLimits::new(1 << 20),
+                1 << 20,
+                None,
+            );
             let client: log::Client = capnp_rpc::new_client(FakeLeader { fault });
             tokio::task::spawn_local(RpcSystem::new(Box::new(network), Some(client.client)));
         }

@@ -178,6 +178,7 @@ impl Client {
             Side::Client,
             ReceiveLimits::new(options.max_message_bytes),
             options.stream_window_bytes,
+            None,
         );
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let log: log::Client = rpc.bootstrap(Side::Server);

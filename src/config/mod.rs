@@ -121,9 +121,10 @@ pub struct ServeArgs {
     /// word more closes the connection) [default: 67108864].
     #[arg(long, env = "PROGLOG_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
-    /// Request bytes in flight across all connections (messages being
-    /// received, produce calls being served); past it the node stops
-    /// reading from sockets until some are done [default: 268435456].
+    /// Bytes in flight across all connections (messages being received,
+    /// produce calls being served, answers of reads not yet sent); past it
+    /// the node stops reading from sockets, and reads wait, until some are
+    /// done [default: 268435456].
     #[arg(long, env = "PROGLOG_MAX_INFLIGHT_BYTES")]
     pub max_inflight_bytes: Option<usize>,
     /// Close a connection with no message and no call or stream in

@@ -31,6 +31,7 @@ use crate::log_capnp::log;
 use crate::supervision::{self, ChildSpec, Failpoints, InjectPanic, Parent, Work, panic_message};
 use crate::telemetry::Metrics;
 use crate::wire::framed::{Activity, ByteBudget, ReceiveLimits};
+use crate::wire::outbox::Outbox;
 use crate::wire::transport::vat_network;
 
 /// Settings of the RPC front.
@@ -47,9 +48,10 @@ pub struct RpcConfig {
     /// Flow-control window of each stream the server pushes (consumeStream):
     /// how many bytes may be in flight to a consumer. Default: 4 MiB.
     pub stream_window_bytes: usize,
-    /// Request bytes in flight across every connection (messages being
-    /// received, parameters of calls being served); past it the server
-    /// stops reading from sockets until some are done. Default: 256 MiB.
+    /// Bytes in flight across every connection (messages being received,
+    /// parameters of calls being served, answers not yet sent: see
+    /// [`Outbox`]); past it the server stops reading from sockets, and
+    /// reads wait, until some are done. Default: 256 MiB.
     pub max_inflight_bytes: usize,
     /// A connection with no message and no call or stream in progress for
     /// this long is closed. Default: 300 s.
@@ -324,18 +326,30 @@ async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: R
         .with_budget(Some(conn.budget.clone()))
         .with_activity(activity.clone())
         .refuse_promise_resolutions();
-    let network = vat_network(stream, Side::Server, limits, config.stream_window_bytes);
+    let outbox = Outbox::new(Some(conn.budget.clone()));
+    let network = vat_network(
+        stream,
+        Side::Server,
+        limits,
+        config.stream_window_bytes,
+        Some(outbox.clone()),
+    );
     let state = Rc::new(ConnectionState::default());
     let service = LogService::new(conn.ctx.clone(), subject.as_str())
         .with_metrics(conn.metrics.clone())
         .with_failpoints(conn.failpoints.clone())
-        .with_connection(state.clone(), Some(conn.budget.clone()));
+        .with_connection(
+            state.clone(),
+            Some(conn.budget.clone()),
+            Some(outbox.clone()),
+        );
     let service: log::Client = capnp_rpc::new_client(service);
     let rpc = RpcSystem::new(Box::new(network), Some(service.client));
     tokio::pin!(rpc);
     let idle = idle_watch(
         &activity,
         &state,
+        &outbox,
         config.handshake_timeout,
         config.idle_timeout,
     );
@@ -374,9 +388,14 @@ pub const MIN_LARGE_MESSAGE_BYTES_PER_SEC: usize = 1 << 20;
 /// began; or no
 /// message for `idle` while no call or stream of its own is in progress (a
 /// following consumer is not idle).
+///
+/// Also when answers wait to be sent and none has left for `first`: a peer
+/// that stopped reading holds them, and their share of the budget, no
+/// longer than that (checked at least every `first`).
 async fn idle_watch(
     activity: &Activity,
     state: &ConnectionState,
+    outbox: &Outbox,
     first: Duration,
     idle: Duration,
 ) -> &'static str {
@@ -405,8 +424,13 @@ async fn idle_watch(
         if due.0 <= now && (due.1 != "idle" || state.busy() == 0) {
             return due.1;
         }
+        if let Some(since) = outbox.stalled_since()
+            && tokio::time::Instant::from_std(since) + first <= now
+        {
+            return "not reading its answers";
+        }
         tokio::select! {
-            _ = tokio::time::sleep_until(due.0.max(now)) => {}
+            _ = tokio::time::sleep_until(due.0.max(now).min(now + first)) => {}
             _ = activity.changed() => {}
         }
     }

@@ -41,10 +41,12 @@ const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 /// capnp's own limit on segments in one message.
 const MAX_SEGMENTS: usize = 512;
 
-/// Request bytes in flight on a node, across every connection: message
-/// bytes buffered before they are whole, and the parameters of calls being
-/// served (charged by the service). Once `limit` is reached no connection
-/// reads from its socket until some are given back.
+/// Bytes in flight on a node, across every connection: message bytes
+/// buffered before they are whole, the parameters of calls being served
+/// (charged by the service), and answers not yet sent (charged by each
+/// connection's [`Outbox`](super::outbox::Outbox)). Once `limit` is
+/// reached no connection reads from its socket, and no read reserves an
+/// answer, until some are given back.
 #[derive(Debug)]
 pub struct ByteBudget {
     limit: usize,
@@ -92,12 +94,12 @@ impl ByteBudget {
         }
     }
 
-    fn take(&self, bytes: usize) {
+    pub(super) fn take(&self, bytes: usize) {
         let before = self.used.fetch_add(bytes, Ordering::AcqRel);
         self.show(before + bytes);
     }
 
-    fn give_back(&self, bytes: usize) {
+    pub(super) fn give_back(&self, bytes: usize) {
         if bytes == 0 {
             return;
         }
@@ -112,7 +114,7 @@ impl ByteBudget {
     }
 
     /// Ready when a reader may read from its socket; else registers `cx`.
-    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(super) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.used() < self.limit {
             return Poll::Ready(());
         }

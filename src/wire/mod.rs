@@ -7,6 +7,7 @@
 pub mod corked;
 pub mod errors;
 pub mod framed;
+pub mod outbox;
 pub mod socket;
 pub mod transport;
 

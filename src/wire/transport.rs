@@ -5,8 +5,14 @@ use capnp::message::ReaderOptions;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::twoparty::VatNetwork;
 
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
 use super::corked::CorkedWriter;
 use super::framed::{FramedReader, ReceiveLimits};
+use super::outbox::Outbox;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
@@ -30,12 +36,14 @@ pub fn reader_options(max_message_bytes: usize) -> ReaderOptions {
 /// The stream type a vat network reads from.
 pub type Reader<S> = FramedReader<tokio_util::compat::Compat<tokio::io::ReadHalf<S>>>;
 
-/// Builds the vat network of one connection over `stream`.
+/// Builds the vat network of one connection over `stream`; the bytes it
+/// sends are counted out of `outbox` (a server's connection).
 pub fn vat_network<S>(
     stream: S,
     side: Side,
     limits: ReceiveLimits,
     window_bytes: usize,
+    outbox: Option<Rc<Outbox>>,
 ) -> VatNetwork<Reader<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -44,12 +52,56 @@ where
     // capnp-rpc itself does.
     let options = reader_options(limits.max_message_bytes);
     let (read, write) = tokio::io::split(stream);
+    let sent = CountedWriter {
+        inner: write.compat_write(),
+        outbox,
+    };
     let mut network = VatNetwork::new(
         FramedReader::new(read.compat(), limits),
-        CorkedWriter::new(write.compat_write(), IO_BUFFER_BYTES),
+        CorkedWriter::new(sent, IO_BUFFER_BYTES),
         side,
         options,
     );
     network.set_window_size(window_bytes);
     network
+}
+
+/// The socket's writer, telling the outbox what has left.
+struct CountedWriter<W> {
+    inner: W,
+    outbox: Option<Rc<Outbox>>,
+}
+
+impl<W: futures::io::AsyncWrite + Unpin> futures::io::AsyncWrite for CountedWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(outbox)) = (&written, &self.outbox) {
+            outbox.sent(*n);
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(outbox)) = (&written, &self.outbox) {
+            outbox.sent(*n);
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
 }

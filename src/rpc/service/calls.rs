@@ -239,12 +239,18 @@ impl log::Server for LogService {
         self.call(CONSUME, async {
             let p = params.get()?;
             let (id, offset) = (text(p.get_partition())?, p.get_offset());
+            let reserved = self
+                .reserve_answer(self.ctx.max_record_bytes as usize)
+                .await;
             let outcome = self.read(&id, offset, 1, Read { offset }).await;
             let out = results.get().init_result();
             match outcome {
                 Ok(value) => {
                     if let Some(m) = &self.metrics {
                         m.read(1, value.len() as u64);
+                    }
+                    if let Some(r) = reserved {
+                        r.keep(value.len());
                     }
                     let mut r = out.init_record();
                     r.set_offset(offset);
@@ -280,6 +286,7 @@ impl log::Server for LogService {
                 max_bytes,
                 max_records,
             };
+            let reserved = self.reserve_answer(max_bytes).await;
             let outcome = self.read(&id, offset, 0, read).await;
             let out = results.get().init_result();
             match outcome {
@@ -295,6 +302,9 @@ impl log::Server for LogService {
                     }
                     if let Some(m) = &self.metrics {
                         m.read(n as u64, bytes as u64);
+                    }
+                    if let Some(r) = reserved {
+                        r.keep(bytes);
                     }
                     Ok(Ok(()))
                 }

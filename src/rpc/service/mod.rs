@@ -22,6 +22,7 @@ use crate::storage::{RecordBatch, Records, Values};
 use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
 use crate::wire::errors::{WireError, write_error};
 use crate::wire::framed::{ByteBudget, Charge};
+use crate::wire::outbox::{Outbox, Reserved};
 use crate::wire::{MAX_STREAMS_PER_CONNECTION, MAX_WRITES_PER_PRODUCE_STREAM, text};
 
 mod accounting;
@@ -71,6 +72,9 @@ pub struct LogService {
     /// The node's budget of request bytes in flight, charged with the
     /// parameters of produce calls while they are served.
     budget: Option<Rc<ByteBudget>>,
+    /// This connection's unsent answers: a read reserves its answer here
+    /// before it reads (`None`: unbounded, as in tests of the service alone).
+    outbox: Option<Rc<Outbox>>,
 }
 
 impl LogService {
@@ -82,19 +86,32 @@ impl LogService {
             failpoints: Default::default(),
             connection: Default::default(),
             budget: None,
+            outbox: None,
         }
     }
 
     /// Counts this connection's calls and streams in `state`; charges the
-    /// parameters of produce calls to `budget` while they are served.
+    /// parameters of produce calls to `budget` while they are served, and
+    /// the answers of reads to `outbox` until they are sent.
     pub fn with_connection(
         mut self,
         state: Rc<ConnectionState>,
         budget: Option<Rc<ByteBudget>>,
+        outbox: Option<Rc<Outbox>>,
     ) -> LogService {
         self.connection = state;
         self.budget = budget;
+        self.outbox = outbox;
         self
+    }
+
+    /// Waits for room for an answer of at most `bytes` on this connection
+    /// (see [`Outbox`]); `None` without an outbox.
+    async fn reserve_answer(&self, bytes: usize) -> Option<Reserved> {
+        match &self.outbox {
+            Some(outbox) => Some(outbox.reserve(bytes).await),
+            None => None,
+        }
     }
 
     /// Charges a produce call to the node's budget until the returned

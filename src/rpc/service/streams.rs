@@ -128,6 +128,7 @@ impl LogService {
         sent: &mut u64,
     ) -> Option<(WireError, String)> {
         loop {
+            let reserved = self.reserve_answer(max_bytes).await;
             let batch = match log
                 .send(ReadBatch {
                     from: next,
@@ -141,6 +142,7 @@ impl LogService {
                 Err(e) => return Some((WireError::Unavailable, e.to_string())),
             };
             if batch.is_empty() {
+                drop(reserved);
                 // At the end of the log: wait to be woken by the LogActor.
                 match crate::log::wait_for(log, next).await {
                     Ok(_) => continue,
@@ -155,6 +157,9 @@ impl LogService {
             if let Err(e) = sink.push(&batch).await {
                 tracing::debug!(error = %e, "stream sink went away");
                 return None;
+            }
+            if let Some(r) = reserved {
+                r.keep(batch.payload_bytes());
             }
             next = batch.next_offset().unwrap_or(next);
             *sent += batch.len() as u64;
