@@ -31,9 +31,12 @@ pub const OUTBOX_BYTES: usize = 4 << 20;
 pub struct Outbox {
     budget: Option<Rc<ByteBudget>>,
     limit: usize,
-    pending: Cell<usize>,
-    /// When the pending bytes last moved: some went out, or some were
-    /// reserved while none were pending.
+    /// Bytes reserved by reads whose answers are not built yet.
+    reserved: Cell<usize>,
+    /// Bytes of built answers not yet sent.
+    unsent: Cell<usize>,
+    /// When unsent bytes last moved: some went out, or some were added
+    /// while none were unsent.
     moved: Cell<Instant>,
     /// Calls waiting for room on this connection.
     waiting: RefCell<Vec<Waker>>,
@@ -50,28 +53,34 @@ impl Outbox {
         Rc::new(Outbox {
             budget,
             limit,
-            pending: Cell::new(0),
+            reserved: Cell::new(0),
+            unsent: Cell::new(0),
             moved: Cell::new(Instant::now()),
             waiting: RefCell::new(Vec::new()),
         })
     }
 
-    /// Answer bytes reserved or built and not yet sent.
+    /// Bytes held: reserved for answers being read, and built but unsent.
     pub fn pending(&self) -> usize {
-        self.pending.get()
+        self.reserved.get() + self.unsent.get()
     }
 
-    /// Since when pending bytes have not moved; `None` while none are pending.
+    /// Since when built answers have waited with none of their bytes
+    /// leaving; `None` while none wait (a read still reserving is not a
+    /// stall of the peer's).
     pub fn stalled_since(&self) -> Option<Instant> {
-        (self.pending.get() > 0).then(|| self.moved.get())
+        (self.unsent.get() > 0).then(|| self.moved.get())
     }
 
     /// Waits for room (this connection under its limit, the node's budget
     /// not spent), then reserves `bytes` for an answer.
     pub async fn reserve(self: &Rc<Self>, bytes: usize) -> Reserved {
         poll_fn(|cx| {
-            if self.pending.get() >= self.limit {
-                self.waiting.borrow_mut().push(cx.waker().clone());
+            if self.pending() >= self.limit {
+                let mut waiting = self.waiting.borrow_mut();
+                if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiting.push(cx.waker().clone());
+                }
                 return Poll::Pending;
             }
             match &self.budget {
@@ -80,45 +89,44 @@ impl Outbox {
             }
         })
         .await;
-        self.take(bytes);
+        self.reserved.set(self.reserved.get() + bytes);
+        if let Some(budget) = &self.budget {
+            budget.take(bytes);
+        }
         Reserved {
             outbox: self.clone(),
             bytes,
         }
     }
 
-    /// `n` bytes left on the socket: that many pending are given back (the
-    /// writer counts every message, so this errs towards giving back).
+    /// `n` bytes left on the socket: as many unsent answer bytes are
+    /// given back (the writer counts every message, so this errs towards
+    /// giving back).
     pub fn sent(&self, n: usize) {
         if n == 0 {
             return;
         }
         self.moved.set(Instant::now());
-        self.give_back(n);
+        let released = n.min(self.unsent.get());
+        self.unsent.set(self.unsent.get() - released);
+        self.give_back(released);
     }
 
-    fn take(&self, bytes: usize) {
-        if self.pending.get() == 0 {
-            self.moved.set(Instant::now());
-        }
-        self.pending.set(self.pending.get() + bytes);
-        if let Some(budget) = &self.budget {
-            budget.take(bytes);
-        }
+    /// Answer bytes that will not be waited for (their call failed: the
+    /// answer may never be sent): given back as if sent.
+    pub fn forget(&self, bytes: usize) {
+        self.sent(bytes);
     }
 
-    /// Gives back `bytes`, or what is pending if less (the writer may have
-    /// counted some of a reservation as sent already).
+    /// Gives `bytes` back to the budget and wakes waiting reads.
     fn give_back(&self, bytes: usize) {
-        let bytes = bytes.min(self.pending.get());
         if bytes == 0 {
             return;
         }
-        self.pending.set(self.pending.get() - bytes);
         if let Some(budget) = &self.budget {
             budget.give_back(bytes);
         }
-        if self.pending.get() < self.limit {
+        if self.pending() < self.limit {
             for w in std::mem::take(&mut *self.waiting.borrow_mut()) {
                 w.wake();
             }
@@ -130,13 +138,12 @@ impl Drop for Outbox {
     /// A closed connection's unsent answers are gone with it.
     fn drop(&mut self) {
         if let Some(budget) = &self.budget {
-            budget.give_back(self.pending.get());
+            budget.give_back(self.pending());
         }
     }
 }
 
-/// Bytes reserved for one answer; what [`keep`](Reserved::keep) does not
-/// keep is given back when this is dropped.
+/// Bytes reserved for one answer, given back when dropped unless kept.
 #[derive(Debug)]
 pub struct Reserved {
     outbox: Rc<Outbox>,
@@ -144,16 +151,32 @@ pub struct Reserved {
 }
 
 impl Reserved {
+    /// The answer will use `used` bytes (at most those reserved): the rest
+    /// is given back now.
+    pub fn shrink_to(&mut self, used: usize) {
+        let back = self.bytes - used.min(self.bytes);
+        self.bytes -= back;
+        self.outbox.reserved.set(self.outbox.reserved.get() - back);
+        self.outbox.give_back(back);
+    }
+
     /// The answer was built with `used` bytes (at most those reserved):
-    /// they stay pending until they are sent.
+    /// they stay held, as unsent, until they leave on the socket.
     pub fn keep(mut self, used: usize) {
-        self.bytes -= used.min(self.bytes);
+        self.shrink_to(used);
+        let outbox = &self.outbox;
+        outbox.reserved.set(outbox.reserved.get() - self.bytes);
+        if outbox.unsent.get() == 0 {
+            outbox.moved.set(Instant::now());
+        }
+        outbox.unsent.set(outbox.unsent.get() + self.bytes);
+        self.bytes = 0;
     }
 }
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        self.outbox.give_back(self.bytes);
+        self.shrink_to(0);
     }
 }
 
@@ -184,6 +207,7 @@ mod tests {
         outbox.sent(1);
         third.await.keep(10);
         assert_eq!((outbox.pending(), node.used()), (109, 109));
+        assert!(outbox.stalled_since().is_some(), "built answers wait");
         outbox.sent(1 << 20);
         assert_eq!((outbox.pending(), node.used()), (0, 0), "never below zero");
         assert!(outbox.stalled_since().is_none());
@@ -197,7 +221,21 @@ mod tests {
         assert_eq!((outbox.pending(), node.used()), (1000, 1000));
         drop(outbox.reserve(4096).await);
         assert_eq!(outbox.pending(), 1000, "an answer not built keeps nothing");
-        assert!(outbox.stalled_since().is_some());
+        outbox.sent(1000);
+        let reading = outbox.reserve(4096).await;
+        assert!(
+            outbox.stalled_since().is_none(),
+            "a read still reserving is no stall of the peer's"
+        );
+        assert_eq!(outbox.pending(), 4096);
+        outbox.sent(4096);
+        assert_eq!(
+            outbox.pending(),
+            4096,
+            "sent bytes release built answers only"
+        );
+        drop(reading);
+        outbox.reserve(10).await.keep(10);
         drop(outbox);
         assert_eq!(
             node.used(),

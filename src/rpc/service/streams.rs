@@ -154,12 +154,17 @@ impl LogService {
             if let Some(m) = &self.metrics {
                 m.read(batch.len() as u64, batch.payload_bytes() as u64);
             }
-            if let Err(e) = sink.push(&batch).await {
-                tracing::debug!(error = %e, "stream sink went away");
-                return None;
-            }
+            // The push sends at once, then may wait for the client's
+            // window: the answer counts as unsent from the start.
             if let Some(r) = reserved {
                 r.keep(batch.payload_bytes());
+            }
+            if let Err(e) = sink.push(&batch).await {
+                tracing::debug!(error = %e, "stream sink went away");
+                if let Some(outbox) = &self.outbox {
+                    outbox.forget(batch.payload_bytes());
+                }
+                return None;
             }
             next = batch.next_offset().unwrap_or(next);
             *sent += batch.len() as u64;
