@@ -164,11 +164,12 @@ async fn a_stalled_consumer_does_not_make_the_server_buffer_the_log() {
 }
 
 /// 4,000 pipelined reads of 256 KiB each (about 1 GB of answers, for about
-/// 400 KB of requests) from a client that never reads: before the outbox,
-/// the node held 1.2 GB. Now it holds the connection's outbox (4 MiB) and
-/// closes the connection once its answers have not moved for the
-/// first-message allowance (10 s, checked every 10 s); other clients are
-/// served meanwhile, and the memory is given back.
+/// 400 KB of requests) and 64 consume streams from a client that never
+/// reads: before the outbox, the node held 1.2 GB for the reads and
+/// 438 MiB for the streams (a 4 MiB window each). Now it holds the
+/// connection's outbox (4 MiB) and closes the connection once its answers
+/// have not moved for the first-message allowance (10 s, checked every
+/// 10 s); other clients are served meanwhile, and the memory is given back.
 #[actix_rt::test]
 async fn a_client_that_never_reads_its_answers_holds_one_outbox_and_is_closed() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,6 +187,7 @@ async fn a_client_that_never_reads_its_answers_holds_one_outbox_and_is_closed() 
             })
         })
         .collect();
+    let streams: Vec<_> = (0..64).map(|_| hostile.consume_stream("", 0)).collect();
     let grown_mib = peak_growth_mib(&server, before, Duration::from_secs(2)).await;
     assert!(
         grown_mib < 64,
@@ -212,7 +214,7 @@ async fn a_client_that_never_reads_its_answers_holds_one_outbox_and_is_closed() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop(calls);
+    drop((calls, streams));
 }
 
 /// A client that does read its answers gets every one of many pipelined
