@@ -217,6 +217,48 @@ async fn a_client_that_never_reads_its_answers_holds_one_outbox_and_is_closed() 
     drop((calls, streams));
 }
 
+/// Calls waiting for room in their connection's outbox are charged to the
+/// node's budget (4 KiB each): 40,000 pipelined reads (about 4 MB sent)
+/// from a client that reads nothing stop the node's reads once a 16 MiB
+/// budget is spent, instead of growing the node by 150 MiB of waiting
+/// calls; the connection is closed and the memory given back.
+#[actix_rt::test]
+async fn pipelined_calls_that_wait_cost_the_node_no_more_than_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = support::ServeOptions {
+        extra_args: vec!["--max-inflight-bytes".into(), (16 << 20).to_string()],
+        ..Default::default()
+    };
+    let server = Server::start_with(dir.path(), &options);
+    let client = connect(&server).await;
+    fill(&client, 16).await;
+    let before = rss_kib(server.child.id());
+
+    let hostile = std::rc::Rc::new(connect_never_reading(&server).await);
+    let calls: Vec<_> = (0..40_000)
+        .map(|_| {
+            let hostile = hostile.clone();
+            tokio::task::spawn_local(async move {
+                let _ = hostile.consume_batch("", 0, 64, 0).await;
+            })
+        })
+        .collect();
+    let grown_mib = peak_growth_mib(&server, before, Duration::from_secs(3)).await;
+    assert!(
+        grown_mib < 40,
+        "server RSS grew by {grown_mib} MiB for 40,000 waiting calls under a 16 MiB budget"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while open_connections(&server).await > 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection that reads nothing was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(calls);
+}
+
 /// A client that does read its answers gets every one of many pipelined
 /// reads, in full, although they wait for room in its connection's outbox
 /// (2,000 answers of 256 KiB, 500 MB, against an outbox of 4 MiB).

@@ -174,7 +174,9 @@ impl LogService {
     /// one span naming the method and the peer (the body adds partition and
     /// offsets), then counts the call by outcome and times it; a call
     /// dropped unfinished (the client cancelled it or went away) counts as
-    /// `cancelled`.
+    /// `cancelled`. While it runs, the call is charged to the node's budget
+    /// ([`CALL_STATE_BYTES`]), so calls a client pipelines stop the node's
+    /// reads before they cost more than the budget.
     ///
     /// The span and the one line per call ("rpc call": outcome, latency)
     /// are at debug level (`--log-level info,proglog::rpc=debug`): at the
@@ -189,6 +191,7 @@ impl LogService {
         self.failpoints.hit(crate::supervision::Work::Connection);
         let _in_flight = method.timed.then(|| self.ctx.in_flight.enter());
         let _busy = self.connection.enter();
+        let _state = self.budget.as_ref().map(|b| b.charge(CALL_STATE_BYTES));
         let started = Instant::now();
         let mut counted = CallCount {
             metrics: self.metrics.as_deref(),

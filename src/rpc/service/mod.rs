@@ -53,10 +53,14 @@ pub struct ServiceContext {
     pub in_sync: Rc<crate::replication::InSync>,
 }
 
-/// What a call in progress costs beyond its parameters (capnp-rpc's
-/// question and answer, the append message and its reply channel), for
-/// the budget of bytes in flight.
-const CALL_OVERHEAD_BYTES: usize = 1024;
+/// What a call in progress holds beyond its parameters (capnp-rpc's
+/// question and answer, the call's future, the request it was read from),
+/// charged to the budget of bytes in flight for as long as it runs: a
+/// request of about 100 bytes is a call of several KiB while it waits
+/// (40,000 pipelined `consumeBatch` calls waiting for their connection's
+/// outbox held 150 MiB, 3.8 KB each), so without this charge a client
+/// could grow the node by 40 times what it sent.
+const CALL_STATE_BYTES: usize = 4096;
 
 /// One client connection's view of the service: its identity goes with it.
 pub struct LogService {
@@ -117,16 +121,14 @@ impl LogService {
     /// Charges a produce call to the node's budget until the returned
     /// charge is dropped: its values twice (in the message, 8 bytes of
     /// pointer each, and copied out for the append, 8 bytes of bookkeeping
-    /// each) and what a call costs beyond them. Counted from the copy's
+    /// each); the call itself is charged by [`LogService::call`]. Counted from the copy's
     /// lengths: `total_size()` on the message walks every pointer (5 % of
     /// a batched produce's CPU).
     /// Appends wait in a LogActor's mailbox (sent in order, whatever its
     /// fill), so this is what bounds that mailbox.
     fn charge(&self, values: &Values) -> Option<Charge> {
         let bytes = values.bytes() + 8 * values.len();
-        self.budget
-            .as_ref()
-            .map(|b| b.charge(bytes * 2 + CALL_OVERHEAD_BYTES))
+        self.budget.as_ref().map(|b| b.charge(bytes * 2))
     }
 
     /// Shares the front's failpoints (a panic injected at `Connection`
