@@ -163,6 +163,31 @@ async fn a_stalled_consumer_does_not_make_the_server_buffer_the_log() {
     }
 }
 
+/// `n` reads of up to 64 records from offset 0, pipelined on `client`.
+fn pipeline_reads(client: &std::rc::Rc<Client>, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let client = client.clone();
+            tokio::task::spawn_local(async move {
+                let _ = client.consume_batch("", 0, 64, 0).await;
+            })
+        })
+        .collect()
+}
+
+/// Waits (at most 40 s) until the node has closed every connection but
+/// the test's own client.
+async fn await_closed(server: &Server) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while open_connections(server).await > 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection that reads nothing was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// 4,000 pipelined reads of 256 KiB each (about 1 GB of answers, for about
 /// 400 KB of requests) and 64 consume streams from a client that never
 /// reads: before the outbox, the node held 1.2 GB for the reads and
@@ -179,14 +204,7 @@ async fn a_client_that_never_reads_its_answers_holds_one_outbox_and_is_closed() 
     let before = rss_kib(server.child.id());
 
     let hostile = std::rc::Rc::new(connect_never_reading(&server).await);
-    let calls: Vec<_> = (0..4000)
-        .map(|_| {
-            let hostile = hostile.clone();
-            tokio::task::spawn_local(async move {
-                let _ = hostile.consume_batch("", 0, 64, 0).await;
-            })
-        })
-        .collect();
+    let calls = pipeline_reads(&hostile, 4000);
     let streams: Vec<_> = (0..64).map(|_| hostile.consume_stream("", 0)).collect();
     let grown_mib = peak_growth_mib(&server, before, Duration::from_secs(2)).await;
     assert!(
@@ -198,14 +216,8 @@ async fn a_client_that_never_reads_its_answers_holds_one_outbox_and_is_closed() 
     assert_eq!(records.len(), 64);
     assert_eq!(records[0].value, value_of(64));
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    while open_connections(&server).await > 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the connection that reads nothing was never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_closed(&server).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     // What it held is given back (the node purges a second after a close).
     while rss_kib(server.child.id()) > before + (16 << 10) {
         assert!(
@@ -235,27 +247,13 @@ async fn pipelined_calls_that_wait_cost_the_node_no_more_than_its_budget() {
     let before = rss_kib(server.child.id());
 
     let hostile = std::rc::Rc::new(connect_never_reading(&server).await);
-    let calls: Vec<_> = (0..40_000)
-        .map(|_| {
-            let hostile = hostile.clone();
-            tokio::task::spawn_local(async move {
-                let _ = hostile.consume_batch("", 0, 64, 0).await;
-            })
-        })
-        .collect();
+    let calls = pipeline_reads(&hostile, 40_000);
     let grown_mib = peak_growth_mib(&server, before, Duration::from_secs(3)).await;
     assert!(
         grown_mib < 40,
         "server RSS grew by {grown_mib} MiB for 40,000 waiting calls under a 16 MiB budget"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    while open_connections(&server).await > 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the connection that reads nothing was never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_closed(&server).await;
     drop(calls);
 }
 
