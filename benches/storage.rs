@@ -194,5 +194,21 @@ fn reads(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, reference_disk_write, appends, reads);
+/// The frame checksum every append computes and every read and replica
+/// checks (CRC-32C over length, offset and record).
+fn checksums(c: &mut Criterion) {
+    let mut g = c.benchmark_group("checksum");
+    for size in [256usize, 4096] {
+        let record: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("frame_{size}B"), |b| {
+            b.iter(|| {
+                proglog::storage::frame::checksum(size as u32, 42, std::hint::black_box(&record))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, reference_disk_write, appends, reads, checksums);
 criterion_main!(benches);
