@@ -70,20 +70,31 @@ async fn consume_batch_returns_consecutive_records_up_to_its_limits() {
     client.produce_batch(&values).await.unwrap();
     let got = client.consume_batch("", 10, 64, 0).await.unwrap();
     assert_eq!(got.len(), 64, "exactly maxRecords");
-    for (i, r) in got.iter().enumerate() {
-        assert_eq!((r.offset, &r.value), (10 + i as u64, &values[10 + i]));
+    for (i, (offset, value)) in got.iter().enumerate() {
+        assert_eq!((offset, value), (10 + i as u64, &values[10 + i][..]));
     }
+    // Read in place from the reply, or copied out: the same records.
+    assert_eq!(got.iter().count(), 64);
+    assert_eq!(
+        (got.first_offset(), got.next_offset()),
+        (Some(10), Some(74))
+    );
+    assert_eq!(got.get(63), Some((73, &values[73][..])));
+    assert_eq!(got.get(64), None);
+    let copied = got.to_records();
+    assert_eq!(copied.len(), 64);
+    assert_eq!((copied[5].offset, &copied[5].value), (15, &values[15]));
     // The last record, and one past the end (an empty answer, not an error).
     let last = client.consume_batch("", 99, 64, 0).await.unwrap();
     assert_eq!(last.len(), 1);
-    assert_eq!(last[0].offset, 99);
-    assert!(
-        client
-            .consume_batch("", 100, 64, 0)
-            .await
-            .unwrap()
-            .is_empty()
+    assert_eq!(
+        (last.first_offset(), last.next_offset()),
+        (Some(99), Some(100))
     );
+    let past = client.consume_batch("", 100, 64, 0).await.unwrap();
+    assert!(past.is_empty());
+    assert_eq!((past.first_offset(), past.next_offset()), (None, None));
+    assert_eq!(past.iter().count(), 0);
     match client.consume_batch("", 101, 64, 0).await {
         Err(ClientError::OffsetOutOfRange { offset, next, .. }) => {
             assert_eq!((offset, next), (101, 100))

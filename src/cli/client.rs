@@ -335,11 +335,13 @@ pub fn consume(args: ConsumeArgs) -> Result<(), BoxError> {
             while left > 0 {
                 let want = left.min(u64::from(u32::MAX)) as u32;
                 let records = client.consume_batch(&partition.id, next, want, 0).await?;
-                let Some(last) = records.last() else { break };
-                next = last.offset + 1;
+                let Some(after) = records.next_offset() else {
+                    break;
+                };
+                next = after;
                 left -= records.len() as u64;
-                for record in &records {
-                    write_record(&mut out, args.format, record)?;
+                for (offset, value) in records.iter() {
+                    write_record(&mut out, args.format, offset, value)?;
                 }
             }
             out.flush()?;
@@ -348,7 +350,7 @@ pub fn consume(args: ConsumeArgs) -> Result<(), BoxError> {
         let mut stream = client.consume_stream(&partition.id, from);
         while let Some(record) = stream.next().await {
             let record = record?;
-            write_record(&mut out, args.format, &record)?;
+            write_record(&mut out, args.format, record.offset, &record.value)?;
             if args.follow {
                 out.flush()?;
             } else if record.offset + 1 >= end {
@@ -372,7 +374,8 @@ async fn follow_in_cluster(args: ConsumeArgs, seeds: Vec<String>) -> Result<(), 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     while let Some(record) = records.recv().await {
-        write_record(&mut out, args.format, &record?)?;
+        let record = record?;
+        write_record(&mut out, args.format, record.offset, &record.value)?;
         out.flush()?;
     }
     Ok(())
@@ -381,19 +384,18 @@ async fn follow_in_cluster(args: ConsumeArgs, seeds: Vec<String>) -> Result<(), 
 fn write_record(
     out: &mut impl Write,
     format: Format,
-    record: &proglog::client::Record,
+    offset: u64,
+    value: &[u8],
 ) -> std::io::Result<()> {
     match format {
         Format::Raw => {
-            out.write_all(&record.value)?;
+            out.write_all(value)?;
             out.write_all(b"\n")
         }
         Format::Json => {
-            let line = match std::str::from_utf8(&record.value) {
-                Ok(s) => serde_json::json!({ "offset": record.offset, "value": s }),
-                Err(_) => {
-                    serde_json::json!({ "offset": record.offset, "value_hex": hex(&record.value) })
-                }
+            let line = match std::str::from_utf8(value) {
+                Ok(s) => serde_json::json!({ "offset": offset, "value": s }),
+                Err(_) => serde_json::json!({ "offset": offset, "value_hex": hex(value) }),
             };
             writeln!(out, "{line}")
         }

@@ -543,9 +543,11 @@ async fn read_range(
         let batch = client
             .consume_batch(partition, next, 1000.min((end - next) as u32), 0)
             .await?;
-        let Some(last) = batch.last() else { break };
-        next = last.offset + 1;
-        out.extend(batch.into_iter().map(|r| (r.offset, r.value)));
+        let Some(after) = batch.next_offset() else {
+            break;
+        };
+        next = after;
+        out.extend(batch.iter().map(|(offset, value)| (offset, value.to_vec())));
     }
     out.truncate((end - from) as usize);
     Ok(out)

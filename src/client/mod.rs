@@ -18,11 +18,13 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod cluster;
 mod error;
 mod producer;
 mod stream;
 
+pub use batch::ConsumedBatch;
 pub use cluster::{ClusterClient, Dial};
 
 use std::ops::Range;
@@ -324,7 +326,7 @@ impl Client {
         offset: u64,
         max_records: u32,
         max_bytes: u32,
-    ) -> Result<Vec<Record>, ClientError> {
+    ) -> Result<ConsumedBatch, ClientError> {
         let mut request = self.log.consume_batch_request();
         {
             let mut p = request.get();
@@ -333,22 +335,7 @@ impl Client {
             p.set_max_records(max_records);
             p.set_max_bytes(max_bytes);
         }
-        let response = request.send().promise.await?;
-        use crate::wire::schema::consumed_batch::Which;
-        match response.get()?.get_result()?.which()? {
-            Which::Records(list) => {
-                let list = list?;
-                let mut out = Vec::with_capacity(list.len() as usize);
-                for r in list.iter() {
-                    out.push(Record {
-                        offset: r.get_offset(),
-                        value: r.get_value()?.to_vec(),
-                    });
-                }
-                Ok(out)
-            }
-            Which::Error(e) => Err(ClientError::from_wire(e?)?),
-        }
+        ConsumedBatch::from_reply(request.send().promise.await?)
     }
 
     /// Follows `partition` from `offset` on: records as they are appended,
