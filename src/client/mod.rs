@@ -178,7 +178,7 @@ impl Client {
         let network = vat_network(
             stream,
             Side::Client,
-            ReceiveLimits::new(options.max_message_bytes),
+            ReceiveLimits::new(options.max_message_bytes).trusting_the_sender(),
             options.stream_window_bytes,
             None,
         );

@@ -247,6 +247,9 @@ pub struct ReceiveLimits {
     /// Refuse `Resolve` messages (a peer resolving a promise capability it
     /// exported): see [`refuse_promise_resolutions`](Self::refuse_promise_resolutions).
     pub refuse_resolve: bool,
+    /// Large messages' bodies go straight to capnp: see
+    /// [`trusting_the_sender`](Self::trusting_the_sender).
+    pub in_place: bool,
 }
 
 impl ReceiveLimits {
@@ -256,7 +259,20 @@ impl ReceiveLimits {
             budget: None,
             activity: None,
             refuse_resolve: false,
+            in_place: false,
         }
+    }
+
+    /// A client's connections: the server it dialled is trusted not to
+    /// claim more than it sends, so a message larger than the base buffer
+    /// (a range read's answer, a replication batch), once its table has
+    /// passed the size limit, is read from the socket straight into
+    /// capnp's buffer instead of through this reader's: one copy of every
+    /// large answer less, and fewer, larger reads (BENCHMARKS.md, "Large
+    /// answers read in place"). A server never trusts its clients so.
+    pub fn trusting_the_sender(mut self) -> ReceiveLimits {
+        self.in_place = true;
+        self
     }
 
     /// A server's connections: clients of the `Log` interface never pass
@@ -299,6 +315,9 @@ pub struct FramedReader<R> {
     eof: bool,
     /// Started when a grown buffer went empty with the socket quiet.
     quiet_since: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes of a large message read in place still to come (what is
+    /// buffered of it first, then straight from `inner`).
+    in_place_left: usize,
 }
 
 impl<R> FramedReader<R> {
@@ -314,7 +333,46 @@ impl<R> FramedReader<R> {
             charged: 0,
             eof: false,
             quiet_since: None,
+            in_place_left: 0,
         }
+    }
+
+    /// Hands capnp the next bytes of a large message read in place: what
+    /// is buffered of it, then reads from the socket into `out`, never past
+    /// the message's end.
+    fn poll_in_place(&mut self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let want = out.len().min(self.in_place_left);
+        let n = if self.start < self.filled {
+            // Every buffered byte is this message's: it was not whole.
+            let n = want.min(self.filled - self.start);
+            out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+            self.start += n;
+            self.ready = self.start;
+            n
+        } else {
+            match Pin::new(&mut self.inner).poll_read(cx, &mut out[..want]) {
+                Poll::Ready(Ok(0)) if want > 0 => {
+                    self.eof = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the connection ended inside a message",
+                    )));
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        self.in_place_left -= n;
+        if self.in_place_left == 0
+            && let Some(a) = &self.limits.activity
+        {
+            a.note_message();
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Finds the length of the message at `ready` and marks every whole
@@ -503,11 +561,27 @@ impl<R: AsyncRead + Unpin> AsyncRead for FramedReader<R> {
             Poll::Pending
         };
         loop {
+            if this.in_place_left > 0 {
+                return match this.poll_in_place(cx, out) {
+                    Poll::Pending => pending(this, cx),
+                    ready => ready,
+                };
+            }
             if this.start < this.ready {
                 let n = out.len().min(this.ready - this.start);
                 out[..n].copy_from_slice(&this.buf[this.start..this.start + n]);
                 this.start += n;
                 return Poll::Ready(Ok(n));
+            }
+            if this.limits.in_place
+                && !this.limits.refuse_resolve
+                && let Some(len) = this.next_len.filter(|&len| len > BASE_BUFFER_BYTES)
+            {
+                // The message at `ready` is large and not whole: the rest
+                // of it goes straight to capnp.
+                this.next_len = None;
+                this.in_place_left = len;
+                continue;
             }
             if this.eof {
                 return Poll::Ready(if this.filled > this.ready {
@@ -628,6 +702,43 @@ mod tests {
             let chunks = all.chunks(chunk).map(<[u8]>::to_vec).collect();
             assert_eq!(read_all(chunks, 1 << 20).unwrap(), all, "chunk {chunk}");
         }
+    }
+
+    /// The messages of `messages_split_anywhere_...`, read by a client's
+    /// reader (large bodies in place), in chunks of `chunk` bytes.
+    fn read_trusting(all: &[u8], chunk: usize, max: usize) -> (io::Result<Vec<u8>>, usize) {
+        let chunks = all.chunks(chunk).map(<[u8]>::to_vec).collect();
+        let limits = ReceiveLimits::new(max).trusting_the_sender();
+        let mut r = FramedReader::new(Chunks::new(chunks), limits);
+        let mut out = Vec::new();
+        let read = futures::executor::block_on(r.read_to_end(&mut out)).map(|_| out);
+        (read, r.buf.len())
+    }
+
+    #[test]
+    fn a_client_reads_large_messages_in_place_whole_and_in_order() {
+        let mut all = Vec::new();
+        for words in [1, 0, 9000, 3, 20000, 2, 40000] {
+            all.extend(frame(words));
+        }
+        for chunk in [7, 4096, 100_000, 1 << 20] {
+            let (read, buffered) = read_trusting(&all, chunk, 1 << 20);
+            assert_eq!(read.unwrap(), all, "chunk {chunk}");
+            // The 72, 160 and 320 KB bodies never went through the buffer.
+            assert!(buffered <= BASE_BUFFER_BYTES, "chunk {chunk}: {buffered}");
+        }
+    }
+
+    #[test]
+    fn a_client_still_refuses_a_message_over_the_limit_and_a_cut_one() {
+        let (over, _) = read_trusting(&frame(20_001), 4096, 20_000 * 8);
+        assert_eq!(over.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let (at, _) = read_trusting(&frame(20_000), 4096, 20_000 * 8);
+        assert_eq!(at.unwrap(), frame(20_000));
+        let mut cut = frame(1);
+        cut.extend(&frame(20_000)[..100_000]);
+        let (cut, _) = read_trusting(&cut, 4096, 1 << 20);
+        assert_eq!(cut.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
