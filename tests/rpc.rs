@@ -61,6 +61,33 @@ async fn produce_then_consume_returns_the_same_record() {
     );
 }
 
+/// capnp counts every read of a reply against a traversal limit (twice the
+/// client's largest message): a batch read many times must still hold
+/// every record, each time.
+#[actix_rt::test]
+async fn a_consumed_batch_reads_the_same_records_however_often_it_is_read() {
+    let node = start_node(RpcConfig::default()).await;
+    let tcp = tokio::net::TcpStream::connect(node.server.local_addr())
+        .await
+        .unwrap();
+    let options = proglog::client::ClientOptions {
+        max_message_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let client = Client::over(tcp, options);
+    let values: Vec<Vec<u8>> = (0..64u32).map(|i| vec![i as u8; 900]).collect();
+    client.produce_batch(&values).await.unwrap();
+    let batch = client.consume_batch("", 0, 64, 0).await.unwrap();
+    assert_eq!(batch.len(), 64);
+    for _ in 0..20 {
+        let read: Vec<(u64, &[u8])> = batch.iter().collect();
+        assert_eq!(read.len(), 64);
+        for (i, (offset, value)) in read.into_iter().enumerate() {
+            assert_eq!((offset, value), (i as u64, &values[i][..]));
+        }
+    }
+}
+
 #[actix_rt::test]
 async fn consume_batch_returns_consecutive_records_up_to_its_limits() {
     use proglog::client::ClientError;

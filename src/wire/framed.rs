@@ -268,8 +268,8 @@ impl ReceiveLimits {
     /// (a range read's answer, a replication batch), once its table has
     /// passed the size limit, is read from the socket straight into
     /// capnp's buffer instead of through this reader's: one copy of every
-    /// large answer less, and fewer, larger reads (BENCHMARKS.md, "Large
-    /// answers read in place"). A server never trusts its clients so.
+    /// large answer less, and fewer, larger reads (BENCHMARKS.md, "A client
+    /// reads large answers in place"). A server never trusts its clients so.
     pub fn trusting_the_sender(mut self) -> ReceiveLimits {
         self.in_place = true;
         self
@@ -724,7 +724,7 @@ mod tests {
         for chunk in [7, 4096, 100_000, 1 << 20] {
             let (read, buffered) = read_trusting(&all, chunk, 1 << 20);
             assert_eq!(read.unwrap(), all, "chunk {chunk}");
-            // The 72, 160 and 320 KB bodies never went through the buffer.
+            // The buffer never grew for the 72, 160 and 320 KB bodies.
             assert!(buffered <= BASE_BUFFER_BYTES, "chunk {chunk}: {buffered}");
         }
     }
