@@ -88,7 +88,8 @@ impl Target for Proglog {
             std::hint::black_box(&r.value);
             1
         } else {
-            // Read in place from the reply, as `black_box` sees them.
+            // The values stay in the reply: each is handed to `black_box`
+            // where it lies, as the other systems' replies are.
             let records = self
                 .client
                 .consume_batch("", self.next, max as u32, 0)
