@@ -487,3 +487,82 @@ async fn the_http_port_answers_garbage_with_400_and_closes() {
         "{ok:?}"
     );
 }
+
+#[actix_rt::test]
+async fn a_zero_linger_producer_sends_one_call_per_turn_and_honours_the_clients_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let any = || Some("127.0.0.1:0".parse().unwrap());
+    let config = NodeConfig::resolve(ServeArgs {
+        insecure: true,
+        data_dir: Some(dir.path().to_path_buf()),
+        node_name: Some("producer-node".into()),
+        rpc_addr: any(),
+        gossip_addr: any(),
+        http_addr: any(),
+        ..ServeArgs::default()
+    })
+    .unwrap();
+    let agent = Agent::start(config).await.unwrap();
+    let batch_calls = || async {
+        let samples = parse_prometheus_text(&agent.telemetry().render_metrics().await.unwrap());
+        value(
+            &samples,
+            "proglog_rpc_calls_total",
+            &[("method", "produceBatch"), ("outcome", "ok")],
+        )
+    };
+    let client = Client::connect(agent.rpc_addr()).await.unwrap();
+    let zero_linger = proglog::client::ProducerConfig {
+        linger: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let producer = client.producer(zero_linger.clone());
+
+    // 100 records sent in one turn of the scheduler: one call, in order.
+    let sent: Vec<_> = (0..100u32)
+        .map(|i| producer.send(i.to_be_bytes().to_vec()))
+        .collect();
+    let offsets: Vec<u64> = futures::future::join_all(sent)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(offsets, (0..100).collect::<Vec<u64>>());
+    assert_eq!(batch_calls().await, 1.0);
+
+    // One record at a time: each goes alone, in a call of its own.
+    for i in 100..103u64 {
+        assert_eq!(producer.send(b"alone".to_vec()).await.unwrap(), i);
+    }
+    assert_eq!(batch_calls().await, 4.0);
+    assert_eq!(
+        client.consume("", 99).await.unwrap().value,
+        99u32.to_be_bytes()
+    );
+
+    // The producer asks for the client's acks: a lone node cannot meet
+    // acks=all with min-insync-replicas 2, so the record is refused.
+    let all = Client::connect(agent.rpc_addr())
+        .await
+        .unwrap()
+        .with_acks(proglog::client::Acks::All);
+    let err = all
+        .producer(zero_linger)
+        .send(b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            proglog::client::ClientError::NotEnoughReplicas {
+                live: 1,
+                required: 2
+            }
+        ),
+        "{err:?}"
+    );
+    let partitions = client.partitions().await.unwrap();
+    assert_eq!(partitions[0].next_offset, 103, "nothing appended");
+    drop((producer, client, all));
+    agent.shutdown().await.unwrap();
+}

@@ -9,13 +9,16 @@
 #   bench/race/race.sh [ROUNDS]
 #
 # A cell is one system with fresh data: produce W=1, produce W=64 (single
-# records, W in flight), then consume W=1 (a record per request) and
+# records, W in flight; proglog's through its client's batching producer
+# with a zero linger, as Kafka's clients send single records), then consume W=1 (a record per request) and
 # consume W=64 (ranges of up to 64 records per request) of what it wrote,
 # then the server's peak RSS and CPU seconds. Systems: proglog (default
 # sync, plain TCP), proglog over mTLS, NATS JetStream (file store, default
 # sync), Redis (AOF, appendfsync everysec); at 256 B and 4 KiB. Plus the
 # fsync-every-write pair: proglog --sync always vs JetStream
-# sync_interval: always (produce only).
+# sync_interval: always (produce only); and proglog's produce cells again
+# with one `produce` call per record (variant `calls`), to show what the
+# producer's batching is worth.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -76,6 +79,7 @@ start_system() {
       case "$variant" in
         tls) extra=(--tls-dir "$work/$name-tls"); client_args=(--tls-dir "$work/$name-tls") ;;
         sync) extra=(--insecure --sync always) ;;
+        calls) client_args=(--proglog-calls) ;;
       esac
       start "$name" "$bin" "${extra[@]}"
       server_addr="$addr"; server_pid="$pid" ;;
@@ -108,7 +112,7 @@ cell() {
   start_system "$system" "$variant"
   local common=(--system "$system" --addr "$server_addr" --size "$size" --label "$variant" "${client_args[@]}")
   local runs=("produce 1 $n1" "produce 64 $n64")
-  [ "$variant" = sync ] || runs+=("consume 1 $n1" "consume 64 $n64")
+  case "$variant" in sync|calls) ;; *) runs+=("consume 1 $n1" "consume 64 $n64") ;; esac
   for r in "${runs[@]}"; do
     set -- $r
     "$load" "${common[@]}" --op "$1" --window "$2" --records "$3" | sed "s/^{/{\"round\":$round,/" >> "$out"
@@ -126,6 +130,7 @@ for round in $(seq "$rounds"); do
     systems=("proglog plain" "nats plain" "redis plain" "proglog tls")
     if [ $((round % 2)) = 0 ]; then systems=("redis plain" "nats plain" "proglog tls" "proglog plain"); fi
     for s in "${systems[@]}"; do set -- $s; cell "$round" "$1" "$2" "$size"; done
+    cell "$round" proglog calls "$size"
   done
   cell "$round" proglog sync 256
   cell "$round" nats sync 256

@@ -59,3 +59,16 @@ for w in (1, 64):
     p = med(("proglog", "sync", 256, "produce", w), "rate")
     n = med(("nats", "sync", 256, "produce", w), "rate")
     print(f"| produce W={w} | {fmt_rate(p)} | {fmt_rate(n)} | {p / n:.2f} |" if p and n else f"| produce W={w} | {fmt_rate(p)} | {fmt_rate(n)} | - |")
+
+print("\nproglog produce: the batching producer (zero linger; the tables above) against one `produce` call per record, plain TCP")
+print("| cell | batching producer | one call per record | producer / calls |")
+print("|---|---|---|---|")
+for size in (256, 4096):
+    for w in (1, 64):
+        def cell(label):
+            k = ("proglog", label, size, "produce", w)
+            rate = med(k, "rate")
+            return ("-", None) if rate is None else (f"{fmt_rate(rate)} ({med(k, 'p50_us'):.0f} / {med(k, 'p99_us'):.0f})", rate)
+        b, br = cell("plain")
+        c, cr = cell("calls")
+        print(f"| {size} B produce W={w} | {b} | {c} | {f'{br / cr:.2f}' if br and cr else '-'} |")

@@ -293,7 +293,7 @@ impl Client {
 
     /// A producer that batches records automatically (see [`ProducerConfig`]).
     pub fn producer(&self, config: ProducerConfig) -> Producer {
-        Producer::new(self.log.clone(), config)
+        Producer::new(self.log.clone(), self.acks, config)
     }
 
     /// Reads the record at `offset` of `partition` (`""`: the node's own),

@@ -1,6 +1,11 @@
 //! A producer that batches records by itself, as Kafka's does: records
 //! gather until a batch is full or `linger` has passed, and up to
 //! `max_in_flight` batches are sent without waiting for each other.
+//!
+//! With a zero `linger` nothing waits for a timer: a batch goes out once the
+//! tasks that are ready now have run, so the records that concurrent
+//! callers send in the same turn of the scheduler share one call. One
+//! caller at a time still gets a call per record, sent at once.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -10,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{ClientError, read_produced};
+use crate::wire::schema::Acks;
 use crate::wire::schema::log;
 
 /// Batching settings.
@@ -20,6 +26,7 @@ pub struct ProducerConfig {
     /// ... or this many bytes. Default: 1 MiB.
     pub max_batch_bytes: usize,
     /// ... or when its first record has waited this long. Default: 1 ms.
+    /// Zero: at the end of the current turn of the scheduler (see above).
     pub linger: Duration,
     /// Batches sent and not yet answered, at most. Default: 8.
     pub max_in_flight: usize,
@@ -68,10 +75,11 @@ pub struct Producer {
 
 impl Producer {
     /// Must be called inside a `LocalSet` (it starts the sender task).
-    pub(crate) fn new(log: log::Client, config: ProducerConfig) -> Producer {
+    /// Every batch is acknowledged per `acks`, as the client's own produces.
+    pub(crate) fn new(log: log::Client, acks: Acks, config: ProducerConfig) -> Producer {
         let permits = config.max_in_flight.max(1);
         let (outbox, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::task::spawn_local(send_in_order(log, queue, permits));
+        tokio::task::spawn_local(send_in_order(log, acks, queue, permits));
         Producer {
             config: Rc::new(config),
             batch: Rc::default(),
@@ -95,7 +103,11 @@ impl Producer {
                 let generation = b.generation;
                 let this = self.clone();
                 tokio::task::spawn_local(async move {
-                    tokio::time::sleep(this.config.linger).await;
+                    if this.config.linger.is_zero() {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(this.config.linger).await;
+                    }
                     if this.batch.borrow().generation == generation {
                         this.flush_batch();
                     }
@@ -156,6 +168,7 @@ impl Producer {
 /// `permits` are unanswered, and answers each batch's records.
 async fn send_in_order(
     log: log::Client,
+    acks: Acks,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
     permits: usize,
 ) {
@@ -175,6 +188,7 @@ async fn send_in_order(
             return;
         };
         let mut request = log.produce_batch_request();
+        request.get().set_acks(acks);
         {
             let mut list = request.get().init_values(batch.values.len() as u32);
             for (i, v) in batch.values.iter().enumerate() {

@@ -4,7 +4,11 @@
 //!
 //! - `produce`: `--records` single-record appends, `--window` in flight,
 //!   each answered once durable under the system's settings (proglog's
-//!   answer, a JetStream publish ack, an `XADD` reply).
+//!   answer, a JetStream publish ack, an `XADD` reply). proglog's go
+//!   through its client's batching producer with a zero linger, as an
+//!   application would send single records with Kafka's producer: records
+//!   sent in the same turn share a call (`--proglog-calls`: one `produce`
+//!   call per record instead).
 //! - `consume`: reads back `--records` records from the start, one request
 //!   at a time: `--window 1` reads one record per request (proglog
 //!   `consume`, JetStream direct get, `XRANGE ... COUNT 1`), `--window W`
@@ -59,6 +63,9 @@ struct Args {
     /// directory (ca.pem, root.pem, root.key).
     #[arg(long)]
     tls_dir: Option<std::path::PathBuf>,
+    /// proglog: one `produce` call per record instead of the batching producer.
+    #[arg(long)]
+    proglog_calls: bool,
     /// A label carried into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -73,12 +80,21 @@ trait Target {
 
 struct Proglog {
     client: proglog::client::Client,
+    /// `None`: one `produce` call per record.
+    producer: Option<proglog::client::Producer>,
     next: u64,
 }
 
 impl Target for Proglog {
     async fn produce_one(&self, value: &[u8]) -> Result<(), BoxError> {
-        self.client.produce(value).await?;
+        match &self.producer {
+            Some(producer) => {
+                producer.send(value.to_vec()).await?;
+            }
+            None => {
+                self.client.produce(value).await?;
+            }
+        }
         Ok(())
     }
 
@@ -265,7 +281,17 @@ async fn run(args: &Args) -> Result<(f64, Vec<Duration>), BoxError> {
                     proglog::client::Client::connect_tls(&args.addr, host, config).await?
                 }
             };
-            let mut target = Proglog { client, next: 0 };
+            let producer = (!args.proglog_calls).then(|| {
+                client.producer(proglog::client::ProducerConfig {
+                    linger: Duration::ZERO,
+                    ..Default::default()
+                })
+            });
+            let mut target = Proglog {
+                client,
+                producer,
+                next: 0,
+            };
             start = Instant::now();
             match args.op {
                 Op::Produce => produce(&target, args).await?,
