@@ -489,7 +489,8 @@ async fn the_http_port_answers_garbage_with_400_and_closes() {
 }
 
 #[actix_rt::test]
-async fn a_zero_linger_producer_sends_one_call_per_turn_and_honours_the_clients_acks() {
+async fn a_zero_linger_producer_sends_one_call_per_turn_refuses_only_the_record_too_large_and_honours_the_clients_acks()
+ {
     let dir = tempfile::tempdir().unwrap();
     let any = || Some("127.0.0.1:0".parse().unwrap());
     let config = NodeConfig::resolve(ServeArgs {
@@ -540,6 +541,32 @@ async fn a_zero_linger_producer_sends_one_call_per_turn_and_honours_the_clients_
         99u32.to_be_bytes()
     );
 
+    // A record over the producer's limit (the node's, 1 MiB) is refused at
+    // once and fails nothing batched with it; one at the limit is appended.
+    let at_limit = vec![7u8; 1 << 20];
+    let sent = [
+        producer.send(b"before".to_vec()),
+        producer.send(vec![7u8; (1 << 20) + 1]),
+        producer.send(at_limit.clone()),
+        producer.send(b"after".to_vec()),
+    ];
+    let [before, over, limit, after] = futures::future::join_all(sent).await.try_into().unwrap();
+    assert!(
+        matches!(
+            over,
+            Err(proglog::client::ClientError::RecordTooLarge {
+                size: 1048577,
+                max: 1048576
+            })
+        ),
+        "{over:?}"
+    );
+    assert_eq!(
+        (before.unwrap(), limit.unwrap(), after.unwrap()),
+        (103, 104, 105)
+    );
+    assert_eq!(client.consume("", 104).await.unwrap().value, at_limit);
+
     // The producer asks for the client's acks: a lone node cannot meet
     // acks=all with min-insync-replicas 2, so the record is refused.
     let all = Client::connect(agent.rpc_addr())
@@ -562,7 +589,7 @@ async fn a_zero_linger_producer_sends_one_call_per_turn_and_honours_the_clients_
         "{err:?}"
     );
     let partitions = client.partitions().await.unwrap();
-    assert_eq!(partitions[0].next_offset, 103, "nothing appended");
+    assert_eq!(partitions[0].next_offset, 106, "nothing appended");
     drop((producer, client, all));
     agent.shutdown().await.unwrap();
 }

@@ -30,6 +30,12 @@ pub struct ProducerConfig {
     pub linger: Duration,
     /// Batches sent and not yet answered, at most. Default: 8.
     pub max_in_flight: usize,
+    /// A larger record is refused by `send` at once (`RecordTooLarge`),
+    /// so it never fails the records it would have been batched with.
+    /// Default: 1 MiB, the node's default `--max-record-bytes`; against a
+    /// node with a lower limit, set it to that limit (the node refuses a
+    /// batch holding a record over its limit as a whole).
+    pub max_record_bytes: usize,
 }
 
 impl Default for ProducerConfig {
@@ -39,6 +45,7 @@ impl Default for ProducerConfig {
             max_batch_bytes: 1 << 20,
             linger: Duration::from_millis(1),
             max_in_flight: 8,
+            max_record_bytes: 1 << 20,
         }
     }
 }
@@ -88,11 +95,33 @@ impl Producer {
     }
 
     /// Queues a record; the future resolves to its offset once its batch is
-    /// acknowledged. Records keep their order.
+    /// acknowledged. Records keep their order. A record over
+    /// `max_record_bytes` is refused at once, never batched.
     pub fn send(
         &self,
         value: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<u64, ClientError>> + 'static {
+        let queued = self.queue(value);
+        async move {
+            queued?.await.unwrap_or_else(|_| {
+                Err(ClientError::Unavailable(
+                    "producer dropped the batch".into(),
+                ))
+            })
+        }
+    }
+
+    fn queue(
+        &self,
+        value: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<u64, ClientError>>, ClientError> {
+        let max = self.config.max_record_bytes;
+        if value.len() > max {
+            return Err(ClientError::RecordTooLarge {
+                size: value.len() as u64,
+                max: max as u64,
+            });
+        }
         let (tx, rx) = oneshot::channel();
         let full = {
             let mut b = self.batch.borrow_mut();
@@ -119,13 +148,7 @@ impl Producer {
         if full {
             self.flush_batch();
         }
-        async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(ClientError::Unavailable(
-                    "producer dropped the batch".into(),
-                ))
-            })
-        }
+        Ok(rx)
     }
 
     /// Sends the current batch now (without waiting for its answer).
