@@ -64,6 +64,9 @@ struct Batch {
 /// What the producer's sender task takes, in order.
 enum Outgoing {
     Batch(Batch),
+    /// A zero linger's batch: the sender takes it when it runs, after the
+    /// tasks ready now, if it is still the batch of this generation.
+    EndOfTurn(u64),
     /// Answered once every batch queued before it is answered.
     Flush(oneshot::Sender<()>),
 }
@@ -86,10 +89,11 @@ impl Producer {
     pub(crate) fn new(log: log::Client, acks: Acks, config: ProducerConfig) -> Producer {
         let permits = config.max_in_flight.max(1);
         let (outbox, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::task::spawn_local(send_in_order(log, acks, queue, permits));
+        let batch = Rc::<RefCell<Batch>>::default();
+        tokio::task::spawn_local(send_in_order(log, acks, batch.clone(), queue, permits));
         Producer {
             config: Rc::new(config),
-            batch: Rc::default(),
+            batch,
             outbox,
         }
     }
@@ -130,17 +134,19 @@ impl Producer {
             b.waiters.push(tx);
             if b.values.len() == 1 {
                 let generation = b.generation;
-                let this = self.clone();
-                tokio::task::spawn_local(async move {
-                    if this.config.linger.is_zero() {
-                        tokio::task::yield_now().await;
-                    } else {
+                if self.config.linger.is_zero() {
+                    // No timer and no task of its own: the sender task, woken
+                    // now, runs after the tasks that are ready.
+                    let _ = self.outbox.send(Outgoing::EndOfTurn(generation));
+                } else {
+                    let this = self.clone();
+                    tokio::task::spawn_local(async move {
                         tokio::time::sleep(this.config.linger).await;
-                    }
-                    if this.batch.borrow().generation == generation {
-                        this.flush_batch();
-                    }
-                });
+                        if this.batch.borrow().generation == generation {
+                            this.flush_batch();
+                        }
+                    });
+                }
             }
             b.values.len() >= self.config.max_batch_records
                 || b.bytes >= self.config.max_batch_bytes
@@ -153,19 +159,8 @@ impl Producer {
 
     /// Sends the current batch now (without waiting for its answer).
     pub fn flush_batch(&self) {
-        let batch = {
-            let mut b = self.batch.borrow_mut();
-            if b.values.is_empty() {
-                return;
-            }
-            let generation = b.generation + 1;
-            std::mem::replace(
-                &mut *b,
-                Batch {
-                    generation,
-                    ..Batch::default()
-                },
-            )
+        let Some(batch) = take(&self.batch, None) else {
+            return;
         };
         if let Err(unsent) = self.outbox.send(Outgoing::Batch(batch)) {
             // The sender task is gone (its LocalSet ended): answer the records.
@@ -187,11 +182,29 @@ impl Producer {
     }
 }
 
+/// Takes the current batch (only if it is of `generation`, when given) and
+/// starts the next; `None` when there is nothing to take.
+fn take(current: &RefCell<Batch>, generation: Option<u64>) -> Option<Batch> {
+    let mut b = current.borrow_mut();
+    if b.values.is_empty() || generation.is_some_and(|g| g != b.generation) {
+        return None;
+    }
+    let generation = b.generation + 1;
+    Some(std::mem::replace(
+        &mut *b,
+        Batch {
+            generation,
+            ..Batch::default()
+        },
+    ))
+}
+
 /// The sender task: takes batches in order, sends each once fewer than
 /// `permits` are unanswered, and answers each batch's records.
 async fn send_in_order(
     log: log::Client,
     acks: Acks,
+    current: Rc<RefCell<Batch>>,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
     permits: usize,
 ) {
@@ -199,6 +212,10 @@ async fn send_in_order(
     while let Some(next) = queue.recv().await {
         let batch = match next {
             Outgoing::Batch(batch) => batch,
+            Outgoing::EndOfTurn(generation) => match take(&current, Some(generation)) {
+                Some(batch) => batch,
+                None => continue,
+            },
             Outgoing::Flush(done) => {
                 if let Ok(all) = in_flight.acquire_many(permits as u32).await {
                     drop(all);
