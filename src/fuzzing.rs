@@ -247,6 +247,7 @@ pub fn rpc_messages(data: &[u8]) -> usize {
             limits,
             1 << 20,
             Some(outbox.clone()),
+            None,
         );
         let service: crate::log_capnp::log::Client = capnp_rpc::new_client(
             crate::rpc::LogService::new(ctx.clone(), "fuzz").with_connection(

@@ -79,6 +79,7 @@ async fn fake_leader(fault: Fault) -> SocketAddr {
                 ReceiveLimits::new(1 << 20),
                 1 << 20,
                 None,
+                None,
             );
             let client: log::Client = capnp_rpc::new_client(FakeLeader { fault });
             tokio::task::spawn_local(RpcSystem::new(Box::new(network), Some(client.client)));

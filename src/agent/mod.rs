@@ -325,6 +325,7 @@ impl Agent {
             max_message_bytes: config.max_message_bytes,
             max_inflight_bytes: config.max_inflight_bytes,
             idle_timeout: std::time::Duration::from_secs(config.idle_timeout),
+            busy_poll: std::time::Duration::from_micros(config.busy_poll_us),
             max_connections_per_identity: config.max_connections_per_identity,
             ..RpcConfig::default()
         };

@@ -181,6 +181,7 @@ impl Client {
             ReceiveLimits::new(options.max_message_bytes).trusting_the_sender(),
             options.stream_window_bytes,
             None,
+            None,
         );
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let log: log::Client = rpc.bootstrap(Side::Server);

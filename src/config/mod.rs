@@ -132,6 +132,11 @@ pub struct ServeArgs {
     /// idle) [default: 300].
     #[arg(long, env = "PROGLOG_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
+    /// After answering, poll the sockets for up to this many microseconds
+    /// before sleeping, so a request that comes soon is read without a
+    /// wake-up (the window adapts to the traffic; 0: off) [default: 50].
+    #[arg(long, env = "PROGLOG_BUSY_POLL_US")]
+    pub busy_poll_us: Option<u64>,
     /// Most connections one identity (certificate CN; `anonymous` without
     /// TLS) may hold at once [default: half of max-connections].
     #[arg(long, env = "PROGLOG_MAX_CONNECTIONS_PER_IDENTITY")]
@@ -180,6 +185,7 @@ impl ServeArgs {
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             max_inflight_bytes: self.max_inflight_bytes.or(lower.max_inflight_bytes),
             idle_timeout: self.idle_timeout.or(lower.idle_timeout),
+            busy_poll_us: self.busy_poll_us.or(lower.busy_poll_us),
             max_connections_per_identity: self
                 .max_connections_per_identity
                 .or(lower.max_connections_per_identity),
@@ -244,6 +250,10 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The longest `--busy-poll-us`: a window is meant to catch the next
+/// request of a busy connection, not to keep a core spinning.
+pub const MAX_BUSY_POLL_US: u64 = 1000;
+
 /// The effective configuration of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -280,6 +290,8 @@ pub struct NodeConfig {
     pub max_inflight_bytes: usize,
     /// Seconds.
     pub idle_timeout: u64,
+    /// Microseconds; 0: off.
+    pub busy_poll_us: u64,
     pub max_connections_per_identity: usize,
     pub http_addr: SocketAddr,
     pub no_metrics: bool,
@@ -392,6 +404,7 @@ impl NodeConfig {
             max_message_bytes: a.max_message_bytes.unwrap_or(64 << 20),
             max_inflight_bytes: a.max_inflight_bytes.unwrap_or(256 << 20),
             idle_timeout: a.idle_timeout.unwrap_or(300),
+            busy_poll_us: a.busy_poll_us.unwrap_or(50),
             max_connections_per_identity: a
                 .max_connections_per_identity
                 .unwrap_or_else(|| (a.max_connections.unwrap_or(1024) / 2).max(1)),
@@ -455,6 +468,12 @@ impl NodeConfig {
         }
         if self.idle_timeout == 0 {
             return Err(invalid("idle-timeout", "must be at least 1 second"));
+        }
+        if self.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(invalid(
+                "busy-poll-us",
+                format!("must be at most {MAX_BUSY_POLL_US} (microseconds; 0 turns it off)"),
+            ));
         }
         if self.max_connections_per_identity == 0 {
             return Err(invalid(
@@ -637,6 +656,16 @@ mod tests {
         };
         assert!(idle(1).is_ok());
         assert!(idle(0).unwrap_err().to_string().contains("idle-timeout"));
+        let busy_poll = |us| {
+            resolve(ServeArgs {
+                busy_poll_us: Some(us),
+                ..ServeArgs::default()
+            })
+        };
+        assert_eq!(busy_poll(0).unwrap().busy_poll_us, 0, "off");
+        assert_eq!(busy_poll(1000).unwrap().busy_poll_us, 1000);
+        let long = busy_poll(1001).unwrap_err().to_string();
+        assert!(long.contains("busy-poll-us"), "{long}");
         let per_identity = |n| {
             resolve(ServeArgs {
                 max_connections_per_identity: Some(n),

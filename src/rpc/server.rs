@@ -30,6 +30,7 @@ use super::service::{LogService, ServiceContext};
 use crate::log_capnp::log;
 use crate::supervision::{self, ChildSpec, Failpoints, InjectPanic, Parent, Work, panic_message};
 use crate::telemetry::Metrics;
+use crate::wire::busy_poll::BusyPoll;
 use crate::wire::framed::{Activity, ByteBudget, ReceiveLimits};
 use crate::wire::outbox::Outbox;
 use crate::wire::transport::vat_network;
@@ -63,6 +64,9 @@ pub struct RpcConfig {
     /// may hold at once, so one client cannot take every slot.
     /// Default: half of `max_connections`.
     pub max_connections_per_identity: usize,
+    /// After a reply, poll the sockets for up to this long before sleeping
+    /// (adaptive, see [`crate::wire::busy_poll`]); zero: off. Default: 50 µs.
+    pub busy_poll: Duration,
 }
 
 impl Default for RpcConfig {
@@ -76,6 +80,7 @@ impl Default for RpcConfig {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             max_connections_per_identity: 512,
+            busy_poll: Duration::from_micros(50),
         }
     }
 }
@@ -139,6 +144,7 @@ impl RpcServer {
             budget = budget.shown_in(m.inflight_bytes());
         }
         let budget = Rc::new(budget);
+        let busy_poll = BusyPoll::start(config.busy_poll);
         let front = RpcFront {
             listener: Some(Rc::new(listener)),
             connections: Rc::new(Connections {
@@ -151,6 +157,7 @@ impl RpcServer {
                 trim_pending: Cell::new(false),
                 metrics,
                 failpoints: Failpoints::default(),
+                busy_poll,
             }),
             accepting: None,
         };
@@ -267,6 +274,8 @@ struct Connections<A> {
     trim_pending: Cell<bool>,
     metrics: Option<Arc<Metrics>>,
     failpoints: Failpoints,
+    /// This thread's poller after replies (`None`: off).
+    busy_poll: Option<BusyPoll>,
 }
 
 async fn accept_loop<A: Acceptor>(listener: Rc<TcpListener>, conn: Rc<Connections<A>>) {
@@ -333,6 +342,7 @@ async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: R
         limits,
         config.stream_window_bytes,
         Some(outbox.clone()),
+        conn.busy_poll.clone(),
     );
     let state = Rc::new(ConnectionState::default());
     let service = LogService::new(conn.ctx.clone(), subject.as_str())

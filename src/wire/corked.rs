@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use futures::io::{AsyncWrite, BufWriter};
 
+use super::busy_poll::BusyPoll;
+
 /// How long a closed connection's last bytes may take to leave: a peer that
 /// stops reading cannot keep the flusher (and the socket) alive forever.
 const LAST_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +33,8 @@ pub struct CorkedWriter<W: AsyncWrite + Unpin> {
 
 struct Shared<W> {
     inner: BufWriter<W>,
+    /// Told when a flush has put bytes on the wire (a server's replies).
+    busy_poll: Option<BusyPoll>,
     /// A flush was asked for and has not been done yet.
     flush_wanted: bool,
     /// The writer side is gone (the connection ended): the flusher writes
@@ -95,10 +99,12 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
 
 impl<W: AsyncWrite + Unpin + 'static> CorkedWriter<W> {
     /// Wraps `inner` with a buffer of `capacity` bytes and starts its
-    /// flusher on this thread's local task set.
-    pub fn new(inner: W, capacity: usize) -> CorkedWriter<W> {
+    /// flusher on this thread's local task set; each flush done is told to
+    /// `busy_poll`.
+    pub fn new(inner: W, capacity: usize, busy_poll: Option<BusyPoll>) -> CorkedWriter<W> {
         let shared = Rc::new(RefCell::new(Shared {
             inner: BufWriter::with_capacity(capacity, inner),
+            busy_poll,
             flush_wanted: false,
             writer_dropped: false,
             flusher: None,
@@ -125,7 +131,12 @@ async fn flusher<W: AsyncWrite + Unpin>(shared: Rc<RefCell<Shared<W>>>) {
             }
             match s.poll_inner(cx, |w, cx| w.poll_flush(cx)) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(())) => s.flush_wanted = false,
+                Poll::Ready(Ok(())) => {
+                    s.flush_wanted = false;
+                    if let Some(b) = &s.busy_poll {
+                        b.reply_sent();
+                    }
+                }
                 Poll::Ready(Err(e)) => {
                     s.error = Some((e.kind(), e.to_string()));
                     s.flush_wanted = false;
@@ -239,7 +250,7 @@ mod tests {
         local
             .run_until(async {
                 let sink = Counting::default();
-                let mut w = CorkedWriter::new(sink.clone(), 64 << 10);
+                let mut w = CorkedWriter::new(sink.clone(), 64 << 10, None);
                 for i in 0..100u8 {
                     w.write_all(&[i; 10]).await.unwrap();
                     w.flush().await.unwrap();

@@ -4,6 +4,7 @@
 //! framing limits, buffered two-party vat network). It depends on nothing
 //! else of the node, so the client does not either.
 
+pub mod busy_poll;
 pub mod corked;
 pub mod errors;
 pub mod framed;

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
+use super::busy_poll::BusyPoll;
 use super::corked::CorkedWriter;
 use super::framed::{FramedReader, ReceiveLimits};
 use super::outbox::Outbox;
@@ -37,13 +38,15 @@ pub fn reader_options(max_message_bytes: usize) -> ReaderOptions {
 pub type Reader<S> = FramedReader<tokio_util::compat::Compat<tokio::io::ReadHalf<S>>>;
 
 /// Builds the vat network of one connection over `stream`; the bytes it
-/// sends are counted out of `outbox` (a server's connection).
+/// sends are counted out of `outbox`, and `busy_poll` is told when they
+/// leave (a server's connection).
 pub fn vat_network<S>(
     stream: S,
     side: Side,
     limits: ReceiveLimits,
     window_bytes: usize,
     outbox: Option<Rc<Outbox>>,
+    busy_poll: Option<BusyPoll>,
 ) -> VatNetwork<Reader<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -58,7 +61,7 @@ where
     };
     let mut network = VatNetwork::new(
         FramedReader::new(read.compat(), limits),
-        CorkedWriter::new(sent, IO_BUFFER_BYTES),
+        CorkedWriter::new(sent, IO_BUFFER_BYTES, busy_poll),
         side,
         options,
     );
