@@ -299,6 +299,29 @@ async fn an_idle_following_stream_uses_no_cpu() {
     }
 }
 
+#[actix_rt::test]
+async fn after_a_burst_of_calls_the_busy_poller_stops_and_the_thread_sleeps() {
+    let node = start_node(RpcConfig {
+        busy_poll: Duration::from_micros(1000),
+        ..RpcConfig::default()
+    })
+    .await;
+    let client = connect(&node).await;
+    // One call at a time: each reply follows the one before closely, so
+    // each opens a polling window (the longest allowed, 1 ms).
+    for i in 0..500u64 {
+        assert_eq!(client.produce(b"x").await.unwrap().offset, i);
+    }
+    let before = thread_cpu();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let used = thread_cpu() - before;
+    assert!(
+        used <= Duration::from_millis(50),
+        "the thread used {used:?} of CPU in the 500 ms after the last call"
+    );
+    assert_eq!(client.produce(b"y").await.unwrap().offset, 500);
+}
+
 /// Polls `cond` until it holds (or panics after 10 s): for state the server
 /// changes on its own, where no event is exposed to await.
 async fn eventually_async<F: std::future::Future<Output = bool>>(
