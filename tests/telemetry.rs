@@ -360,20 +360,27 @@ async fn readyz_is_503_until_start_up_completes() {
     assert_eq!(get(http_off.local_addr(), "/metrics").await.status, 404);
 }
 
-#[actix_rt::test]
-async fn an_agent_counts_calls_by_outcome_fsyncs_and_connections() {
-    let dir = tempfile::tempdir().unwrap();
+/// A node without TLS on free loopback ports, its data in `dir`.
+fn loopback_node(dir: &std::path::Path, name: &str) -> ServeArgs {
     let any = || Some("127.0.0.1:0".parse().unwrap());
-    let config = NodeConfig::resolve(ServeArgs {
+    ServeArgs {
         insecure: true,
-        data_dir: Some(dir.path().to_path_buf()),
-        node_name: Some("telemetry-node".into()),
+        data_dir: Some(dir.to_path_buf()),
+        node_name: Some(name.into()),
         rpc_addr: any(),
         gossip_addr: any(),
         http_addr: any(),
+        ..ServeArgs::default()
+    }
+}
+
+#[actix_rt::test]
+async fn an_agent_counts_calls_by_outcome_fsyncs_and_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig::resolve(ServeArgs {
         sync: Some("always".into()),
         max_record_bytes: Some(1024),
-        ..ServeArgs::default()
+        ..loopback_node(dir.path(), "telemetry-node")
     })
     .unwrap();
     let agent = Agent::start(config).await.unwrap();
@@ -492,17 +499,7 @@ async fn the_http_port_answers_garbage_with_400_and_closes() {
 async fn a_zero_linger_producer_sends_one_call_per_turn_refuses_only_the_record_too_large_and_honours_the_clients_acks()
  {
     let dir = tempfile::tempdir().unwrap();
-    let any = || Some("127.0.0.1:0".parse().unwrap());
-    let config = NodeConfig::resolve(ServeArgs {
-        insecure: true,
-        data_dir: Some(dir.path().to_path_buf()),
-        node_name: Some("producer-node".into()),
-        rpc_addr: any(),
-        gossip_addr: any(),
-        http_addr: any(),
-        ..ServeArgs::default()
-    })
-    .unwrap();
+    let config = NodeConfig::resolve(loopback_node(dir.path(), "producer-node")).unwrap();
     let agent = Agent::start(config).await.unwrap();
     let batch_calls = || async {
         let samples = parse_prometheus_text(&agent.telemetry().render_metrics().await.unwrap());
