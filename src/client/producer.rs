@@ -127,6 +127,7 @@ impl Producer {
             });
         }
         let (tx, rx) = oneshot::channel();
+        let mut sender_gone = false;
         let full = {
             let mut b = self.batch.borrow_mut();
             b.bytes += value.len();
@@ -137,7 +138,7 @@ impl Producer {
                 if self.config.linger.is_zero() {
                     // No timer and no task of its own: the sender task, woken
                     // now, runs after the tasks that are ready.
-                    let _ = self.outbox.send(Outgoing::EndOfTurn(generation));
+                    sender_gone = self.outbox.send(Outgoing::EndOfTurn(generation)).is_err();
                 } else {
                     let this = self.clone();
                     tokio::task::spawn_local(async move {
@@ -151,7 +152,8 @@ impl Producer {
             b.values.len() >= self.config.max_batch_records
                 || b.bytes >= self.config.max_batch_bytes
         };
-        if full {
+        if full || sender_gone {
+            // With the sender gone, this answers the records `Unavailable`.
             self.flush_batch();
         }
         Ok(rx)

@@ -132,9 +132,10 @@ pub struct ServeArgs {
     /// idle) [default: 300].
     #[arg(long, env = "PROGLOG_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
-    /// After answering, poll the sockets for up to this many microseconds
-    /// before sleeping, so a request that comes soon is read without a
-    /// wake-up (the window adapts to the traffic; 0: off) [default: 50].
+    /// After a reply that followed the one before closely (within four
+    /// times this), poll the sockets for up to this many microseconds
+    /// before sleeping, so the next request is read without a wake-up; at
+    /// most 1000; 0: off [default: 50].
     #[arg(long, env = "PROGLOG_BUSY_POLL_US")]
     pub busy_poll_us: Option<u64>,
     /// Most connections one identity (certificate CN; `anonymous` without

@@ -64,8 +64,9 @@ pub struct RpcConfig {
     /// may hold at once, so one client cannot take every slot.
     /// Default: half of `max_connections`.
     pub max_connections_per_identity: usize,
-    /// After a reply, poll the sockets for up to this long before sleeping
-    /// (adaptive, see [`crate::wire::busy_poll`]); zero: off. Default: 50 µs.
+    /// After a reply that followed the one before closely, poll the sockets
+    /// for up to this long before sleeping (see [`crate::wire::busy_poll`]);
+    /// zero: off. Default: 50 µs.
     pub busy_poll: Duration,
 }
 
