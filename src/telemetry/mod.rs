@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use http::HttpServer;
-pub use metrics::{CONTENT_TYPE, FsyncMetrics, GaugeGuard, Metrics, StreamKind};
+pub use metrics::{CONTENT_TYPE, CallMetrics, FsyncMetrics, GaugeGuard, Metrics, StreamKind};
 
 use crate::cluster::ClusterView;
 use crate::log::{Partitions, Stats};

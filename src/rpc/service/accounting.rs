@@ -142,7 +142,7 @@ pub(super) fn outcome_label(result: &Result<Outcome, Error>) -> &'static str {
 /// Counts a call when dropped: by its outcome, or as `cancelled` if it
 /// never finished (then its duration is no latency and is not observed).
 pub(super) struct CallCount<'a> {
-    metrics: Option<&'a Metrics>,
+    metrics: Option<(&'a Metrics, &'a CallMetrics)>,
     method: Method,
     started: Instant,
     outcome: Option<&'static str>,
@@ -150,13 +150,15 @@ pub(super) struct CallCount<'a> {
 
 impl Drop for CallCount<'_> {
     fn drop(&mut self) {
-        let Some(m) = self.metrics else { return };
+        let Some((m, seen)) = self.metrics else {
+            return;
+        };
         match self.outcome {
             Some(outcome) => {
                 let took = self.method.timed.then(|| self.started.elapsed());
-                m.rpc_call(self.method.name, outcome, took);
+                m.rpc_call(seen, self.method.name, outcome, took);
             }
-            None => m.rpc_call(self.method.name, "cancelled", None),
+            None => m.rpc_call(seen, self.method.name, "cancelled", None),
         }
     }
 }
@@ -194,7 +196,7 @@ impl LogService {
         let _state = self.budget.as_ref().map(|b| b.charge(CALL_STATE_BYTES));
         let started = Instant::now();
         let mut counted = CallCount {
-            metrics: self.metrics.as_deref(),
+            metrics: self.metrics.as_deref().map(|m| (m, &self.call_metrics)),
             method,
             started,
             outcome: None,

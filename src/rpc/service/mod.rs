@@ -19,7 +19,7 @@ use crate::cluster::{ClusterView, ServerInfo};
 use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats};
 use crate::log_capnp::{Acks, frame_sink, log, produce_sink, produced, record_sink};
 use crate::storage::{RecordBatch, Records, Values};
-use crate::telemetry::{GaugeGuard, Metrics, StreamKind};
+use crate::telemetry::{CallMetrics, GaugeGuard, Metrics, StreamKind};
 use crate::wire::errors::{WireError, write_error};
 use crate::wire::framed::{ByteBudget, Charge};
 use crate::wire::outbox::{Outbox, Reserved};
@@ -69,6 +69,8 @@ pub struct LogService {
     subject: Rc<str>,
     /// Where calls are counted; `None` when metrics are off.
     metrics: Option<Arc<Metrics>>,
+    /// The call metrics this connection has counted, kept at hand.
+    call_metrics: CallMetrics,
     /// Test support: the RPC front's, so a test can make a call panic.
     failpoints: crate::supervision::Failpoints,
     /// This connection's calls and streams in progress.
@@ -87,6 +89,7 @@ impl LogService {
             ctx,
             subject: subject.into(),
             metrics: None,
+            call_metrics: Default::default(),
             failpoints: Default::default(),
             connection: Default::default(),
             budget: None,
