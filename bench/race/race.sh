@@ -7,6 +7,7 @@
 # every run is a JSON line in $RACE_OUT (default race-results.jsonl).
 #
 #   bench/race/race.sh [ROUNDS]
+#   bench/race/race.sh placement [ROUNDS]
 #
 # A cell is one system with fresh data: produce W=1, produce W=64 (single
 # records, W in flight; proglog's through its client's batching producer
@@ -19,9 +20,18 @@
 # sync_interval: always (produce only); and proglog's produce cells again
 # with one `produce` call per record (variant `calls`), to show what the
 # producer's batching is worth.
+#
+# `placement` runs only the W=1 cells (256 B), each system's server and
+# client pinned to the same vCPU and then to different ones: a round trip
+# between two vCPUs pays for waking the other, one within a vCPU does not,
+# and unpinned, which one a run gets is the scheduler's choice (BENCHMARKS.md,
+# "W=1 and where the scheduler puts the client"). proglog runs with its
+# default polling and with `--busy-poll-us 0`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+mode=race
+if [ "${1:-}" = placement ]; then mode=placement; shift; fi
 rounds="${1:-3}"
 out="${RACE_OUT:-race-results.jsonl}"
 n1="${RACE_N1:-5000}"     # records for the W=1 runs
@@ -80,6 +90,7 @@ start_system() {
         tls) extra=(--tls-dir "$work/$name-tls"); client_args=(--tls-dir "$work/$name-tls") ;;
         sync) extra=(--insecure --sync always) ;;
         calls) client_args=(--proglog-calls) ;;
+        nopoll) extra=(--insecure --busy-poll-us 0) ;;
       esac
       start "$name" "$bin" "${extra[@]}"
       server_addr="$addr"; server_pid="$pid" ;;
@@ -106,21 +117,43 @@ start_system() {
 
 stop_system() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
 
-# One cell: fresh server, the four runs, its memory and CPU.
+# One cell: fresh server, the four runs, its memory and CPU. With $pin set
+# (`same` or `split`), only the W=1 runs, the server's threads on vCPU 0 and
+# the client on vCPU 0 or 1; the label says which.
 cell() {
-  local round="$1" system="$2" variant="$3" size="$4"
+  local round="$1" system="$2" variant="$3" size="$4" label="$3" client_cpu=()
   start_system "$system" "$variant"
-  local common=(--system "$system" --addr "$server_addr" --size "$size" --label "$variant" "${client_args[@]}")
   local runs=("produce 1 $n1" "produce 64 $n64")
   case "$variant" in sync|calls) ;; *) runs+=("consume 1 $n1" "consume 64 $n64") ;; esac
+  if [ -n "${pin:-}" ]; then
+    taskset -a -p -c 0 "$server_pid" > /dev/null
+    client_cpu=(taskset -c "$([ "$pin" = same ] && echo 0 || echo 1)")
+    label="$variant@$pin"
+    runs=("produce 1 $n1" "consume 1 $n1")
+  fi
+  local common=(--system "$system" --addr "$server_addr" --size "$size" --label "$label" "${client_args[@]}")
   for r in "${runs[@]}"; do
     set -- $r
-    "$load" "${common[@]}" --op "$1" --window "$2" --records "$3" | sed "s/^{/{\"round\":$round,/" >> "$out"
+    "${client_cpu[@]}" "$load" "${common[@]}" --op "$1" --window "$2" --records "$3" | sed "s/^{/{\"round\":$round,/" >> "$out"
   done
   read -r rss cpu < <(usage "$server_pid")
-  echo "{\"round\":$round,\"system\":\"$system\",\"label\":\"$variant\",\"size\":$size,\"op\":\"server\",\"peak_rss_kib\":$rss,\"cpu_seconds\":$cpu}" >> "$out"
+  echo "{\"round\":$round,\"system\":\"$system\",\"label\":\"$label\",\"size\":$size,\"op\":\"server\",\"peak_rss_kib\":$rss,\"cpu_seconds\":$cpu}" >> "$out"
   stop_system
 }
+
+if [ "$mode" = placement ]; then
+  : > "$out"
+  for round in $(seq "$rounds"); do
+    echo "round $round of $rounds (placement)" >&2
+    for pin in same split; do
+      systems=("proglog plain" "proglog nopoll" "nats plain" "redis plain")
+      if [ $((round % 2)) = 0 ]; then systems=("redis plain" "nats plain" "proglog nopoll" "proglog plain"); fi
+      for s in "${systems[@]}"; do set -- $s; cell "$round" "$1" "$2" 256; done
+    done
+  done
+  python3 "$here/table.py" "$out"
+  exit 0
+fi
 
 : > "$out"
 for round in $(seq "$rounds"); do

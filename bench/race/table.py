@@ -25,6 +25,23 @@ def fmt_rate(v):
     return "-" if v is None else (f"{v / 1e3:.1f} k/s" if v < 1e6 else f"{v / 1e6:.2f} M/s")
 
 
+if any("@" in r["label"] for r in rows):
+    # `race.sh placement`: the W=1 cells with server and client pinned.
+    rounds = len({r["round"] for r in rows})
+    print(f"\nW=1, 256 B, server and client pinned to the same vCPU or to two; rate (p50 / p99 µs); medians of {rounds} rounds")
+    print("| system | same vCPU: produce | same vCPU: consume | two vCPUs: produce | two vCPUs: consume |")
+    print("|---|---|---|---|---|")
+    for system, variant, name in (("proglog", "plain", "proglog"), ("proglog", "nopoll", "proglog --busy-poll-us 0"),
+                                  ("nats", "plain", "NATS JetStream"), ("redis", "plain", "Redis Streams")):
+        out = []
+        for pin in ("same", "split"):
+            for op in ("produce", "consume"):
+                k = (system, f"{variant}@{pin}", 256, op, 1)
+                rate = med(k, "rate")
+                out.append("-" if rate is None else f"{fmt_rate(rate)} ({med(k, 'p50_us'):.0f} / {med(k, 'p99_us'):.0f})")
+        print(f"| {name} | " + " | ".join(out) + " |")
+    sys.exit(0)
+
 cells = [("produce", 1), ("produce", 64), ("consume", 1), ("consume", 64)]
 for size in (256, 4096):
     print(f"\n{size} B records, plain TCP (mTLS for proglog-tls); rate (p50 / p99 µs); medians of {len(servers[('proglog', 'plain', size)])} rounds")
