@@ -4,7 +4,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use proglog::client::{Client, ClientError};
+use proglog::client::{Client, ClientError, ClientOptions};
 use proglog::cluster::ClusterView;
 use proglog::log::Partitions;
 use proglog::rpc::{PlainAcceptor, RpcConfig, RpcServer, ServiceContext};
@@ -300,15 +300,31 @@ async fn an_idle_following_stream_uses_no_cpu() {
 }
 
 #[actix_rt::test]
-async fn after_a_burst_of_calls_the_busy_poller_stops_and_the_thread_sleeps() {
+async fn after_a_burst_of_calls_the_nodes_poller_stops_and_the_thread_sleeps() {
+    a_burst_then_quiet(Duration::from_micros(1000), Duration::ZERO).await;
+}
+
+#[actix_rt::test]
+async fn after_a_burst_of_calls_the_clients_poller_stops_and_the_thread_sleeps() {
+    a_burst_then_quiet(Duration::ZERO, Duration::from_micros(1000)).await;
+}
+
+/// One call at a time, 500 of them: each follows the one before closely,
+/// so each opens a polling window (the longest allowed, 1 ms) on the side
+/// that polls. Then the thread (node and client share it) must go quiet.
+async fn a_burst_then_quiet(node_poll: Duration, client_poll: Duration) {
     let node = start_node(RpcConfig {
-        busy_poll: Duration::from_micros(1000),
+        busy_poll: node_poll,
         ..RpcConfig::default()
     })
     .await;
-    let client = connect(&node).await;
-    // One call at a time: each reply follows the one before closely, so
-    // each opens a polling window (the longest allowed, 1 ms).
+    let options = ClientOptions {
+        busy_poll: client_poll,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(node.server.local_addr(), None, options)
+        .await
+        .unwrap();
     for i in 0..500u64 {
         assert_eq!(client.produce(b"x").await.unwrap().offset, i);
     }

@@ -68,6 +68,16 @@ for size in (256, 4096):
             statistics.median(s["cpu_seconds"] for s in servers[(sys_, lab, size)]))
         if servers[(sys_, lab, size)] else "-"
         for sys_, lab in (("proglog", "plain"), ("proglog", "tls"), ("nats", "plain"), ("redis", "plain"))) + " | | |")
+    # The load generator's CPU over the cell's four runs (its client's cost).
+    def client_cpu(sys_, lab):
+        per_round = defaultdict(float)
+        for (s_, l_, z_, _op, _w), rs in runs.items():
+            if (s_, l_, z_) == (sys_, lab, size):
+                for r in rs:
+                    per_round[r["round"]] += r.get("client_cpu_seconds") or 0.0
+        return f"{statistics.median(per_round.values()):.1f}" if per_round else "-"
+    print("| client CPU s | " + " | ".join(client_cpu(s_, l_) for s_, l_ in (
+        ("proglog", "plain"), ("proglog", "tls"), ("nats", "plain"), ("redis", "plain"))) + " | | |")
 
 print("\nfsync on every write (proglog --sync always, JetStream sync_interval: always), 256 B, produce")
 print("| cell | proglog | NATS JetStream | proglog / NATS |")

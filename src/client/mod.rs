@@ -28,6 +28,7 @@ pub use batch::ConsumedBatch;
 pub use cluster::{ClusterClient, Dial};
 
 use std::ops::Range;
+use std::time::Duration;
 
 use capnp_rpc::RpcSystem;
 use capnp_rpc::rpc_twoparty_capnp::Side;
@@ -38,6 +39,7 @@ pub use error::ClientError;
 pub use producer::{Producer, ProducerConfig};
 pub use stream::{FrameStream, Record, RecordStream, ReplicaBatch};
 
+use crate::wire::busy_poll::BusyPoll;
 use crate::wire::framed::ReceiveLimits;
 use crate::wire::schema::{log, produced};
 use crate::wire::transport::vat_network;
@@ -50,6 +52,12 @@ pub struct ClientOptions {
     /// Flow-control window of streams the client pushes (produce streams).
     /// Default: 4 MiB.
     pub stream_window_bytes: usize,
+    /// After a request that followed the one before within four times this,
+    /// the client polls its socket (non-blocking) for up to this long before
+    /// sleeping, so an answer that comes soon is read without a wake-up, as
+    /// the node does after a reply (`--busy-poll-us`): on these VMs single
+    /// calls about twice as fast, for client CPU. Default: 50 µs; zero: off.
+    pub busy_poll: Duration,
 }
 
 impl Default for ClientOptions {
@@ -57,6 +65,7 @@ impl Default for ClientOptions {
         ClientOptions {
             max_message_bytes: 64 << 20,
             stream_window_bytes: 4 << 20,
+            busy_poll: Duration::from_micros(50),
         }
     }
 }
@@ -139,8 +148,28 @@ fn read_produced(r: produced::Reader<'_>) -> Result<ProducedBatch, ClientError> 
 impl Client {
     /// Connects over plain TCP.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        Client::connect_with(addr, None, ClientOptions::default()).await
+    }
+
+    /// Connects over plain TCP, or with mutual TLS given `tls` (the server's
+    /// name and the client's configuration, as for
+    /// [`connect_tls`](Self::connect_tls)), with `options`.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        tls: Option<(&str, std::sync::Arc<rustls::ClientConfig>)>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
         let tcp = crate::wire::socket::dial(addr).await?;
-        Ok(Client::over(tcp, ClientOptions::default()))
+        let Some((server_name, config)) = tls else {
+            return Ok(Client::over(tcp, options));
+        };
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| ClientError::Tls(format!("bad server name {server_name:?}: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ClientError::Tls(format!("handshake with {server_name}: {e}")))?;
+        Ok(Client::over(stream, options))
     }
 
     /// Connects to the cluster through any of `seeds` (RPC addresses): a
@@ -160,17 +189,11 @@ impl Client {
         server_name: &str,
         config: std::sync::Arc<rustls::ClientConfig>,
     ) -> Result<Client, ClientError> {
-        let tcp = crate::wire::socket::dial(addr).await?;
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
-            .map_err(|e| ClientError::Tls(format!("bad server name {server_name:?}: {e}")))?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| ClientError::Tls(format!("handshake with {server_name}: {e}")))?;
-        Ok(Client::over(stream, ClientOptions::default()))
+        Client::connect_with(addr, Some((server_name, config)), ClientOptions::default()).await
     }
 
     /// Speaks the protocol over an established stream (e.g. a TLS one).
+    /// Must be called inside a `LocalSet`.
     pub fn over<S>(stream: S, options: ClientOptions) -> Client
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -181,7 +204,7 @@ impl Client {
             ReceiveLimits::new(options.max_message_bytes).trusting_the_sender(),
             options.stream_window_bytes,
             None,
-            None,
+            BusyPoll::start(options.busy_poll),
         );
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let log: log::Client = rpc.bootstrap(Side::Server);

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::net::{self, PullEnd};
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ClientOptions};
 use crate::cluster::ClusterView;
 use crate::log::{Append, LogActor, Partitions, SkipTo, Stats, append_in_order};
 use crate::supervision::{Failpoints, InjectPanic, Work};
@@ -49,11 +49,18 @@ pub enum Connector {
 }
 
 impl Connector {
+    /// A replicator's connection does not poll for answers (its peer's
+    /// stream comes without asking, and the node's CPU is for its own work).
     pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
+        let options = ClientOptions {
+            busy_poll: Duration::ZERO,
+            ..ClientOptions::default()
+        };
         match self {
-            Connector::Plain => Client::connect(addr).await,
+            Connector::Plain => Client::connect_with(addr, None, options).await,
             Connector::Tls(config) => {
-                Client::connect_tls(addr, &addr.ip().to_string(), config.clone()).await
+                let name = addr.ip().to_string();
+                Client::connect_with(addr, Some((&name, config.clone())), options).await
             }
         }
     }

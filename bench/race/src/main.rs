@@ -338,6 +338,17 @@ async fn run(args: &Args) -> Result<(f64, Vec<Duration>), BoxError> {
     Ok((start.elapsed().as_secs_f64(), latencies))
 }
 
+/// CPU time of this process so far (user and system, every thread): what
+/// the client cost, for clients that trade CPU for latency (proglog's polls
+/// for an answer for a moment after a request).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ: 100 on Linux (sysconf(_SC_CLK_TCK) everywhere it runs).
+    Some(ticks / 100.0)
+}
+
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -355,6 +366,7 @@ fn main() -> Result<(), BoxError> {
         "seconds": seconds, "rate": rate.round(),
         "p50_us": percentile(&latencies, 0.50).round(),
         "p99_us": percentile(&latencies, 0.99).round(),
+        "client_cpu_seconds": cpu_seconds(),
     });
     println!("{line}");
     Ok(())
