@@ -7,7 +7,8 @@
 //! non-blocking `epoll_wait`) for up to a window, as Redpanda's reactor
 //! polls and as the guest kernel's haltpoll does before halting. Only
 //! replies that follow each other closely open a window, so sparse traffic
-//! costs nothing.
+//! costs nothing. A client polls the same way after its requests (what it
+//! sends is "a reply" here), for the answer.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};

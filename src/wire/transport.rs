@@ -39,7 +39,7 @@ pub type Reader<S> = FramedReader<tokio_util::compat::Compat<tokio::io::ReadHalf
 
 /// Builds the vat network of one connection over `stream`; the bytes it
 /// sends are counted out of `outbox`, and `busy_poll` is told when they
-/// leave (a server's connection).
+/// leave.
 pub fn vat_network<S>(
     stream: S,
     side: Side,
