@@ -131,6 +131,12 @@ async fn poll_after_replies(shared: Weak<Shared>) {
                 break;
             }
             drop(s);
+            // First the vCPU, to any thread that waits for it: when the
+            // peer's thread shares this vCPU (a client and its node pinned
+            // together, or a one-CPU container), spinning would hold the
+            // vCPU that thread needs to answer. With none waiting it comes
+            // back at once.
+            std::thread::yield_now();
             tokio::task::yield_now().await;
         }
     }
