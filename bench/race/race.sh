@@ -123,8 +123,7 @@ stop_system() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/de
 cell() {
   local round="$1" system="$2" variant="$3" size="$4" label="$3" client_cpu=()
   # Every system starts on a clean disk: the cell before it wrote up to
-  # 400 MB, and writeback of that during a 4 KiB produce run halved it
-  # (for every system, in the runs it happened to).
+  # 400 MB, and none should pay for writing that back.
   sync
   start_system "$system" "$variant"
   local runs=("produce 1 $n1" "produce 64 $n64")
