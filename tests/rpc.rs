@@ -309,9 +309,9 @@ async fn after_a_burst_of_calls_the_clients_poller_stops_and_the_thread_sleeps()
     a_burst_then_quiet(Duration::ZERO, Duration::from_micros(1000)).await;
 }
 
-/// One call at a time, 500 of them: each follows the one before closely,
-/// so each opens a polling window (the longest allowed, 1 ms) on the side
-/// that polls. Then the thread (node and client share it) must go quiet.
+/// One call at a time, 500 of them: each answered soon after it was sent,
+/// so the side that polls keeps a polling window open after each (1 ms
+/// allowed). Then the thread (node and client share it) must go quiet.
 async fn a_burst_then_quiet(node_poll: Duration, client_poll: Duration) {
     let node = start_node(RpcConfig {
         busy_poll: node_poll,

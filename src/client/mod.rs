@@ -52,11 +52,11 @@ pub struct ClientOptions {
     /// Flow-control window of streams the client pushes (produce streams).
     /// Default: 4 MiB.
     pub stream_window_bytes: usize,
-    /// After a request that followed the one before within four times this,
-    /// the client polls its socket (non-blocking) for up to this long before
-    /// sleeping, so an answer that comes soon is read without a wake-up, as
-    /// the node does after a reply (`--busy-poll-us`): on these VMs single
-    /// calls about twice as fast, for client CPU. Default: 50 µs; zero: off.
+    /// The longest the client polls its socket (non-blocking) after a
+    /// request before sleeping, so an answer that comes soon is read without
+    /// a wake-up, as the node does after a reply (`--busy-poll-us`; the
+    /// window adapts to the waits seen, up to this): on these VMs single
+    /// calls about twice as fast, for client CPU. Default: 200 µs; zero: off.
     pub busy_poll: Duration,
 }
 
@@ -65,7 +65,7 @@ impl Default for ClientOptions {
         ClientOptions {
             max_message_bytes: 64 << 20,
             stream_window_bytes: 4 << 20,
-            busy_poll: Duration::from_micros(50),
+            busy_poll: Duration::from_micros(200),
         }
     }
 }

@@ -132,10 +132,10 @@ pub struct ServeArgs {
     /// idle) [default: 300].
     #[arg(long, env = "PROGLOG_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
-    /// After a reply that followed the one before closely (within four
-    /// times this), poll the sockets for up to this many microseconds
-    /// before sleeping, so the next request is read without a wake-up; at
-    /// most 1000; 0: off [default: 50].
+    /// The longest the RPC thread polls its sockets after a reply before
+    /// sleeping, so the next request is read without a wake-up: its window
+    /// adapts to the idle times it sees, up to this many microseconds; at
+    /// most 1000; 0: off [default: 200].
     #[arg(long, env = "PROGLOG_BUSY_POLL_US")]
     pub busy_poll_us: Option<u64>,
     /// Most connections one identity (certificate CN; `anonymous` without
@@ -405,7 +405,7 @@ impl NodeConfig {
             max_message_bytes: a.max_message_bytes.unwrap_or(64 << 20),
             max_inflight_bytes: a.max_inflight_bytes.unwrap_or(256 << 20),
             idle_timeout: a.idle_timeout.unwrap_or(300),
-            busy_poll_us: a.busy_poll_us.unwrap_or(50),
+            busy_poll_us: a.busy_poll_us.unwrap_or(200),
             max_connections_per_identity: a
                 .max_connections_per_identity
                 .unwrap_or_else(|| (a.max_connections.unwrap_or(1024) / 2).max(1)),

@@ -64,9 +64,9 @@ pub struct RpcConfig {
     /// may hold at once, so one client cannot take every slot.
     /// Default: half of `max_connections`.
     pub max_connections_per_identity: usize,
-    /// After a reply that followed the one before closely, poll the sockets
-    /// for up to this long before sleeping (see [`crate::wire::busy_poll`]);
-    /// zero: off. Default: 50 µs.
+    /// The longest window of polling the sockets after a reply before
+    /// sleeping; the window adapts below it (see [`crate::wire::busy_poll`]);
+    /// zero: off. Default: 200 µs.
     pub busy_poll: Duration,
 }
 
@@ -81,7 +81,7 @@ impl Default for RpcConfig {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             max_connections_per_identity: 512,
-            busy_poll: Duration::from_micros(50),
+            busy_poll: Duration::from_micros(200),
         }
     }
 }

@@ -4,24 +4,38 @@
 //! when the next request comes: on these VMs a halted vCPU takes tens of
 //! microseconds to wake, about a third of a single call's round trip. So
 //! after a reply leaves, the server's thread keeps polling (each poll is a
-//! non-blocking `epoll_wait`) for up to a window, as Redpanda's reactor
-//! polls and as the guest kernel's haltpoll does before halting. Only
-//! replies that follow each other closely open a window, so sparse traffic
-//! costs nothing. A client polls the same way after its requests (what it
-//! sends is "a reply" here), for the answer.
+//! non-blocking `epoll_wait`) for a window, as Redpanda's reactor polls and
+//! as the guest kernel's haltpoll does before halting. A client polls the
+//! same way after its requests (what it sends is "a reply" here), for the
+//! answer.
+//!
+//! The window adapts as haltpoll's does, from the idle time the thread
+//! sees (from its last reply to the next bytes it receives): it grows while
+//! the next request came within the most allowed (polling longer would
+//! have caught it), stays while requests come inside it, and shrinks to
+//! none after pauses longer than the most. Sparse traffic costs nothing;
+//! a slower request-reply loop (a TLS one, whose turn took longer than a
+//! fixed 50 µs window and so paid for two wake-ups a call) gets the window
+//! it needs.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// When to poll, given the times of replies (no clock, no task): a window
-/// opens after a reply that came at most four windows after the one before
-/// it, so a connection in a tight request-reply loop is polled for, and
-/// sparse traffic (or a first reply after a pause) is not.
+/// The first window opened, and the least: below it, none (haltpoll's
+/// `guest_halt_poll_grow_start`).
+const GROW_START: Duration = Duration::from_micros(50);
+
+/// The window after each reply, adapted to the idle times seen (no clock,
+/// no task: the caller passes the times).
 #[derive(Debug, Clone)]
 pub(crate) struct Window {
+    /// The most a window may be.
     max: Duration,
+    /// The window opened after the next reply (zero: none).
+    current: Duration,
+    /// The last reply, until bytes next arrive: the idle time runs from it.
     last_reply: Option<Instant>,
     /// Polling until then, if a window is open.
     until: Option<Instant>,
@@ -31,6 +45,7 @@ impl Window {
     pub(crate) fn new(max: Duration) -> Window {
         Window {
             max,
+            current: Duration::ZERO,
             last_reply: None,
             until: None,
         }
@@ -38,12 +53,36 @@ impl Window {
 
     /// A reply left at `now`: answers until when to poll, if at all.
     pub(crate) fn on_reply(&mut self, now: Instant) -> Option<Instant> {
-        let dense = self
-            .last_reply
-            .is_some_and(|last| now.saturating_duration_since(last) <= self.max * 4);
         self.last_reply = Some(now);
-        self.until = dense.then(|| now + self.max);
+        self.until = (!self.current.is_zero()).then(|| now + self.current);
         self.until
+    }
+
+    /// Bytes arrived at `now`: the thread has work, so the window closes;
+    /// the first arrival after a reply adapts the next window to the idle
+    /// time it ended.
+    pub(crate) fn on_arrival(&mut self, now: Instant) {
+        self.until = None;
+        let Some(reply) = self.last_reply.take() else {
+            return;
+        };
+        let idle = now.saturating_duration_since(reply);
+        if idle <= self.current {
+            // Caught by polling: keep the window.
+        } else if idle <= self.max {
+            // Polling longer would have caught it.
+            self.current = if self.current < GROW_START {
+                GROW_START.min(self.max)
+            } else {
+                (self.current * 2).min(self.max)
+            };
+        } else {
+            // No window allowed would have: poll less, or not at all.
+            self.current /= 2;
+            if self.current < GROW_START {
+                self.current = Duration::ZERO;
+            }
+        }
     }
 
     /// Whether to go on polling at `now` (closes the window once it passed).
@@ -103,6 +142,21 @@ impl BusyPoll {
             w.wake();
         }
     }
+
+    /// The window the next reply opens.
+    #[cfg(test)]
+    pub(crate) fn next_window(&self) -> Duration {
+        self.0.window.borrow().current
+    }
+
+    /// Bytes arrived on one of this thread's connections (costs a clock
+    /// read only for the first arrival after a reply).
+    pub fn bytes_arrived(&self) {
+        let mut window = self.0.window.borrow_mut();
+        if window.last_reply.is_some() || window.until.is_some() {
+            window.on_arrival(Instant::now());
+        }
+    }
 }
 
 /// Sleeps until a window opens, then yields until it closes: each yield
@@ -146,37 +200,102 @@ async fn poll_after_replies(shared: Weak<Shared>) {
 mod tests {
     use super::*;
 
-    const MAX: Duration = Duration::from_micros(50);
+    const MAX: Duration = Duration::from_micros(200);
 
     fn us(n: u64) -> Duration {
         Duration::from_micros(n)
     }
 
-    #[test]
-    fn a_first_reply_or_one_after_a_pause_opens_no_window() {
-        let t = Instant::now();
-        let mut w = Window::new(MAX);
-        assert_eq!(w.on_reply(t), None, "the first reply");
-        assert_eq!(
-            w.on_reply(t + us(201)),
-            None,
-            "just over four windows later"
-        );
-        assert_eq!(w.on_reply(t + us(5000)), None);
+    /// After a reply at `t`, the next bytes come `idle` later and the next
+    /// reply 5 µs after them (then at `t`); answers the window it opens.
+    fn turn(w: &mut Window, t: &mut Instant, idle: u64) -> Option<Duration> {
+        w.on_arrival(*t + us(idle));
+        *t += us(idle + 5);
+        w.on_reply(*t).map(|until| until - *t)
+    }
+
+    /// A window whose first reply was at `t`.
+    fn started(max: Duration, t: Instant) -> Window {
+        let mut w = Window::new(max);
+        assert_eq!(w.on_reply(t), None, "a first reply opens no window");
+        w
     }
 
     #[test]
-    fn replies_at_most_four_windows_apart_open_one_after_each() {
+    fn a_first_reply_opens_no_window() {
+        let mut w = Window::new(MAX);
+        assert_eq!(w.on_reply(Instant::now()), None);
+    }
+
+    #[test]
+    fn the_window_grows_from_50_us_doubling_to_the_most_while_requests_come_within_it() {
+        let mut t = Instant::now();
+        let mut w = started(MAX, t);
+        assert_eq!(turn(&mut w, &mut t, 150), Some(us(50)), "starts at 50 µs");
+        assert_eq!(turn(&mut w, &mut t, 150), Some(us(100)));
+        assert_eq!(turn(&mut w, &mut t, 150), Some(us(200)));
+        assert_eq!(
+            turn(&mut w, &mut t, 150),
+            Some(us(200)),
+            "caught: the window stays"
+        );
+        assert_eq!(turn(&mut w, &mut t, 200), Some(us(200)), "at the most");
+    }
+
+    #[test]
+    fn a_window_never_exceeds_the_most() {
+        let mut t = Instant::now();
+        let mut w = started(us(80), t);
+        assert_eq!(turn(&mut w, &mut t, 70), Some(us(50)));
+        assert_eq!(turn(&mut w, &mut t, 80), Some(us(80)), "exactly the most");
+        let mut small = started(us(20), t);
+        assert_eq!(turn(&mut small, &mut t, 20), Some(us(20)));
+    }
+
+    #[test]
+    fn requests_caught_keep_the_window_as_it_is() {
+        let mut t = Instant::now();
+        let mut w = started(MAX, t);
+        assert_eq!(turn(&mut w, &mut t, 30), Some(us(50)));
+        for _ in 0..10 {
+            assert_eq!(turn(&mut w, &mut t, 30), Some(us(50)));
+        }
+    }
+
+    #[test]
+    fn pauses_longer_than_the_most_halve_the_window_then_close_it() {
+        let mut t = Instant::now();
+        let mut w = started(MAX, t);
+        for _ in 0..3 {
+            turn(&mut w, &mut t, 150);
+        }
+        assert_eq!(
+            turn(&mut w, &mut t, 201),
+            Some(us(100)),
+            "one past the most"
+        );
+        assert_eq!(turn(&mut w, &mut t, 5000), Some(us(50)));
+        assert_eq!(turn(&mut w, &mut t, 5000), None, "below 50 µs: none");
+        assert_eq!(
+            turn(&mut w, &mut t, 5000),
+            None,
+            "sparse traffic: no polling"
+        );
+    }
+
+    #[test]
+    fn bytes_close_the_window_and_only_the_first_after_a_reply_counts() {
         let t = Instant::now();
         let mut w = Window::new(MAX);
         w.on_reply(t);
-        assert_eq!(
-            w.on_reply(t + us(200)),
-            Some(t + us(250)),
-            "exactly four windows"
-        );
-        assert_eq!(w.on_reply(t + us(230)), Some(t + us(280)));
-        assert_eq!(w.on_reply(t + us(800)), None, "a pause closes it");
+        w.on_arrival(t + us(60));
+        assert_eq!(w.on_reply(t + us(70)), Some(t + us(120)));
+        assert!(w.poll_on(t + us(80)));
+        w.on_arrival(t + us(90));
+        assert!(!w.poll_on(t + us(91)), "closed by the arrival");
+        // Later bytes of the same burst are not an idle time: no change.
+        w.on_arrival(t + us(5000));
+        assert_eq!(w.on_reply(t + us(5010)), Some(t + us(5060)));
     }
 
     #[test]
@@ -184,9 +303,10 @@ mod tests {
         let t = Instant::now();
         let mut w = Window::new(MAX);
         w.on_reply(t);
-        w.on_reply(t + us(10));
-        assert!(w.poll_on(t + us(59)));
-        assert!(!w.poll_on(t + us(60)), "closed at its end");
-        assert!(!w.poll_on(t + us(61)));
+        w.on_arrival(t + us(100));
+        w.on_reply(t + us(110));
+        assert!(w.poll_on(t + us(159)));
+        assert!(!w.poll_on(t + us(160)), "closed at its end");
+        assert!(!w.poll_on(t + us(161)));
     }
 }

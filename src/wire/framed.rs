@@ -27,6 +27,8 @@ use std::time::Instant;
 
 use futures::io::AsyncRead;
 
+use super::busy_poll::BusyPoll;
+
 /// A buffer's size when no large message is in it (also the most read
 /// from the socket at once).
 pub const BASE_BUFFER_BYTES: usize = 64 << 10;
@@ -323,6 +325,8 @@ pub struct FramedReader<R> {
     /// Bytes of a large message read in place still to come (what is
     /// buffered of it first, then straight from `inner`).
     in_place_left: usize,
+    /// Told when bytes arrive (they end the thread's idle time).
+    busy_poll: Option<BusyPoll>,
 }
 
 impl<R> FramedReader<R> {
@@ -339,6 +343,19 @@ impl<R> FramedReader<R> {
             eof: false,
             quiet_since: None,
             in_place_left: 0,
+            busy_poll: None,
+        }
+    }
+
+    /// Tells `busy_poll` of the bytes this reader receives.
+    pub fn with_busy_poll(mut self, busy_poll: Option<BusyPoll>) -> FramedReader<R> {
+        self.busy_poll = busy_poll;
+        self
+    }
+
+    fn arrived(&self) {
+        if let Some(b) = &self.busy_poll {
+            b.bytes_arrived();
         }
     }
 
@@ -366,7 +383,10 @@ impl<R> FramedReader<R> {
                         "the connection ended inside a message",
                     )));
                 }
-                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Ok(n)) => {
+                    self.arrived();
+                    n
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -663,6 +683,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FramedReader<R> {
                 continue;
             }
             this.filled += n;
+            this.arrived();
             if this.filled == this.buf.len() && this.buf.len() < BASE_BUFFER_BYTES {
                 // The socket had more than fitted: read more at once.
                 let len = (this.buf.len() * 2).min(BASE_BUFFER_BYTES);
@@ -720,6 +741,29 @@ mod tests {
         let mut out = Vec::new();
         futures::executor::block_on(r.read_to_end(&mut out))?;
         Ok(out)
+    }
+
+    #[tokio::test]
+    async fn bytes_received_after_a_reply_end_the_idle_time_the_poller_adapts_to() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let poll = BusyPoll::start(std::time::Duration::from_micros(200_000));
+                let poll = poll.expect("a poller");
+                assert!(poll.next_window().is_zero(), "none before any idle time");
+                poll.reply_sent();
+                let mut r = FramedReader::new(Chunks::new(vec![frame(2)]), ReceiveLimits::new(64))
+                    .with_busy_poll(Some(poll.clone()));
+                let mut out = Vec::new();
+                r.read_to_end(&mut out).await.unwrap();
+                assert_eq!(out, frame(2));
+                assert_eq!(
+                    poll.next_window(),
+                    std::time::Duration::from_micros(50),
+                    "an idle time within the most opens the first window"
+                );
+            })
+            .await;
     }
 
     #[test]

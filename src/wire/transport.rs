@@ -39,7 +39,7 @@ pub type Reader<S> = FramedReader<tokio_util::compat::Compat<tokio::io::ReadHalf
 
 /// Builds the vat network of one connection over `stream`; the bytes it
 /// sends are counted out of `outbox`, and `busy_poll` is told when they
-/// leave.
+/// leave and when bytes arrive.
 pub fn vat_network<S>(
     stream: S,
     side: Side,
@@ -60,7 +60,7 @@ where
         outbox,
     };
     let mut network = VatNetwork::new(
-        FramedReader::new(read.compat(), limits),
+        FramedReader::new(read.compat(), limits).with_busy_poll(busy_poll.clone()),
         CorkedWriter::new(sent, IO_BUFFER_BYTES, busy_poll),
         side,
         options,
