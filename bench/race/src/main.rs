@@ -66,6 +66,10 @@ struct Args {
     /// proglog: one `produce` call per record instead of the batching producer.
     #[arg(long)]
     proglog_calls: bool,
+    /// proglog: the client's longest polling window after a request, in
+    /// microseconds (0: off) [default: the client library's].
+    #[arg(long)]
+    proglog_busy_poll_us: Option<u64>,
     /// A label carried into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -269,18 +273,24 @@ async fn run(args: &Args) -> Result<(f64, Vec<Duration>), BoxError> {
     let start;
     let latencies = match args.system {
         System::Proglog => {
-            let client = match &args.tls_dir {
-                None => proglog::client::Client::connect(&args.addr).await?,
-                Some(dir) => {
-                    let config = proglog::auth::tls::client_config(
+            let mut options = proglog::client::ClientOptions::default();
+            if let Some(us) = args.proglog_busy_poll_us {
+                options.busy_poll = Duration::from_micros(us);
+            }
+            let host = args.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+            let tls = match &args.tls_dir {
+                None => None,
+                Some(dir) => Some((
+                    host,
+                    proglog::auth::tls::client_config(
                         &dir.join("ca.pem"),
                         &dir.join("root.pem"),
                         &dir.join("root.key"),
-                    )?;
-                    let host = args.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
-                    proglog::client::Client::connect_tls(&args.addr, host, config).await?
-                }
+                    )?,
+                )),
             };
+            let client =
+                proglog::client::Client::connect_with(args.addr.as_str(), tls, options).await?;
             let producer = (!args.proglog_calls).then(|| {
                 client.producer(proglog::client::ProducerConfig {
                     linger: Duration::ZERO,
