@@ -153,7 +153,9 @@ impl BusyPoll {
     /// read only for the first arrival after a reply).
     pub fn bytes_arrived(&self) {
         let mut window = self.0.window.borrow_mut();
-        if window.last_reply.is_some() || window.until.is_some() {
+        // A window is open only after a reply, so without one there is
+        // nothing to close or to measure.
+        if window.last_reply.is_some() {
             window.on_arrival(Instant::now());
         }
     }
