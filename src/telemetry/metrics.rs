@@ -111,7 +111,7 @@ impl crate::log::SyncObserver for FsyncMetrics {
 /// pairs the binary holds.
 #[derive(Default)]
 pub struct CallMetrics {
-    counters: RefCell<Vec<(&'static str, &'static str, Counter)>>,
+    counters: RefCell<Vec<((&'static str, &'static str), Counter)>>,
     latencies: RefCell<Vec<(&'static str, Histogram)>>,
 }
 
@@ -122,27 +122,33 @@ impl CallMetrics {
         outcome: &'static str,
         create: impl FnOnce() -> Counter,
     ) -> Counter {
-        let mut counters = self.counters.borrow_mut();
-        if let Some((.., c)) = counters
-            .iter()
-            .find(|(m, o, _)| std::ptr::eq(*m, method) && std::ptr::eq(*o, outcome))
-        {
-            return c.clone();
-        }
-        let c = create();
-        counters.push((method, outcome, c.clone()));
-        c
+        kept(
+            &self.counters,
+            |(m, o)| std::ptr::eq(m, method) && std::ptr::eq(o, outcome),
+            (method, outcome),
+            create,
+        )
     }
 
     fn latency(&self, method: &'static str, create: impl FnOnce() -> Histogram) -> Histogram {
-        let mut latencies = self.latencies.borrow_mut();
-        if let Some((_, h)) = latencies.iter().find(|(m, _)| std::ptr::eq(*m, method)) {
-            return h.clone();
-        }
-        let h = create();
-        latencies.push((method, h.clone()));
-        h
+        kept(&self.latencies, |m| std::ptr::eq(m, method), method, create)
     }
+}
+
+/// The handle kept under `key` (found by `same`), or a new one from `create`, kept.
+fn kept<K: Copy, V: Clone>(
+    cache: &RefCell<Vec<(K, V)>>,
+    same: impl Fn(K) -> bool,
+    key: K,
+    create: impl FnOnce() -> V,
+) -> V {
+    let mut cache = cache.borrow_mut();
+    if let Some((_, v)) = cache.iter().find(|(k, _)| same(*k)) {
+        return v.clone();
+    }
+    let v = create();
+    cache.push((key, v.clone()));
+    v
 }
 
 /// Every metric of a node.
