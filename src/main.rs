@@ -106,6 +106,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     proglog::rpc::set_free_memory_release(release_free_memory);
     init_logging(cli.log_level.as_deref(), cli.log_json);
+    // A node's failure is never taken for its output's reader going away.
+    let client_command = !matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(*args),
         Command::Produce(args) => cli::client::produce(args),
@@ -121,6 +123,7 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if client_command && cli::output_reader_gone(&*e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proglog: {e}");
             std::process::ExitCode::FAILURE

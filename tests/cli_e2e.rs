@@ -70,6 +70,60 @@ fn produce_and_consume_through_the_binary_survive_a_restart() {
     assert_eq!(offsets(&out.stdout), [1003]);
 }
 
+/// Runs `cmd` with its standard output's reader gone before (or soon
+/// after) the first line: answers its exit status and standard error.
+fn with_output_closed(
+    name: &str,
+    mut cmd: std::process::Command,
+    read_first: bool,
+) -> (std::process::ExitStatus, String) {
+    cmd.stdin(Stdio::null());
+    let mut child = ChildGuard::spawn(name, &mut cmd);
+    let mut err = Captured::spawn(child.take_stderr());
+    let stdout = child.take_stdout();
+    if read_first {
+        let lines = Lines::spawn(stdout);
+        lines.next(CLIENT_TIMEOUT).expect("a first line");
+        drop(lines);
+    } else {
+        drop(stdout);
+    }
+    let status = child.wait_exit(CLIENT_TIMEOUT).unwrap();
+    (status, err.finish())
+}
+
+#[test]
+fn a_command_whose_output_reader_goes_away_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let lines: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let out = run(
+        client("produce", &server.endpoint()),
+        Some(lines.into_bytes()),
+        CLIENT_TIMEOUT,
+    )
+    .success();
+    assert_eq!(out.stdout.lines().count(), 20_000);
+
+    // `proglog consume | head -1`: far more than a pipe holds is left to
+    // print when the reader goes.
+    let mut cmd = client("consume", &server.endpoint());
+    cmd.args(["--from", "0", "--format", "raw"]);
+    let (status, stderr) = with_output_closed("proglog consume", cmd, true);
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stderr, "", "no error, no panic");
+
+    // Lines printed with nobody left to read them (once a panic).
+    let mut cmd = client("bench", &server.endpoint());
+    cmd.args(["-n", "100", "--no-consume"]);
+    let (status, stderr) = with_output_closed("proglog bench", cmd, false);
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn consume_follow_prints_records_appended_later() {
     let dir = tempfile::tempdir().unwrap();

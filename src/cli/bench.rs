@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use super::BoxError;
 use super::client::ConnectArgs;
+use super::{BoxError, outln};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -126,7 +126,7 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
             let elapsed = start.elapsed().as_secs_f64();
             progress.finish();
             let rate = seen as f64 / elapsed;
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "phase": "consume_stream", "records": seen, "size": args.size, "seconds": elapsed,
@@ -136,7 +136,7 @@ pub fn run(args: BenchArgs) -> Result<(), BoxError> {
         }
         if let Some(pid) = args.server_pid {
             match super::memory_kib(&pid.to_string()) {
-                Some((now, peak)) => println!(
+                Some((now, peak)) => outln!(
                     "{}",
                     serde_json::json!({ "phase": "server_memory", "pid": pid, "peak_rss_kib": peak, "rss_kib": now })
                 ),
@@ -192,7 +192,7 @@ async fn produce(
     progress.finish();
     latencies.sort();
     let rate = args.records as f64 / elapsed;
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "phase": "produce", "records": args.records, "size": args.size, "window": args.window, "batch": args.batch, "acks": format!("{:?}", args.acks).to_lowercase(),

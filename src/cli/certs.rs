@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use proglog::auth::certs::{self, Leaf, Validity};
 
-use super::BoxError;
+use super::{BoxError, outln};
 
 #[derive(Debug, clap::Args)]
 pub struct CertsArgs {
@@ -58,7 +58,7 @@ pub fn run(args: CertsArgs) -> Result<(), BoxError> {
             }
             let ca = certs::new_ca("proglog CA", Validity::days(args.days.unwrap_or(3650)))?;
             let (cert, key) = certs::write(&args.dir, "ca", &ca)?;
-            println!("{}\n{}", cert.display(), key.display());
+            outln!("{}\n{}", cert.display(), key.display());
         }
         What::Server { hosts, name } => {
             let ca = certs::read(&ca_dir, "ca")?;
@@ -68,7 +68,7 @@ pub fn run(args: CertsArgs) -> Result<(), BoxError> {
                 Validity::days(args.days.unwrap_or(825)),
             )?;
             let (cert, key) = certs::write(&args.dir, &name, &pem)?;
-            println!("{}\n{}", cert.display(), key.display());
+            outln!("{}\n{}", cert.display(), key.display());
         }
         What::Client { cn } => {
             if cn.is_empty() || cn.contains(['/', '\\']) {
@@ -83,7 +83,7 @@ pub fn run(args: CertsArgs) -> Result<(), BoxError> {
                 Validity::days(args.days.unwrap_or(825)),
             )?;
             let (cert, key) = certs::write(&args.dir, &cn, &pem)?;
-            println!("{}\n{}", cert.display(), key.display());
+            outln!("{}\n{}", cert.display(), key.display());
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use proglog::client::{Client, ClusterClient, Dial, ProducerConfig};
 use tokio::io::AsyncBufReadExt;
 
-use super::BoxError;
+use super::{BoxError, outln};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
@@ -409,14 +409,21 @@ fn hex(bytes: &[u8]) -> String {
 pub fn servers(args: ConnectArgs) -> Result<(), BoxError> {
     super::block_on(async move {
         let client = args.connect().await?;
-        println!(
+        outln!(
             "{:<24} {:<22} {:<6} {:<6} PARTITION",
-            "NAME", "RPC ADDRESS", "ALIVE", "LOCAL"
+            "NAME",
+            "RPC ADDRESS",
+            "ALIVE",
+            "LOCAL"
         );
         for s in client.servers().await? {
-            println!(
+            outln!(
                 "{:<24} {:<22} {:<6} {:<6} {}",
-                s.id, s.rpc_addr, s.alive, s.is_local, s.partition
+                s.id,
+                s.rpc_addr,
+                s.alive,
+                s.is_local,
+                s.partition
             );
         }
         Ok(())
@@ -426,9 +433,13 @@ pub fn servers(args: ConnectArgs) -> Result<(), BoxError> {
 pub fn partitions(args: ConnectArgs) -> Result<(), BoxError> {
     super::block_on(async move {
         let client = args.connect().await?;
-        println!(
+        outln!(
             "{:<40} {:<20} {:>12} {:>12} {:>10} ROLE",
-            "PARTITION", "OWNER", "LOWEST", "NEXT", "LAG"
+            "PARTITION",
+            "OWNER",
+            "LOWEST",
+            "NEXT",
+            "LAG"
         );
         for p in client.partitions().await? {
             let role = match (p.is_leader, p.following) {
@@ -436,9 +447,13 @@ pub fn partitions(args: ConnectArgs) -> Result<(), BoxError> {
                 (false, true) => "replica",
                 (false, false) => "replica (not pulled)",
             };
-            println!(
+            outln!(
                 "{:<40} {:<20} {:>12} {:>12} {:>10} {role}",
-                p.id, p.owner, p.lowest_offset, p.next_offset, p.lag
+                p.id,
+                p.owner,
+                p.lowest_offset,
+                p.next_offset,
+                p.lag
             );
         }
         Ok(())

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use super::BoxError;
+use super::{BoxError, outln};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,7 +30,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         get(addr, path, timeout).map_err(|e| format!("{path} on {}: {e}", args.http_addr))?;
     let body = body.trim();
     if status == 200 {
-        println!("{}", if body.is_empty() { "ok" } else { body });
+        outln!("{}", if body.is_empty() { "ok" } else { body });
         Ok(())
     } else {
         Err(format!("{path} on {}: HTTP {status}: {body}", args.http_addr).into())

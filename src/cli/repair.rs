@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use proglog::storage::{LogConfig, repair};
 
-use super::BoxError;
+use super::{BoxError, outln};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,17 +39,18 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         return Err(format!("no partition directory {}", dir.display()).into());
     }
     let report = repair(&dir, &LogConfig::default(), args.dry_run)?;
-    println!(
+    outln!(
         "checked {} segments, {} intact records",
-        report.segments, report.records_checked
+        report.segments,
+        report.records_checked
     );
     if report.cuts.is_empty() {
-        println!("no damage found: nothing to repair");
+        outln!("no damage found: nothing to repair");
         return Ok(());
     }
     let verb = if report.dry_run { "would cut" } else { "cut" };
     for cut in &report.cuts {
-        println!(
+        outln!(
             "{verb} {} from byte {} ({} bytes): offsets [{}, {}) lost: {}",
             cut.path.display(),
             cut.position,
@@ -60,9 +61,9 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         );
     }
     if report.dry_run {
-        println!("dry run: nothing changed; run again without --dry-run to repair");
+        outln!("dry run: nothing changed; run again without --dry-run to repair");
     } else {
-        println!(
+        outln!(
             "repaired: the partition continues at offset {} (no offset is reused)",
             report.next_offset
         );

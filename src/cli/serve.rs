@@ -9,7 +9,8 @@ pub fn run(args: ServeArgs) -> Result<(), BoxError> {
     let print_config = args.print_config;
     let config = NodeConfig::resolve(args)?;
     if print_config {
-        print!("{}", config.to_toml());
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), "{}", config.to_toml())?;
         return Ok(());
     }
     super::block_on(async move {
@@ -24,14 +25,23 @@ pub fn run(args: ServeArgs) -> Result<(), BoxError> {
             "proglog node is serving"
         );
         // One machine-readable line on stdout when ready (tests and scripts
-        // started with port 0 read the real ports from it).
-        println!(
-            "ready rpc={} gossip={} partition={} http={}",
-            agent.rpc_addr(),
-            agent.gossip_addr(),
-            agent.partitions().own_id(),
-            agent.http_addr()
-        );
+        // started with port 0 read the real ports from it). A node whose
+        // standard output has no reader keeps serving: the line is also
+        // in the log above.
+        let ready = {
+            use std::io::Write as _;
+            writeln!(
+                std::io::stdout().lock(),
+                "ready rpc={} gossip={} partition={} http={}",
+                agent.rpc_addr(),
+                agent.gossip_addr(),
+                agent.partitions().own_id(),
+                agent.http_addr()
+            )
+        };
+        if let Err(e) = ready {
+            tracing::warn!(error = %e, "cannot print the ready line on standard output");
+        }
         let signal = async {
             wait_for_signal().await;
             tracing::info!("shutting down (a second signal exits at once)");

@@ -24,7 +24,7 @@ pub struct Args {
     keep: bool,
 }
 
-use super::BoxError;
+use super::{BoxError, outln};
 
 /// Resident and peak resident memory of this process, in KiB.
 fn memory_kib() -> (u64, u64) {
@@ -160,7 +160,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
     );
     drop(log);
 
-    println!(
+    outln!(
         "{{\"size_mib\":{},\"record_bytes\":{},\"reference_write_mb_s\":{reference:.1},\"append_batched_mb_s\":{append:.1},\"append_vs_reference\":{:.2},\"segments\":{segments},\"reopen_clean_ms\":{:.3},\"sequential_read_records_s\":{read_rate:.0},\"rss_kib_before_read\":{rss_before},\"rss_kib_max_during_read\":{},\"reopen_after_crash_ms\":{:.3},\"crash_segments_scanned\":{}}}",
         args.size_mib,
         args.record_bytes,

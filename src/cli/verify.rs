@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use proglog::client::{Acks, Client, ClientError, ClusterClient};
 
-use super::BoxError;
 use super::client::ConnectArgs;
+use super::{BoxError, outln};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -116,7 +116,7 @@ impl Report {
 
 pub fn run(args: Args) -> Result<(), BoxError> {
     let report = super::block_on(check(args))?;
-    println!("{}", serde_json::to_string(&report)?);
+    outln!("{}", serde_json::to_string(&report)?);
     let verdict = format!(
         "acknowledged={} lost={} duplicates={} (of indeterminate: {}) indeterminate={} \
          refused={} divergent={} gaps={} followed={} partitions={} max_lag={} settle={}ms",
@@ -134,13 +134,13 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         report.settle_ms,
     );
     if report.ok() {
-        println!("verify: OK {verdict}");
+        outln!("verify: OK {verdict}");
         Ok(())
     } else {
         for v in &report.violations {
             eprintln!("verify: violation: {v}");
         }
-        println!("verify: FAIL {verdict}");
+        outln!("verify: FAIL {verdict}");
         Err("the cluster broke a guarantee (see the violations above)".into())
     }
 }
