@@ -116,7 +116,6 @@ impl Report {
 
 pub fn run(args: Args) -> Result<(), BoxError> {
     let report = super::block_on(check(args))?;
-    outln!("{}", serde_json::to_string(&report)?);
     let verdict = format!(
         "acknowledged={} lost={} duplicates={} (of indeterminate: {}) indeterminate={} \
          refused={} divergent={} gaps={} followed={} partitions={} max_lag={} settle={}ms",
@@ -133,16 +132,21 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         report.max_replica_lag,
         report.settle_ms,
     );
-    if report.ok() {
-        outln!("verify: OK {verdict}");
+    let ok = report.ok();
+    // The exit status is the verdict, whatever became of the output: a
+    // failed check is reported even if the report's reader went away.
+    let printed = (|| -> Result<(), BoxError> {
+        outln!("{}", serde_json::to_string(&report)?);
+        outln!("verify: {} {verdict}", if ok { "OK" } else { "FAIL" });
         Ok(())
-    } else {
-        for v in &report.violations {
-            eprintln!("verify: violation: {v}");
-        }
-        outln!("verify: FAIL {verdict}");
-        Err("the cluster broke a guarantee (see the violations above)".into())
+    })();
+    if ok {
+        return printed;
     }
+    for v in &report.violations {
+        eprintln!("verify: violation: {v}");
+    }
+    Err("the cluster broke a guarantee (see the violations above)".into())
 }
 
 /// A tiny deterministic generator for batch sizes (no need for more).
