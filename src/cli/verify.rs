@@ -135,11 +135,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
     let ok = report.ok();
     // The exit status is the verdict, whatever became of the output: a
     // failed check is reported even if the report's reader went away.
-    let printed = (|| -> Result<(), BoxError> {
-        outln!("{}", serde_json::to_string(&report)?);
-        outln!("verify: {} {verdict}", if ok { "OK" } else { "FAIL" });
-        Ok(())
-    })();
+    let printed = print_report(&report, ok, &verdict);
     if ok {
         return printed;
     }
@@ -147,6 +143,13 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         eprintln!("verify: violation: {v}");
     }
     Err("the cluster broke a guarantee (see the violations above)".into())
+}
+
+/// The report as a JSON line, then the verdict's line.
+fn print_report(report: &Report, ok: bool, verdict: &str) -> Result<(), BoxError> {
+    outln!("{}", serde_json::to_string(report)?);
+    outln!("verify: {} {verdict}", if ok { "OK" } else { "FAIL" });
+    Ok(())
 }
 
 /// A tiny deterministic generator for batch sizes (no need for more).
