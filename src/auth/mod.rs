@@ -1,7 +1,7 @@
 //! Security (DESIGN §5): mutual TLS on every connection, casbin
 //! authorization of every call, and the certificates to run them.
 //!
-//! - [`tls`]: rustls configurations (ring provider) and the TLS acceptor of
+//! - [`tls`]: rustls configurations (aws-lc-rs provider) and the TLS acceptor of
 //!   the RPC server; the caller's identity is its certificate's subject CN.
 //! - [`acl`]: the casbin enforcer (model file + policy file).
 //! - [`certs`]: a CA, server and client certificates made with rcgen, and
