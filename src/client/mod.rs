@@ -166,7 +166,7 @@ impl Client {
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| ClientError::Tls(format!("bad server name {server_name:?}: {e}")))?;
         let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
+            .connect(name, crate::wire::read_ahead::ReadAhead::new(tcp))
             .await
             .map_err(|e| ClientError::Tls(format!("handshake with {server_name}: {e}")))?;
         Ok(Client::over(stream, options))

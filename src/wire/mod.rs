@@ -9,6 +9,7 @@ pub mod corked;
 pub mod errors;
 pub mod framed;
 pub mod outbox;
+pub mod read_ahead;
 pub mod socket;
 pub mod transport;
 
