@@ -93,7 +93,7 @@ start_system() {
         nopoll) extra=(--insecure --busy-poll-us 0) ;;
       esac
       start "$name" "$bin" "${extra[@]}"
-      server_addr="$addr"; server_pid="$pid" ;;
+      server_addr="$addr"; server_pid="$pid"; server_data="$work/$name" ;;
     nats)
       local port; port="$(free_port)"
       mkdir -p "$dir"
@@ -104,18 +104,28 @@ start_system() {
         [ "$variant" = sync ] && echo '  sync_interval: "always"'
         echo "}"
       } > "$dir.conf"
+      server_data="$dir"
       nats-server -c "$dir.conf" > "$dir.log" 2>&1 &
       server_pid="$!"; pids+=("$server_pid"); wait_port "$port" "$dir.log"; server_addr="127.0.0.1:$port" ;;
     redis)
       local port; port="$(free_port)"
       mkdir -p "$dir"
+      server_data="$dir"
       redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --appendonly yes \
         --appendfsync everysec --save "" --daemonize no > "$dir.log" 2>&1 &
       server_pid="$!"; pids+=("$server_pid"); wait_port "$port" "$dir.log"; server_addr="127.0.0.1:$port" ;;
   esac
 }
 
-stop_system() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
+# The cell's data goes with its server: on these VMs a write into page-cache
+# memory the guest has never touched (or has handed back to the host) costs
+# 3-4 times one into memory freed a moment ago, so a cell that came after
+# others had filled the cache with their data ran slower for that alone,
+# whichever system it was (BENCHMARKS.md, "Tenth session").
+stop_system() {
+  kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true
+  rm -rf "$server_data"
+}
 
 # One cell: fresh server, the four runs, its memory and CPU. With $pin set
 # (`same` or `split`), only the W=1 runs, the server's threads on vCPU 0 and
