@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 
 use super::AuthError;
 use crate::rpc::Acceptor;
-use crate::wire::read_ahead::ReadAhead;
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,15 +158,12 @@ impl TlsAcceptor {
 }
 
 impl Acceptor for TlsAcceptor {
-    type Stream = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
 
     async fn accept(&self, tcp: TcpStream) -> io::Result<(Self::Stream, String)> {
-        let stream =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(ReadAhead::new(tcp)))
-                .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
-                })??;
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let subject = stream
             .get_ref()
             .1

@@ -1,4 +1,4 @@
-//! A read-ahead buffer beneath TLS.
+//! A read-ahead buffer beneath the client's TLS.
 //!
 //! rustls asks its socket for 4 KiB when its own buffer has drained, so a
 //! 16 KiB answer that had arrived whole took four or five `recvfrom` calls
@@ -10,7 +10,9 @@
 //! that is handed out, reads go straight to the socket until one finds it
 //! empty: in a bulk transfer, copying everything through a second buffer
 //! cost more than the calls it saved (4 KiB range reads 3 % slower).
-//! Writes pass straight through.
+//! Writes pass straight through. Only the client library reads through
+//! it: the node's bulk is produce requests, received about 3 % slower
+//! with it.
 
 use std::io;
 use std::pin::Pin;
