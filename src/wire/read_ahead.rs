@@ -11,7 +11,7 @@
 //! empty: in a bulk transfer, copying everything through a second buffer
 //! cost more than the calls it saved (4 KiB range reads 3 % slower).
 //! Writes pass straight through. Only the client library reads through
-//! it: the node's bulk is produce requests, received about 3 % slower
+//! it: the node's bulk is produce requests, received about 7 % slower
 //! with it.
 
 use std::io;
