@@ -118,8 +118,9 @@ start_system() {
 }
 
 # The cell's data goes with its server: on these VMs a write into page-cache
-# memory the guest has never touched (or has handed back to the host) costs
-# 3-4 times one into memory freed a moment ago, so a cell that came after
+# memory the guest has never touched (or has handed back to the host) was
+# measured up to ten times slower than one into memory freed a moment ago
+# (0.4-0.6 against 3.6-5.8 GiB/s), so a cell that came after
 # others had filled the cache with their data ran slower for that alone,
 # whichever system it was (BENCHMARKS.md, "Tenth session").
 stop_system() {
