@@ -28,9 +28,10 @@ pub const READ_AHEAD_BYTES: usize = 32 << 10;
 /// asks for 4 KiB when its own buffer has drained).
 pub const SMALL_READ_BYTES: usize = 4 << 10;
 
-/// A stream whose reads are served from a buffer filled by one large read.
-/// The buffer is allocated on the first read that needs it and kept (a
-/// fixed [`READ_AHEAD_BYTES`] per connection).
+/// A stream whose first small read of a burst fills a buffer in one large
+/// read, and whose other reads go straight through. The buffer is
+/// allocated on the first read that needs it and kept (a fixed
+/// [`READ_AHEAD_BYTES`] per connection).
 pub struct ReadAhead<S> {
     inner: S,
     buf: Box<[u8]>,
