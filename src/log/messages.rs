@@ -18,6 +18,10 @@ pub struct Append {
     /// fails, every later batch of it is refused (not appended), so a
     /// stream's records never land out of order behind a failed batch.
     pub session: Option<u64>,
+    /// A replica's batch while it is far behind its leader: its store
+    /// writes behind (`storage::write_behind`), keeping the copy out of
+    /// the page cache.
+    pub write_behind: bool,
 }
 
 impl Append {
@@ -34,6 +38,7 @@ impl Append {
         Append {
             records: Records::Values(values),
             session: None,
+            write_behind: false,
         }
     }
 
@@ -53,6 +58,16 @@ impl Append {
         Append {
             records: Records::Frames(frames),
             session: None,
+            write_behind: false,
+        }
+    }
+
+    /// The same batch, written behind when `far_behind` (see
+    /// [`Append::write_behind`]).
+    pub fn written_behind(self, far_behind: bool) -> Append {
+        Append {
+            write_behind: far_behind,
+            ..self
         }
     }
 }

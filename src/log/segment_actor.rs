@@ -80,6 +80,8 @@ pub(crate) struct SegAppend {
     pub reply: QueuedReply,
     /// The produce stream it belongs to, whose order must hold.
     pub session: Option<u64>,
+    /// Write-behind for this append on (a replica far behind) or off.
+    pub write_behind: bool,
 }
 
 #[derive(Message)]
@@ -826,8 +828,9 @@ impl Handler<SegAppend> for SegmentActor {
             let _ = reply.send(Err(e));
             return;
         }
-        let records = msg.records;
+        let (records, write_behind) = (msg.records, msg.write_behind);
         let result = self.storage_work(ctx, true, |segment| {
+            segment.set_write_behind(write_behind);
             let values = match &records {
                 Records::Frames(frames) => return segment.append_frames(frames),
                 Records::Values(values) => values,

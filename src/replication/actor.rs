@@ -425,7 +425,11 @@ async fn append(
         (copy.from, copy.start) = (copy.next, Instant::now());
     }
     let count = frames.len() as u64;
-    match append_in_order(log, Append::frames(frames)).await {
+    // Far behind, the copy is written behind: no one reads it yet, and it
+    // would fill the page cache (see storage::write_behind).
+    let far_behind = matches!(feed, Feed::Thread(_));
+    let append = Append::frames(frames).written_behind(far_behind);
+    match append_in_order(log, append).await {
         Ok(range) => {
             copy.next = range.end;
             copy.progress = true;

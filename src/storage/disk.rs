@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -247,6 +248,59 @@ pub fn sync(file: &File, path: &Path, data_only: bool) -> io::Result<()> {
         record_sync(file, path)?;
     }
     Ok(())
+}
+
+/// Starts writeback of the bytes `range` of `file` without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Not a sync: nothing is
+/// durable until an `fdatasync`. A no-op where the file system has no
+/// writeback (tmpfs).
+pub(crate) fn start_writeback(file: &File, range: &Range<u64>) -> io::Result<()> {
+    sync_file_range(file, range, libc::SYNC_FILE_RANGE_WRITE)
+}
+
+/// Waits for the writeback of the bytes `range` of `file`, then drops their
+/// pages from the page cache (`posix_fadvise(DONTNEED)`, which drops only
+/// clean pages: a page written since stays). Call it on a handle of its own:
+/// the wait consumes a writeback error on the handle it runs on.
+pub(crate) fn drop_written_back(file: &File, range: &Range<u64>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if range.is_empty() {
+        return Ok(()); // a length of 0 would mean "to the end of the file"
+    }
+    sync_file_range(
+        file,
+        range,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    )?;
+    let (at, len) = off_len(range)?;
+    // SAFETY: a plain advisory call on a file descriptor `file` owns.
+    match unsafe { libc::posix_fadvise(file.as_raw_fd(), at, len, libc::POSIX_FADV_DONTNEED) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+fn off_len(range: &Range<u64>) -> io::Result<(libc::off_t, libc::off_t)> {
+    let at = libc::off_t::try_from(range.start).map_err(io::Error::other)?;
+    let len =
+        libc::off_t::try_from(range.end.saturating_sub(range.start)).map_err(io::Error::other)?;
+    Ok((at, len))
+}
+
+fn sync_file_range(file: &File, range: &Range<u64>, flags: libc::c_uint) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (at, len) = off_len(range)?;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a plain call on a file descriptor `file` owns, over a range
+    // of it; it touches no memory of this process.
+    match unsafe { libc::sync_file_range(file.as_raw_fd(), at, len, flags) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// Grows `file` to `len` bytes with its blocks allocated.

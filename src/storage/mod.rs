@@ -19,6 +19,7 @@ mod read;
 mod records;
 mod segment;
 mod store;
+mod write_behind;
 
 pub use batch::RecordBatch;
 pub use checkpoint::{Checkpoint, LostCause, LostRange};

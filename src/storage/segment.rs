@@ -383,6 +383,12 @@ impl Segment {
         Ok(frames.first()..self.next)
     }
 
+    /// Write-behind on or off for this segment's store: on while a replica
+    /// is far behind its leader (see `storage::write_behind`).
+    pub fn set_write_behind(&mut self, on: bool) {
+        self.store.set_write_behind(on);
+    }
+
     /// Hands buffered frames to the kernel.
     pub fn flush(&mut self) -> Result<()> {
         self.store.flush()

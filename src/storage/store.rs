@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::disk;
 use super::error::{Result, StorageError};
 use super::frame::{self, FILE_HEADER_LEN, FRAME_HEADER_LEN, FrameHeader, STORE_MAGIC};
+use super::write_behind::WriteBehind;
 
 /// Frames are gathered here and handed to the kernel in one `pwrite`, so a
 /// batch of small records costs one system call, not one each.
@@ -28,6 +29,8 @@ pub(crate) struct Store {
     flushed: u64,
     /// Bytes were written since the last `fdatasync`.
     unsynced: bool,
+    /// Set while a replica catches up ([`Store::set_write_behind`]).
+    write_behind: Option<WriteBehind>,
 }
 
 impl Store {
@@ -50,6 +53,7 @@ impl Store {
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             flushed: FILE_HEADER_LEN as u64,
             unsynced: true,
+            write_behind: None,
         })
     }
 
@@ -91,6 +95,7 @@ impl Store {
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             flushed: FILE_HEADER_LEN as u64,
             unsynced: false,
+            write_behind: None,
         })
     }
 
@@ -112,6 +117,7 @@ impl Store {
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             flushed: len,
             unsynced: false,
+            write_behind: None,
         };
         let mut header = [0u8; FILE_HEADER_LEN];
         let n = (len as usize).min(FILE_HEADER_LEN);
@@ -190,6 +196,9 @@ impl Store {
         self.flushed += self.buf.len() as u64;
         self.buf.clear();
         self.unsynced = true;
+        if let Some(behind) = &mut self.write_behind {
+            behind.flushed(self.flushed);
+        }
         Ok(())
     }
 
@@ -202,6 +211,22 @@ impl Store {
             self.unsynced = false;
         }
         Ok(())
+    }
+
+    /// Write-behind on or off (see [`super::write_behind`]): for a replica
+    /// far behind its leader, whose copy no one reads yet. If the file
+    /// cannot be opened a second time, appends go on without it.
+    pub(crate) fn set_write_behind(&mut self, on: bool) {
+        match (on, self.write_behind.is_some()) {
+            (true, false) => match WriteBehind::open(&self.path, self.flushed) {
+                Ok(behind) => self.write_behind = Some(behind),
+                Err(e) => {
+                    tracing::debug!(path = %self.path.display(), error = %e, "write-behind unavailable")
+                }
+            },
+            (false, true) => self.write_behind = None,
+            _ => {}
+        }
     }
 
     pub(crate) fn sync_handle(&self) -> Arc<File> {
@@ -217,6 +242,8 @@ impl Store {
     /// torn tail, or taking back appends whose write failed).
     pub(crate) fn truncate(&mut self, len: u64) -> Result<()> {
         self.buf.clear();
+        // Its positions may be past the new end; the next append sets it again.
+        self.write_behind = None;
         self.file
             .set_len(len)
             .map_err(StorageError::io("truncate", &self.path))?;

@@ -134,6 +134,7 @@ impl LogActor {
                 records,
                 reply: QueuedReply::new(reply, &self.partition_name),
                 session,
+                write_behind: self.write_behind,
             });
             return;
         }
@@ -155,6 +156,7 @@ impl LogActor {
                 records,
                 reply: QueuedReply::new(first_tx, &self.partition_name),
                 session,
+                write_behind: self.write_behind,
             });
             let partition = self.partition.clone();
             actix_rt::spawn(async move {
@@ -263,6 +265,7 @@ impl LogActor {
             let _ = reply.send(Ok(at..at));
             return;
         }
+        self.write_behind = msg.write_behind;
         self.dispatch(msg.records, msg.session, reply, ctx);
     }
 }

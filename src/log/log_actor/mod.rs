@@ -119,6 +119,9 @@ pub struct LogActor {
     checkpoint: Checkpoint,
     checkpoint_writing: bool,
     poisoned: PoisonedSessions,
+    /// The last append's [`Append::write_behind`]: passed on with each
+    /// dispatch (a hint, so a roll's continuation may carry a newer one).
+    write_behind: bool,
     /// Told how long syncs take; handed to every SegmentActor.
     fsync: super::observer::Observer,
     closed: bool,
@@ -170,6 +173,7 @@ impl LogActor {
             checkpoint: opened.checkpoint,
             checkpoint_writing: false,
             poisoned: PoisonedSessions::default(),
+            write_behind: false,
             fsync: None,
             closed: false,
             report: opened.report,

@@ -127,8 +127,8 @@ impl LogService {
             None => 0,
         };
         let append = Append {
-            records: Records::Values(values),
             session,
+            ..Append::values(values)
         };
         // In order, whatever the mailbox's fill: batches of one stream (and
         // calls of one connection) land in the order they arrived.

@@ -18,7 +18,7 @@ use tracing::field::Empty;
 use crate::cluster::{ClusterView, ServerInfo};
 use crate::log::{Append, LogActor, LogError, Read, ReadBatch, Stats};
 use crate::log_capnp::{Acks, frame_sink, log, produce_sink, produced, record_sink};
-use crate::storage::{RecordBatch, Records, Values};
+use crate::storage::{RecordBatch, Values};
 use crate::telemetry::{CallMetrics, GaugeGuard, Metrics, StreamKind};
 use crate::wire::errors::{WireError, write_error};
 use crate::wire::framed::{ByteBudget, Charge};
