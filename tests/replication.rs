@@ -736,3 +736,83 @@ fn a_replica_behind_its_leaders_retention_continues_at_the_leaders_lowest_offset
     assert_eq!(copy.lowest_offset, lowest, "{copy:?}");
     check_replica(&c, false);
 }
+
+/// Pages of `path` in the page cache, and of how many (`mincore` over a
+/// read-only mapping, which faults nothing in).
+fn resident_pages(path: &std::path::Path) -> (usize, usize) {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a read-only mapping only `mincore` looks at; nothing reads it.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let page = 4096;
+    let pages = map.len().div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `vec` has one byte per page of the mapping, as mincore writes.
+    let rc = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            map.len(),
+            vec.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    (vec.iter().filter(|&&b| b & 1 == 1).count(), pages)
+}
+
+#[test]
+fn a_replica_far_behind_writes_behind_and_its_copy_reads_back_whole_from_disk() {
+    // On the disk the build is on (a temporary directory may be tmpfs,
+    // which has no writeback and keeps every page).
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dirs: Vec<std::path::PathBuf> = (0..2).map(|i| root.path().join(format!("w{i}"))).collect();
+    let a = start("wb-a", &dirs[0], None, &[]);
+    // 80 MiB of 1 KiB records before the follower exists: it starts far
+    // behind (more than 64 Ki records) and copies them writing behind.
+    const RECORDS: u64 = 80_000;
+    let value = |i: u64| format!("{i:08}:{}", "w".repeat(1015)).into_bytes();
+    block_on(async {
+        let client = connect(&a).await;
+        for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(1_000) {
+            let batch: Vec<Vec<u8>> = chunk.iter().map(|&i| value(i)).collect();
+            client.produce_batch(&batch).await.unwrap();
+        }
+    });
+    let b = start("wb-b", &dirs[1], Some(&a), &[]);
+    let expected: BTreeMap<String, u64> =
+        [(a.partition.clone(), RECORDS), (b.partition.clone(), 0)]
+            .into_iter()
+            .collect();
+    wait_replicated(&[&a, &b], &expected);
+    assert!(
+        b.log().contains("catching up on the replication thread"),
+        "the follower started far behind:\n{}",
+        b.log()
+    );
+
+    // Most of the copy is on disk and out of the page cache: only about
+    // the last 8 MiB written (and what writeback had not finished when its
+    // turn came) stays. Without write-behind all 80 MiB would be cached.
+    let replica = dirs[1].join("partitions").join(&a.partition);
+    let stores: Vec<std::path::PathBuf> = std::fs::read_dir(&replica)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "store"))
+        .collect();
+    let (resident, pages) = stores
+        .iter()
+        .map(|p| resident_pages(p))
+        .fold((0, 0), |(r, n), (r2, n2)| (r + r2, n + n2));
+    assert!(
+        pages * 4096 > 64 << 20,
+        "the copy is on disk: {pages} pages"
+    );
+    assert!(
+        resident * 2 < pages,
+        "{resident} of the copy's {pages} pages are still cached"
+    );
+
+    // Read back from the disk, byte for byte the leader's records.
+    let copy = block_on(read_all(&b, &a.partition, RECORDS));
+    for (i, v) in copy.iter().enumerate() {
+        assert_eq!(v, &value(i as u64), "offset {i}");
+    }
+}

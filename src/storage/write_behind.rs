@@ -33,7 +33,7 @@ use super::disk;
 /// Writeback is started once this much more has been flushed.
 const START_EVERY: u64 = 2 << 20;
 /// The newest bytes stay cached (a reader at the replica's end hits them).
-pub(crate) const KEEP_CACHED: u64 = 16 << 20;
+pub(crate) const KEEP_CACHED: u64 = 8 << 20;
 /// Jobs queued for the write-behind thread, at most.
 const QUEUED: usize = 16;
 
@@ -134,5 +134,42 @@ fn run(job: &Job) {
         && let Err(e) = disk::drop_written_back(&job.file, drop)
     {
         tracing::debug!(error = %e, "write-behind: dropping written pages failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn behind() -> (tempfile::TempDir, WriteBehind) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.store");
+        std::fs::write(&path, b"").unwrap();
+        let behind = WriteBehind::open(&path, 100).unwrap();
+        (dir, behind)
+    }
+
+    #[test]
+    fn writeback_starts_once_start_every_more_bytes_are_flushed() {
+        let (_dir, mut behind) = behind();
+        behind.flushed(100 + START_EVERY - 1);
+        assert_eq!(
+            behind.positions(),
+            (100, 100),
+            "one byte short: nothing yet"
+        );
+        behind.flushed(100 + START_EVERY);
+        assert_eq!(behind.positions(), (100 + START_EVERY, 100));
+    }
+
+    #[test]
+    fn pages_are_dropped_only_past_the_last_keep_cached_bytes() {
+        let (_dir, mut behind) = behind();
+        let end = 100 + KEEP_CACHED;
+        behind.flushed(end);
+        assert_eq!(behind.positions(), (end, 100), "all within KEEP_CACHED");
+        let end = end + START_EVERY;
+        behind.flushed(end);
+        assert_eq!(behind.positions(), (end, end - KEEP_CACHED));
     }
 }
