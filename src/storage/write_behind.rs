@@ -33,7 +33,7 @@ use super::disk;
 /// Writeback is started once this much more has been flushed.
 const START_EVERY: u64 = 2 << 20;
 /// The newest bytes stay cached (a reader at the replica's end hits them).
-pub(crate) const KEEP_CACHED: u64 = 8 << 20;
+const KEEP_CACHED: u64 = 8 << 20;
 /// Jobs queued for the write-behind thread, at most.
 const QUEUED: usize = 16;
 
