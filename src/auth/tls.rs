@@ -63,7 +63,9 @@ fn provider_for(avx512: bool) -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-/// Whether aws-lc-rs's AVX-512 AES-GCM runs on this CPU.
+/// Whether aws-lc-rs's AES-GCM is the one to use here: on x86-64 only
+/// where its AVX-512 code runs; on other architectures (ARMv8's AES
+/// instructions) it is kept.
 fn avx512_aes_gcm() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
