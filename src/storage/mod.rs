@@ -1,8 +1,8 @@
 //! The storage core: plain synchronous Rust, no actors.
 //!
 //! A partition is a directory of segments ([`open_dir`]); a segment is a
-//! store file of checksummed frames plus a memory-mapped index of fixed
-//! entries. See [`frame`] for the byte layout and [`checkpoint`] for the
+//! store file of checksummed frames plus an index of fixed entries (mapped
+//! for reads, written with `pwrite`). See [`frame`] for the byte layout and [`checkpoint`] for the
 //! recovery point that keeps recovery from destroying durable data. Actors
 //! (`crate::log`) drive this, and are the only engine: rolling, commit and
 //! retention live there.

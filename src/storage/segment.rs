@@ -236,6 +236,7 @@ impl Segment {
             damaged_at: damaged.then_some(end),
         };
         for (i, p) in positions.iter().enumerate() {
+            segment.index.make_room()?;
             segment.index.append(i as u32, *p);
         }
         if damaged {
@@ -348,6 +349,7 @@ impl Segment {
     pub fn append(&mut self, record: &[u8]) -> Result<u64> {
         debug_assert!(self.fits(record.len()));
         let offset = self.next;
+        self.index.make_room()?;
         let position = self
             .store
             .append(&FrameHeader::new(offset, record), record)?;
@@ -374,6 +376,7 @@ impl Segment {
                 self.next
             )));
         }
+        self.index.make_room()?;
         let start = self.store.append_run(frames.as_bytes())?;
         for i in 0..frames.len() {
             let relative = (self.next - self.base) as u32;
@@ -389,7 +392,9 @@ impl Segment {
         self.store.set_write_behind(on);
     }
 
-    /// Hands buffered frames to the kernel.
+    /// Hands buffered frames to the kernel. Their index entries may stay
+    /// buffered (see `storage::index`): until sealed, the index is rebuilt
+    /// from the store after a crash, never trusted.
     pub fn flush(&mut self) -> Result<()> {
         self.store.flush()
     }
@@ -663,6 +668,7 @@ mod tests {
         // A damaged entry for record 5 that points inside record 2's frame
         // does not cut that frame: the read ends where it would have.
         let (at_2, _) = s.locate(2).unwrap();
+        s.index.write_pending().unwrap(); // the entries in the file, to damage
         let damaged = crate::storage::frame::encode_entry(5, at_2 + 4);
         let entry_5 = (FILE_HEADER_LEN + 5 * INDEX_ENTRY_LEN) as u64;
         let index = std::fs::OpenOptions::new()
