@@ -1,8 +1,9 @@
 //! The index file: a header and fixed 12-byte entries, memory-mapped for
 //! reading and written with `pwrite`.
 //!
-//! Appends go to a buffer of at most [`PENDING_BYTES`] that is written to
-//! the file in one call when full, and on seal. Storing entries through
+//! Appends go to a buffer that is written to the file in one call once it
+//! holds [`PENDING_BYTES`] (checked before each append to the store, so it
+//! exceeds that by one batch's entries at most), and on seal. Storing entries through
 //! the map instead cost a page fault for
 //! every new page of the index on the appending thread (the kernel reads or
 //! zeroes the page, then marks it writable), and writeback of mapped dirty
