@@ -54,7 +54,9 @@ interface Log {
   # so copies never cycle). Authorized with the action `replicate`. Records
   # travel as the leader stores them (see FrameSink): the leader checked
   # each frame's CRC-32C when it read it, the replica checks it again
-  # before writing the same bytes.
+  # before writing the same bytes. Batches are up to `maxBatchBytes`
+  # (0 = the server's default for replication, 1 MiB: larger than
+  # consumeStream's, as a replica far behind copies whole segments).
   replicate @7 (partition :Text, offset :UInt64, sink :FrameSink, maxBatchBytes :UInt32) -> (end :StreamEnd);
 
   # Replication: the replica of `partition` held by node `node` has

@@ -232,6 +232,7 @@ pub fn rpc_messages(data: &[u8]) -> usize {
             authorizer: None,
             max_record_bytes: 64 << 10,
             max_stream_batch_bytes: 64 << 10,
+            max_replication_batch_bytes: 64 << 10,
         });
         let (client, server) = tokio::io::duplex(1 << 20);
         let budget = Rc::new(crate::wire::framed::ByteBudget::new(16 << 20));

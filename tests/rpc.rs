@@ -34,6 +34,7 @@ async fn start_node(rpc: RpcConfig) -> Node {
         authorizer: None,
         max_record_bytes: 1 << 20,
         max_stream_batch_bytes: 256 << 10,
+        max_replication_batch_bytes: 1 << 20,
     });
     let rpc = RpcConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -163,6 +164,45 @@ async fn batch_and_stream_produce_give_consecutive_offsets_and_consume_stream_re
         assert_eq!(record.offset, expected as u64);
         assert_eq!(record.value, expected.to_be_bytes());
     }
+}
+
+/// A replica pulls batches of up to the node's replication limit (1 MiB
+/// here), four times consumeStream's: full to the frame, never over.
+#[actix_rt::test]
+async fn replication_batches_fill_up_to_their_own_limit_and_never_past_it() {
+    use proglog::storage::frame::FRAME_HEADER_LEN;
+    let node = start_node(RpcConfig::default()).await;
+    let client = connect(&node).await;
+    let value_bytes = 1000;
+    let frame_bytes = FRAME_HEADER_LEN + value_bytes;
+    let records = 3000u64;
+    let values: Vec<Vec<u8>> = (0..records).map(|i| vec![i as u8; value_bytes]).collect();
+    for chunk in values.chunks(500) {
+        client.produce_batch(chunk).await.unwrap();
+    }
+    let partition = client.produce(b"last").await.unwrap().partition;
+    let limit = 1 << 20;
+    let mut stream = client.replicate(&partition, 0);
+    let mut next = 0;
+    while next < records {
+        let batch = stream.next_batch().await.unwrap().unwrap();
+        assert_eq!(batch.first, next);
+        assert!(
+            batch.frames.len() <= limit,
+            "{} bytes over the limit",
+            batch.frames.len()
+        );
+        let in_batch = (batch.frames.len() / frame_bytes) as u64;
+        if next + in_batch < records {
+            assert!(
+                batch.frames.len() + frame_bytes > limit,
+                "a batch of {} bytes had room for one more frame",
+                batch.frames.len()
+            );
+        }
+        next += in_batch;
+    }
+    assert_eq!(next, records);
 }
 
 #[actix_rt::test]

@@ -91,6 +91,7 @@ async fn start_tls_node_with(pki: &Pki, rpc: RpcConfig) -> Node {
         authorizer: Some(Rc::new(acl)),
         max_record_bytes: 1 << 20,
         max_stream_batch_bytes: 256 << 10,
+        max_replication_batch_bytes: 1 << 20,
     });
     let tls = server_config(
         &pki.path("ca.pem"),

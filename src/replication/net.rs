@@ -19,7 +19,8 @@ use crate::client::{ClientError, ReplicaBatch};
 use crate::storage::{Frames, FramesError};
 
 /// Batches checked ahead of the appends, at most: backpressure on the
-/// leader's stream beyond that (about 1 MiB at the leader's batch size).
+/// leader's stream beyond that (about 4 MiB at the leader's replication
+/// batch size, 1 MiB).
 const CHECKED_AHEAD: usize = 4;
 
 /// A batch of the leader's frames, checked: consecutive offsets from the

@@ -49,6 +49,9 @@ pub struct ServiceContext {
     pub max_record_bytes: u32,
     /// Default and upper bound of a consumeStream batch, in bytes.
     pub max_stream_batch_bytes: u32,
+    /// Default and upper bound of a replicate batch, in bytes (larger: a
+    /// replica far behind copies faster with fewer, larger batches).
+    pub max_replication_batch_bytes: u32,
     /// `acks=all`: the live holders of the own partition and their positions.
     pub in_sync: Rc<crate::replication::InSync>,
 }

@@ -75,7 +75,12 @@ impl LogService {
         &self,
         request: StreamRequest<S>,
     ) -> Option<(WireError, String)> {
-        let max_bytes = batch_bytes(request.max_batch_bytes, self.ctx.max_stream_batch_bytes);
+        let limit = if S::REPLICATION {
+            self.ctx.max_replication_batch_bytes
+        } else {
+            self.ctx.max_stream_batch_bytes
+        };
+        let max_bytes = batch_bytes(request.max_batch_bytes, limit);
         let action = if S::REPLICATION {
             ACTION_REPLICATE
         } else {
