@@ -3,16 +3,16 @@
 //!
 //! Appends go to a buffer that is written to the file in one call once it
 //! holds [`PENDING_BYTES`] (checked before each append to the store, so it
-//! exceeds that by one batch's entries at most), and on seal. Storing entries through
-//! the map instead cost a page fault for
-//! every new page of the index on the appending thread (the kernel reads or
-//! zeroes the page, then marks it writable), and writeback of mapped dirty
-//! pages write-protects them again, which flushes the other CPUs' TLBs: 6 %
-//! and 2 % of the machine while a replica caught up (BENCHMARKS.md,
-//! Replication). The map only reads: the same page-cache pages, so what
-//! `pwrite` wrote is what it shows. Until the index is sealed, its file is
-//! derived data (an open that finds it not clean rebuilds it from the
-//! store), so entries still buffered at a crash are never missed.
+//! exceeds that by one batch's entries at most), and on seal. Storing
+//! entries through the map instead cost a page fault for every new page of
+//! the index on the appending thread (the kernel reads or zeroes the page,
+//! then marks it writable), and writeback of mapped dirty pages
+//! write-protects them again, which flushes the other CPUs' TLBs: up to 6 %
+//! and 2 % of the machine while a replica caught up (BENCHMARKS.md, Storage
+//! core). The map only reads: the same page-cache pages, so what `pwrite`
+//! wrote is what it shows. Until the index is sealed, its file is derived
+//! data (an open that finds it not clean rebuilds it from the store), so
+//! entries still buffered at a crash are never missed.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -204,7 +204,7 @@ impl Index {
     }
 
     /// Writes the buffered entries once they reach [`PENDING_BYTES`]: the
-    /// buffer stays that small whatever comes between two flushes.
+    /// buffer stays near that size however rarely the store is flushed.
     pub(crate) fn make_room(&mut self) -> Result<()> {
         if self.pending.len() >= PENDING_BYTES {
             self.write_pending()?;
