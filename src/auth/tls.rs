@@ -37,19 +37,17 @@ fn provider_for(avx512: bool) -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if !avx512 {
         use rustls::crypto::ring::cipher_suite as ring;
+        let ring_aes_gcm = [
+            ring::TLS13_AES_128_GCM_SHA256,
+            ring::TLS13_AES_256_GCM_SHA384,
+            ring::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ring::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ring::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            ring::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ];
         for suite in provider.cipher_suites.iter_mut() {
-            let from_ring = [
-                ring::TLS13_AES_128_GCM_SHA256,
-                ring::TLS13_AES_256_GCM_SHA384,
-                ring::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-                ring::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-                ring::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-                ring::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            ]
-            .into_iter()
-            .find(|r| r.suite() == suite.suite());
-            if let Some(r) = from_ring {
-                *suite = r;
+            if let Some(r) = ring_aes_gcm.iter().find(|r| r.suite() == suite.suite()) {
+                *suite = *r;
             }
         }
     }

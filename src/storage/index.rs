@@ -45,9 +45,8 @@ pub(crate) struct Index {
     /// Maps the whole file (header included), for reading.
     map: Mmap,
     entries: u64,
-    /// Entries below this are in the file; the rest are in `pending`.
-    written: u64,
-    /// Encoded entries from `written` on, not written to the file yet.
+    /// The last entries, encoded, not written to the file yet (the ones
+    /// before them are: see [`Index::written`]).
     pending: Vec<u8>,
     /// Entries the mapped file has room for.
     capacity: u64,
@@ -155,7 +154,6 @@ impl Index {
             file,
             map,
             entries,
-            written: entries,
             pending: Vec::new(),
             capacity,
         })
@@ -173,14 +171,15 @@ impl Index {
     /// already written stay in the file, never read (reads stop at
     /// [`Index::entries`]), until appends overwrite them or a seal cuts them.
     pub(crate) fn truncate_entries(&mut self, entries: u64) {
+        let written = self.written();
         self.entries = self.entries.min(entries);
-        if self.entries < self.written {
-            self.written = self.entries;
-            self.pending.clear();
-        } else {
-            self.pending
-                .truncate((self.entries - self.written) as usize * INDEX_ENTRY_LEN);
-        }
+        let keep = self.entries.saturating_sub(written);
+        self.pending.truncate(keep as usize * INDEX_ENTRY_LEN);
+    }
+
+    /// Entries in the file: those before the buffered ones.
+    fn written(&self) -> u64 {
+        self.entries - (self.pending.len() / INDEX_ENTRY_LEN) as u64
     }
 
     /// Entries the index has room for.
@@ -217,11 +216,10 @@ impl Index {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let at = FILE_HEADER_LEN as u64 + self.written * INDEX_ENTRY_LEN as u64;
+        let at = FILE_HEADER_LEN as u64 + self.written() * INDEX_ENTRY_LEN as u64;
         self.file
             .write_all_at(&self.pending, at)
             .map_err(StorageError::io("write entries of", &self.path))?;
-        self.written = self.entries;
         self.pending.clear();
         Ok(())
     }
@@ -240,8 +238,9 @@ impl Index {
         if i >= self.entries {
             return None;
         }
-        if i >= self.written {
-            let at = (i - self.written) as usize * INDEX_ENTRY_LEN;
+        let written = self.written();
+        if i >= written {
+            let at = (i - written) as usize * INDEX_ENTRY_LEN;
             return Some(frame::decode_entry(&self.pending[at..at + INDEX_ENTRY_LEN]));
         }
         let at = FILE_HEADER_LEN + i as usize * INDEX_ENTRY_LEN;
