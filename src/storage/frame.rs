@@ -122,12 +122,12 @@ impl FrameHeader {
 /// Records under [`SMALL_RECORD_BYTES`] go through the CPU's `crc32`
 /// instruction one 8-byte word at a time, where the CPU has it (SSE 4.2):
 /// for them the libraries' set-up costs more than the sum itself (256 B:
-/// 19 ns against 37 ns with `crc-fast` in the same criterion run on an
-/// AMD EPYC host, 64 B: 4.7 against 21.8 ns; BENCHMARKS.md, "CRC-32C of
-/// small records"). Longer
-/// records go to `crc-fast`, which folds with carry-less multiplication
-/// (PCLMULQDQ, VPCLMULQDQ where the CPU has it): 2.6x the rate of the
-/// `crc32` instruction on 4 KiB records (BENCHMARKS.md, "CRC-32C").
+/// 19 ns against 37 ns with `crc-fast` in the same criterion run on an AMD
+/// EPYC host, 64 B: 4.7 against 21.8 ns; BENCHMARKS.md, "CRC-32C of small
+/// records"). Longer records go to `crc-fast`, which folds with carry-less
+/// multiplication (PCLMULQDQ, VPCLMULQDQ where the CPU has it): 2.6x the
+/// rate of the `crc32` instruction on 4 KiB records (BENCHMARKS.md,
+/// "CRC-32C").
 pub fn checksum(len: u32, offset: u64, record: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if record.len() < SMALL_RECORD_BYTES && std::arch::is_x86_feature_detected!("sse4.2") {
@@ -139,7 +139,8 @@ pub fn checksum(len: u32, offset: u64, record: &[u8]) -> u32 {
 
 /// Records shorter than this are summed word by word with the `crc32`
 /// instruction; from here on `crc-fast`'s folding is as fast or faster
-/// (1 KiB: 114-118 ns either way; 2 KiB: 234-240 ns against 185-194 ns).
+/// (1 KiB: 114-118 ns either way; 2 KiB: 234-240 ns against 185-194 ns;
+/// BENCHMARKS.md, "CRC-32C of small records").
 pub const SMALL_RECORD_BYTES: usize = 1024;
 
 /// [`checksum`] through `crc-fast`, whatever the record's size (also the
