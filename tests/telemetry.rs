@@ -496,6 +496,77 @@ async fn the_http_port_answers_garbage_with_400_and_closes() {
 }
 
 #[actix_rt::test]
+async fn a_turn_of_32_kib_or_more_finding_nothing_in_flight_goes_out_as_two_calls_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig::resolve(loopback_node(dir.path(), "split-node")).unwrap();
+    let agent = Agent::start(config).await.unwrap();
+    let batch_calls = || async {
+        let samples = parse_prometheus_text(&agent.telemetry().render_metrics().await.unwrap());
+        value(
+            &samples,
+            "proglog_rpc_calls_total",
+            &[("method", "produceBatch"), ("outcome", "ok")],
+        )
+    };
+    let client = Client::connect(agent.rpc_addr()).await.unwrap();
+    let producer = client.producer(proglog::client::ProducerConfig {
+        linger: std::time::Duration::ZERO,
+        ..Default::default()
+    });
+    let record = |i: u32, size: usize| {
+        let mut v = vec![0u8; size];
+        v[..4].copy_from_slice(&i.to_be_bytes());
+        v
+    };
+    let send_turn = |from: u32, count: u32, size: usize| {
+        let sent: Vec<_> = (from..from + count)
+            .map(|i| producer.send(record(i, size)))
+            .collect();
+        futures::future::join_all(sent)
+    };
+
+    // One byte under 32 KiB in one turn: one call.
+    let mut sizes = vec![4096; 8];
+    sizes[7] -= 1;
+    let sent: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| producer.send(record(i as u32, n)))
+        .collect();
+    let offsets: Vec<u64> = futures::future::join_all(sent)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(offsets, (0..8).collect::<Vec<u64>>());
+    assert_eq!(batch_calls().await, 1.0);
+
+    // 32 KiB exactly: two calls of half each, offsets in the order sent.
+    let offsets: Vec<u64> = send_turn(8, 8, 4096)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(offsets, (8..16).collect::<Vec<u64>>());
+    assert_eq!(batch_calls().await, 3.0);
+
+    // 64 records of 4 KiB: two calls, and every record where it was sent.
+    let offsets: Vec<u64> = send_turn(16, 64, 4096)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(offsets, (16..80).collect::<Vec<u64>>());
+    assert_eq!(batch_calls().await, 5.0);
+    for i in [0u32, 7, 8, 11, 12, 15, 16, 47, 48, 79] {
+        let got = client.consume("", u64::from(i)).await.unwrap();
+        assert_eq!(got.value[..4], i.to_be_bytes(), "record {i}");
+    }
+    drop((producer, client));
+    agent.shutdown().await.unwrap();
+}
+
+#[actix_rt::test]
 async fn a_zero_linger_producer_sends_one_call_per_turn_refuses_only_the_record_too_large_and_honours_the_clients_acks()
  {
     let dir = tempfile::tempdir().unwrap();
