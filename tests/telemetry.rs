@@ -526,7 +526,7 @@ async fn a_turn_of_32_kib_or_more_finding_nothing_in_flight_goes_out_as_two_call
     };
 
     // One byte under 32 KiB in one turn: one call.
-    let mut sizes = vec![4096; 8];
+    let mut sizes = [4096usize; 8];
     sizes[7] -= 1;
     let sent: Vec<_> = sizes
         .iter()
