@@ -495,68 +495,66 @@ async fn the_http_port_answers_garbage_with_400_and_closes() {
     );
 }
 
+/// The node's count of `produceBatch` calls answered `ok`.
+async fn produce_batch_calls(agent: &proglog::agent::Node) -> f64 {
+    let samples = parse_prometheus_text(&agent.telemetry().render_metrics().await.unwrap());
+    value(
+        &samples,
+        "proglog_rpc_calls_total",
+        &[("method", "produceBatch"), ("outcome", "ok")],
+    )
+}
+
 #[actix_rt::test]
 async fn a_turn_of_32_kib_or_more_finding_nothing_in_flight_goes_out_as_two_calls_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let config = NodeConfig::resolve(loopback_node(dir.path(), "split-node")).unwrap();
     let agent = Agent::start(config).await.unwrap();
-    let batch_calls = || async {
-        let samples = parse_prometheus_text(&agent.telemetry().render_metrics().await.unwrap());
-        value(
-            &samples,
-            "proglog_rpc_calls_total",
-            &[("method", "produceBatch"), ("outcome", "ok")],
-        )
-    };
+    let batch_calls = || produce_batch_calls(&agent);
     let client = Client::connect(agent.rpc_addr()).await.unwrap();
     let producer = client.producer(proglog::client::ProducerConfig {
         linger: std::time::Duration::ZERO,
         ..Default::default()
     });
-    let record = |i: u32, size: usize| {
-        let mut v = vec![0u8; size];
-        v[..4].copy_from_slice(&i.to_be_bytes());
-        v
-    };
-    let send_turn = |from: u32, count: u32, size: usize| {
-        let sent: Vec<_> = (from..from + count)
-            .map(|i| producer.send(record(i, size)))
+    // Sends records of these sizes in one turn, numbered from `first`;
+    // answers their offsets, in the order sent.
+    let send_turn = |first: u32, sizes: Vec<usize>| {
+        let sent: Vec<_> = sizes
+            .into_iter()
+            .zip(first..)
+            .map(|(size, i)| {
+                let mut v = vec![0u8; size];
+                v[..4].copy_from_slice(&i.to_be_bytes());
+                producer.send(v)
+            })
             .collect();
-        futures::future::join_all(sent)
+        async move {
+            futures::future::join_all(sent)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect::<Vec<u64>>()
+        }
     };
 
     // One byte under 32 KiB in one turn: one call.
-    let mut sizes = [4096usize; 8];
-    sizes[7] -= 1;
-    let sent: Vec<_> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| producer.send(record(i as u32, n)))
-        .collect();
-    let offsets: Vec<u64> = futures::future::join_all(sent)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(offsets, (0..8).collect::<Vec<u64>>());
+    let mut under = vec![4096; 8];
+    under[7] -= 1;
+    assert_eq!(send_turn(0, under).await, (0..8).collect::<Vec<u64>>());
     assert_eq!(batch_calls().await, 1.0);
 
     // 32 KiB exactly: two calls of half each, offsets in the order sent.
-    let offsets: Vec<u64> = send_turn(8, 8, 4096)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(offsets, (8..16).collect::<Vec<u64>>());
+    assert_eq!(
+        send_turn(8, vec![4096; 8]).await,
+        (8..16).collect::<Vec<u64>>()
+    );
     assert_eq!(batch_calls().await, 3.0);
 
     // 64 records of 4 KiB: two calls, and every record where it was sent.
-    let offsets: Vec<u64> = send_turn(16, 64, 4096)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(offsets, (16..80).collect::<Vec<u64>>());
+    assert_eq!(
+        send_turn(16, vec![4096; 64]).await,
+        (16..80).collect::<Vec<u64>>()
+    );
     assert_eq!(batch_calls().await, 5.0);
     for i in [0u32, 7, 8, 11, 12, 15, 16, 47, 48, 79] {
         let got = client.consume("", u64::from(i)).await.unwrap();
@@ -572,14 +570,7 @@ async fn a_zero_linger_producer_sends_one_call_per_turn_refuses_only_the_record_
     let dir = tempfile::tempdir().unwrap();
     let config = NodeConfig::resolve(loopback_node(dir.path(), "producer-node")).unwrap();
     let agent = Agent::start(config).await.unwrap();
-    let batch_calls = || async {
-        let samples = parse_prometheus_text(&agent.telemetry().render_metrics().await.unwrap());
-        value(
-            &samples,
-            "proglog_rpc_calls_total",
-            &[("method", "produceBatch"), ("outcome", "ok")],
-        )
-    };
+    let batch_calls = || produce_batch_calls(&agent);
     let client = Client::connect(agent.rpc_addr()).await.unwrap();
     let zero_linger = proglog::client::ProducerConfig {
         linger: std::time::Duration::ZERO,
