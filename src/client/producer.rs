@@ -383,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn halves_are_even_in_bytes_and_never_empty() {
+    fn halves_are_split_by_bytes_and_never_empty() {
         // One large record first: it is a half on its own.
         let (b, _answers) = batch(&[40 << 10, 10, 10, 10]);
         let (first, second) = split_in_two(b);
