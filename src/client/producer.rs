@@ -264,9 +264,10 @@ pub const SPLIT_MIN_BYTES: usize = 32 << 10;
 /// node appends it. Sent as two halves, the node appends the first while
 /// the second is on its way, and the first half's answers release the
 /// next records while the second is appended: two batches stay in flight.
-/// 64 single records in flight (BENCHMARKS.md, "The producer keeps two
-/// batches in flight"): 1 KiB records 0.71 → 1.01 M records/s, 4 KiB
-/// 0.20 → 0.33 M, p50 latency about halved; over mTLS +47 % and +53 %.
+/// 64 single records in flight (BENCHMARKS.md, "Fourteenth session: the
+/// producer keeps two batches in flight"): 1 KiB records 0.71 → 1.01 M
+/// records/s, 4 KiB 0.20 → 0.33 M, p50 latency about halved; over mTLS
+/// +47 % and +53 %.
 fn split_in_two(mut batch: Batch) -> (Batch, Option<Batch>) {
     if batch.values.len() < 2 || batch.bytes < SPLIT_MIN_BYTES {
         return (batch, None);
