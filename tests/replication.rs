@@ -232,6 +232,10 @@ fn a_killed_follower_catches_up_from_where_its_replica_ended() {
         log.contains("catching up on the replication thread"),
         "far behind, the network side ran on the replication thread:\n{log}"
     );
+    assert!(
+        log.contains("pulling over a replication stream") && !log.contains("predates them"),
+        "far behind, it pulled over a replication stream, not a replicate call:\n{log}"
+    );
     // It resumed from its replica's end, not from 0: the replicated count
     // after the restart is only what it missed.
     let metrics = support::http_get(b.http, "/metrics").unwrap().body;

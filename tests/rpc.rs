@@ -942,3 +942,52 @@ async fn pipelined_produce_calls_are_held_to_the_inflight_budget() {
     );
     assert_eq!(node.server.inflight_bytes(), 0, "every charge given back");
 }
+
+#[actix_rt::test]
+async fn a_replica_that_stops_reading_its_replication_stream_is_closed_and_its_budget_given_back() {
+    let node = start_node(RpcConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..RpcConfig::default()
+    })
+    .await;
+    let client = connect(&node).await;
+    // 8 MiB: more than the sockets' buffers hold between the two ends.
+    let batch: Vec<Vec<u8>> = (0..1024).map(|_| vec![7u8; 1024]).collect();
+    let mut own = String::new();
+    for _ in 0..8 {
+        own = client.produce_batch(&batch).await.unwrap().partition;
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(node.server.local_addr()).await.unwrap();
+    let request = proglog::wire::frame_stream::PullRequest {
+        partition: own,
+        node: "replica".into(),
+        from: 0,
+        max_batch_bytes: 0,
+    };
+    tcp.write_all(&request.encode().unwrap()).await.unwrap();
+    // The replica reads nothing: a batch waits to leave, its bytes held...
+    eventually("a batch is held for the replica", || {
+        node.server.inflight_bytes() > 0
+    })
+    .await;
+    // ... until the node gives up on it (0.3 s, plus a second per MiB).
+    eventually("its budget is given back", || {
+        node.server.inflight_bytes() == 0
+    })
+    .await;
+    let mut received = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut received);
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the node closed the stream")
+        .unwrap();
+    assert!(
+        received.len() < 8 << 20,
+        "{} bytes: the whole partition was sent",
+        received.len()
+    );
+    // The node serves on.
+    assert_eq!(client.consume("", 0).await.unwrap().value, vec![7u8; 1024]);
+}

@@ -13,6 +13,8 @@ use proglog::log::Partitions;
 use proglog::rpc::{RpcConfig, RpcServer, ServiceContext};
 use proglog::storage::frame::FRAME_HEADER_LEN;
 use proglog::storage::{Frames, LogConfig};
+use proglog::wire::frame_stream;
+use tokio::io::AsyncWriteExt;
 
 /// A CA with a server certificate for localhost/127.0.0.1 and clients root and nobody.
 struct Pki {
@@ -456,4 +458,81 @@ async fn a_node_certificate_may_replicate_and_a_client_without_the_grant_may_not
         Err(ClientError::PermissionDenied { action, .. }) => assert_eq!(action, "replicate"),
         other => panic!("expected permission denied, got {other:?}"),
     }
+}
+
+/// The first message a replication stream (`wire::frame_stream`) of the
+/// identity in `config` gets for `partition`.
+async fn first_streamed(
+    node: &Node,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    partition: &str,
+) -> frame_stream::Message {
+    let tcp = tokio::net::TcpStream::connect(node.server.local_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let request = frame_stream::PullRequest {
+        partition: partition.into(),
+        node: "peer".into(),
+        from: 0,
+        max_batch_bytes: 0,
+    };
+    tls.write_all(&request.encode().unwrap()).await.unwrap();
+    let read = frame_stream::read_message(&mut tls, false, Vec::new());
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("an answer")
+        .expect("a whole message")
+}
+
+#[actix_rt::test]
+async fn a_replication_stream_is_authorized_as_replicate_and_pulls_only_the_own_partition() {
+    let pki = Pki::new();
+    let node = start_tls_node(&pki).await;
+    let root = connect(&node, pki.client("root")).await.unwrap();
+    root.produce(b"to copy").await.unwrap();
+    let own = root
+        .partitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.is_leader)
+        .unwrap()
+        .id;
+    let peer = || {
+        client_config(
+            &pki.path("ca.pem"),
+            &pki.path("server.pem"),
+            &pki.path("server.key"),
+        )
+        .unwrap()
+    };
+    // The node certificate gets the stored frames, checked on receipt.
+    match first_streamed(&node, peer(), &own).await {
+        frame_stream::Message::Batch { header, frames } => {
+            assert_eq!((header.first, header.committed_end), (0, 1));
+            let frames = Frames::check(frames, 0).expect("intact frames");
+            assert_eq!(&frames.frame(0)[FRAME_HEADER_LEN..], b"to copy");
+        }
+        other => panic!("expected a batch, got {other:?}"),
+    }
+    // `nobody` has no `replicate` grant: the stream ends with the denial.
+    match first_streamed(&node, pki.client("nobody"), &own).await {
+        frame_stream::Message::End(end) => {
+            assert_eq!(end.kind, "permissionDenied", "{end:?}");
+            assert!(end.message.contains("replicate"), "{end:?}");
+        }
+        other => panic!("expected permission denied, got {other:?}"),
+    }
+    // Only the node's own partition: never a replica it holds.
+    match first_streamed(&node, peer(), "someone-else-0000000000000001").await {
+        frame_stream::Message::End(end) => assert_eq!(end.kind, "unknownPartition", "{end:?}"),
+        other => panic!("expected unknown partition, got {other:?}"),
+    }
+    // The connection serves Cap'n Proto as before for everyone else.
+    assert_eq!(root.consume(&own, 0).await.unwrap().value, b"to copy");
 }

@@ -66,6 +66,35 @@ impl Connector {
     }
 }
 
+/// A replication stream's socket: plain TCP, or TLS over it.
+pub(crate) trait PullSocket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> PullSocket for T {}
+
+impl Connector {
+    /// Connects for a replication stream ([`crate::wire::frame_stream`]);
+    /// also says whether the socket writes every byte it reports read
+    /// (plain TCP), so a batch's buffer need not be zeroed first.
+    pub(crate) async fn connect_stream(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(Box<dyn PullSocket>, bool), String> {
+        let tcp = crate::wire::socket::dial(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        match self {
+            Connector::Plain => Ok((Box::new(tcp), true)),
+            Connector::Tls(config) => {
+                let name = rustls::pki_types::ServerName::from(addr.ip());
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, crate::wire::read_ahead::ReadAhead::new(tcp))
+                    .await
+                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                Ok((Box::new(stream), false))
+            }
+        }
+    }
+}
+
 /// What a ReplicatorActor replicates, and with what.
 pub struct ReplicatorSetup {
     /// The peer's node name.

@@ -12,11 +12,13 @@
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::actor::Connector;
 use crate::client::{ClientError, ReplicaBatch};
-use crate::storage::{Frames, FramesError};
+use crate::storage::{Frames, FramesError, recycled_buffer};
+use crate::wire::frame_stream::{self as wire_stream, Message, PullRequest, StreamEnd};
 
 /// Batches checked ahead of the appends, at most: backpressure on the
 /// leader's stream beyond that (about 4 MiB at the leader's replication
@@ -149,12 +151,18 @@ pub(crate) fn start(spec: PullSpec) -> Pull {
     Pull { batches, committed }
 }
 
-/// Connects, streams, checks; reports positions as they change.
+/// Connects, streams, checks; reports positions as they change. Over a
+/// replication stream; over a `replicate` call when the leader predates
+/// those.
 async fn run(
     spec: PullSpec,
     batches: mpsc::Sender<Result<CheckedBatch, PullEnd>>,
     mut positions: watch::Receiver<u64>,
 ) {
+    if stream_pull(&spec, &batches, &mut positions).await.is_some() {
+        return;
+    }
+    tracing::info!(partition = %spec.partition, leader = %spec.addr, "the leader does not serve replication streams (it predates them): pulling over replicate");
     // A replicator stopped while this connects (a peer that vanished can
     // take the system's connect timeout) ends the pull at once.
     let connected = tokio::select! {
@@ -191,5 +199,121 @@ async fn run(
                 client.report_replicated(&spec.partition, &spec.me, committed);
             }
         }
+    }
+}
+
+/// Bytes read from a replication stream's socket at once (a batch's
+/// frames larger than this are read straight into their buffer).
+const STREAM_READ_BYTES: usize = 64 << 10;
+
+/// Pulls over a replication stream ([`crate::wire::frame_stream`]): the
+/// leader's batches read straight into the buffers they are appended
+/// from, positions reported on the same connection. `None` when the
+/// leader answers with something other than a message of the stream, or
+/// closes the connection unanswered, as a leader that predates replication
+/// streams does.
+async fn stream_pull(
+    spec: &PullSpec,
+    batches: &mpsc::Sender<Result<CheckedBatch, PullEnd>>,
+    positions: &mut watch::Receiver<u64>,
+) -> Option<()> {
+    let connected = tokio::select! {
+        connected = spec.connector.connect_stream(spec.addr) => connected,
+        () = batches.closed() => return Some(()),
+    };
+    let request = PullRequest {
+        partition: spec.partition.clone(),
+        node: spec.me.clone(),
+        from: spec.from,
+        max_batch_bytes: 0,
+    }
+    .encode()
+    .map_err(|e| format!("a replication request: {e}"));
+    let ((socket, zero_free), request) = match (connected, request) {
+        (Ok(connected), Ok(request)) => (connected, request),
+        (Err(why), _) | (_, Err(why)) => {
+            let _ = batches.send(Err(PullEnd::Retry(why))).await;
+            return Some(());
+        }
+    };
+    let (reader, mut writer) = tokio::io::split(socket);
+    let mut reader = tokio::io::BufReader::with_capacity(STREAM_READ_BYTES, reader);
+    if let Err(e) = writer.write_all(&request).await {
+        let why = format!("sending the replication request: {e}");
+        let _ = batches.send(Err(PullEnd::Retry(why))).await;
+        return Some(());
+    }
+    tracing::info!(partition = %spec.partition, leader = %spec.addr, from = spec.from, "pulling over a replication stream");
+    let receive = async {
+        // A leader that predates replication streams answers with a capnp
+        // message, or closes.
+        match reader.fill_buf().await {
+            Ok([first, ..]) if wire_stream::starts_a_message(*first) => {}
+            Ok(_) => return None,
+            Err(e) => return Some(Err(PullEnd::Retry(format!("the replication stream: {e}")))),
+        }
+        let mut next = spec.from;
+        loop {
+            let out =
+                match wire_stream::read_message(&mut reader, zero_free, recycled_buffer()).await {
+                    Ok(Message::Batch { header, frames }) => {
+                        let batch = ReplicaBatch {
+                            first: header.first,
+                            frames,
+                            committed_end: header.committed_end,
+                        };
+                        classify(Some(Ok(batch)), next).map(|mut checked| {
+                            checked.frames = checked.frames.recycled();
+                            checked
+                        })
+                    }
+                    Ok(Message::End(end)) => Err(stream_ended(end)),
+                    Err(e) => Err(PullEnd::Retry(format!("the replication stream: {e}"))),
+                };
+            if let Ok(checked) = &out {
+                next += checked.frames.len() as u64;
+            }
+            let ended = out.is_err();
+            if batches.send(out).await.is_err() || ended {
+                return Some(Ok(()));
+            }
+        }
+    };
+    // Ends when the replicator is gone or the position cannot be sent
+    // (the connection is broken: the pull ends and is retried).
+    let report = async {
+        while positions.changed().await.is_ok() {
+            let committed = *positions.borrow_and_update();
+            if writer.write_all(&committed.to_le_bytes()).await.is_err() {
+                return;
+            }
+        }
+    };
+    let out = tokio::select! {
+        out = receive => out,
+        () = report => Some(Ok(())),
+    };
+    match out {
+        Some(Err(end)) => {
+            let _ = batches.send(Err(end)).await;
+            Some(())
+        }
+        Some(Ok(())) => Some(()),
+        None => None,
+    }
+}
+
+/// What a leader's end of a replication stream means for the pull.
+fn stream_ended(end: StreamEnd) -> PullEnd {
+    if end.kind == "offsetOutOfRange" && end.offset < end.lowest {
+        PullEnd::Behind {
+            offset: end.offset,
+            lowest: end.lowest,
+        }
+    } else {
+        PullEnd::Retry(format!(
+            "the leader ended the stream: {}: {}",
+            end.kind, end.message
+        ))
     }
 }

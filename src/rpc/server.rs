@@ -23,6 +23,7 @@ use actix::prelude::*;
 use capnp_rpc::RpcSystem;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use futures::FutureExt;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::service::ConnectionState;
@@ -31,8 +32,10 @@ use crate::log_capnp::log;
 use crate::supervision::{self, ChildSpec, Failpoints, InjectPanic, Parent, Work, panic_message};
 use crate::telemetry::Metrics;
 use crate::wire::busy_poll::BusyPoll;
+use crate::wire::frame_stream;
 use crate::wire::framed::{Activity, ByteBudget, ReceiveLimits};
 use crate::wire::outbox::Outbox;
+use crate::wire::prefixed::Prefixed;
 use crate::wire::transport::vat_network;
 
 /// Settings of the RPC front.
@@ -331,6 +334,38 @@ async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: R
         return;
     };
     tracing::debug!(%peer, %subject, "client connected");
+    // A replica's replication stream or a Cap'n Proto client: told apart
+    // by their first 8 bytes (every capnp message has at least 8).
+    let mut stream = stream;
+    let mut first = [0u8; 8];
+    match tokio::time::timeout(config.handshake_timeout, stream.read_exact(&mut first)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "closed before its first message");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, %subject, "no message in time: closing connection");
+            return;
+        }
+    }
+    if first == frame_stream::MAGIC {
+        let outbox = Outbox::new(Some(conn.budget.clone()));
+        let service = LogService::new(conn.ctx.clone(), subject.as_str())
+            .with_metrics(conn.metrics.clone())
+            .with_failpoints(conn.failpoints.clone())
+            .with_connection(
+                Rc::new(ConnectionState::default()),
+                Some(conn.budget.clone()),
+                Some(outbox),
+            );
+        service
+            .serve_frame_stream(stream, config.handshake_timeout)
+            .await;
+        tracing::debug!(%peer, %subject, "replication stream ended");
+        return;
+    }
+    let stream = Prefixed::new(first, stream);
     let activity = Activity::new();
     let limits = ReceiveLimits::new(config.max_message_bytes)
         .with_budget(Some(conn.budget.clone()))

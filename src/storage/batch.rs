@@ -13,8 +13,13 @@ pub struct RecordBatch {
 }
 
 impl RecordBatch {
-    pub(crate) fn push(&mut self, offset: u64, start: usize, len: usize) {
-        self.records.push((offset, start, len));
+    /// A batch of `buf`'s records, each (offset, start in `buf`, length).
+    pub(crate) fn from_parts(buf: Vec<u8>, records: Vec<(u64, usize, usize)>) -> RecordBatch {
+        RecordBatch {
+            buf,
+            records,
+            committed_end: 0,
+        }
     }
 
     /// Notes the log's committed end at the time of the read.

@@ -27,5 +27,5 @@ pub use config::{DEFAULT_MIN_FREE_BYTES, LogConfig, Retention, SyncPolicy};
 pub use dir::{DirLock, OpenReport, OpenedDir, RepairCut, RepairReport, open_dir, repair};
 pub use error::{Result, StorageError};
 pub use read::PlannedRead;
-pub use records::{Frames, FramesError, Records, Values};
+pub use records::{Frames, FramesError, Records, Values, recycled_buffer};
 pub use segment::{Damage, Opened, Segment, file_name};

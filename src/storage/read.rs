@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::batch::RecordBatch;
 use super::disk;
 use super::error::{Result, StorageError};
-use super::frame::{FRAME_HEADER_LEN, FrameHeader};
+use super::frame::{ChecksumQueue, FRAME_HEADER_LEN, FrameHeader};
 use super::store::check_frame;
 
 /// One record, or a run of consecutive records, to read from a store file.
@@ -71,42 +71,57 @@ impl PlannedRead {
         self.batch(bytes)
     }
 
-    /// Checks the frames in `bytes` one by one: a corrupt record ends the
-    /// batch before it, or is the error if it is the first.
+    /// Checks the frames in `bytes` (checksums a few dozen at a time): a
+    /// corrupt record ends the batch before it, or is the error if it is
+    /// the first.
     fn batch(&self, bytes: Vec<u8>) -> Result<RecordBatch> {
-        let mut batch = RecordBatch::default();
-        batch.buf = bytes;
+        // (offset, start of the record, its length) of each frame walked.
+        let mut records = Vec::new();
         let mut cursor = 0usize;
         let mut expected = self.first;
+        let mut sums = ChecksumQueue::new();
+        let mut bad_sum = None;
+        // The first frame whose length or offset is wrong, and why.
+        let mut fault = None;
         while expected < self.until {
-            let Some(head) = batch.buf[cursor..].first_chunk::<FRAME_HEADER_LEN>() else {
+            let Some(head) = bytes[cursor..].first_chunk::<FRAME_HEADER_LEN>() else {
                 break;
             };
             let header = FrameHeader::decode(head);
             let end = cursor + header.frame_len() as usize;
-            let intact = end <= batch.buf.len()
-                && header.offset == expected
-                && header.matches(&batch.buf[cursor + FRAME_HEADER_LEN..end]);
-            if !intact {
-                if expected == self.first {
-                    let reason = if end > batch.buf.len() {
-                        "frame length disagrees with the index"
-                    } else {
-                        "checksum or offset mismatch"
-                    };
-                    return Err(StorageError::corruption(
-                        &self.path,
-                        self.position + cursor as u64,
-                        format!("record {expected}: {reason}"),
-                    ));
-                }
+            if end > bytes.len() {
+                fault = Some((records.len(), "frame length disagrees with the index"));
                 break;
             }
-            batch.push(expected, cursor + FRAME_HEADER_LEN, header.len as usize);
+            if header.offset != expected {
+                fault = Some((records.len(), "checksum or offset mismatch"));
+                break;
+            }
+            records.push((expected, cursor + FRAME_HEADER_LEN, header.len as usize));
+            bad_sum = sums.push(header, &bytes[cursor + FRAME_HEADER_LEN..end]);
+            if bad_sum.is_some() {
+                break;
+            }
             expected += 1;
             cursor = end;
         }
-        batch.buf.truncate(cursor);
-        Ok(batch)
+        let fault = match bad_sum.or_else(|| sums.finish()) {
+            Some(index) => Some((index, "checksum or offset mismatch")),
+            None => fault,
+        };
+        if let Some((index, reason)) = fault {
+            if index == 0 {
+                return Err(StorageError::corruption(
+                    &self.path,
+                    self.position,
+                    format!("record {}: {reason}", self.first),
+                ));
+            }
+            records.truncate(index);
+        }
+        let end = records.last().map_or(0, |&(_, start, len)| start + len);
+        let mut bytes = bytes;
+        bytes.truncate(end);
+        Ok(RecordBatch::from_parts(bytes, records))
     }
 }

@@ -6,7 +6,7 @@
 //! a checksum twice: the replica checks each frame's CRC-32C once, here,
 //! and writes the same bytes.
 
-use super::frame::{FRAME_HEADER_LEN, FrameHeader, MAX_RECORD_BYTES};
+use super::frame::{ChecksumQueue, FRAME_HEADER_LEN, FrameHeader, MAX_RECORD_BYTES};
 
 /// Why bytes sent as frames were refused. Nothing of them is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +93,39 @@ impl Runs {
 pub struct Frames {
     runs: Runs,
     first: u64,
+    /// Its buffer goes back to [`recycled_buffer`]'s pool when dropped.
+    recycle: bool,
+}
+
+/// Buffers of frames given back (see [`Frames::recycled`]), at most
+/// [`RECYCLED_BUFFERS`], each of at most [`RECYCLED_BUFFER_BYTES`].
+static RECYCLED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+const RECYCLED_BUFFERS: usize = 8;
+const RECYCLED_BUFFER_BYTES: usize = 4 << 20;
+
+/// An empty buffer, one a dropped [`Frames::recycled`] gave back when
+/// there is one: a replica catching up reads its leader's next batch into
+/// memory that is mapped and likely still cached, where a new allocation
+/// is neither (copying into it was most of the receiving thread's time).
+pub fn recycled_buffer() -> Vec<u8> {
+    let popped = RECYCLED.lock().ok().and_then(|mut pool| pool.pop());
+    let mut buf = popped.unwrap_or_default();
+    buf.clear();
+    buf
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        let capacity = self.runs.buf.capacity();
+        if !self.recycle || capacity == 0 || capacity > RECYCLED_BUFFER_BYTES {
+            return;
+        }
+        if let Ok(mut pool) = RECYCLED.lock()
+            && pool.len() < RECYCLED_BUFFERS
+        {
+            pool.push(std::mem::take(&mut self.runs.buf));
+        }
+    }
 }
 
 impl Frames {
@@ -103,57 +136,87 @@ impl Frames {
         let mut bounds = vec![0];
         let mut cursor = 0usize;
         let mut expected = first;
+        // Checksums are summed a few dozen frames at a time; the first
+        // frame at fault, in order, is the one reported.
+        let mut sums = ChecksumQueue::new();
+        let mut bad_sum = None;
+        let mut fault = None;
         while cursor < buf.len() {
             let index = bounds.len() - 1;
             let rest = &buf[cursor..];
             let Some(head) = rest.first_chunk::<FRAME_HEADER_LEN>() else {
-                return Err(FramesError::Truncated {
+                fault = Some(FramesError::Truncated {
                     index,
                     expected,
                     have: rest.len(),
                     need: FRAME_HEADER_LEN as u64,
                 });
+                break;
             };
             let header = FrameHeader::decode(head);
             if header.len > MAX_RECORD_BYTES {
-                return Err(FramesError::ImpossibleLength {
+                fault = Some(FramesError::ImpossibleLength {
                     index,
                     len: header.len,
                 });
+                break;
             }
             if header.offset != expected {
-                return Err(FramesError::Offset {
+                fault = Some(FramesError::Offset {
                     index,
                     expected,
                     got: header.offset,
                 });
+                break;
             }
             if (rest.len() as u64) < header.frame_len() {
-                return Err(FramesError::Truncated {
+                fault = Some(FramesError::Truncated {
                     index,
                     expected,
                     have: rest.len(),
                     need: header.frame_len(),
                 });
+                break;
             }
             let end = cursor + header.frame_len() as usize;
-            let record = &buf[cursor + FRAME_HEADER_LEN..end];
-            if !header.matches(record) {
-                return Err(FramesError::Checksum {
-                    index,
-                    offset: expected,
-                    stored: header.crc,
-                    computed: super::frame::checksum(header.len, expected, record),
-                });
+            bad_sum = sums.push(header, &buf[cursor + FRAME_HEADER_LEN..end]);
+            if bad_sum.is_some() {
+                break;
             }
             cursor = end;
             bounds.push(cursor);
             expected += 1;
         }
+        if let Some(index) = bad_sum.or_else(|| sums.finish()) {
+            let start = bounds[index];
+            let head = buf[start..]
+                .first_chunk::<FRAME_HEADER_LEN>()
+                .map(FrameHeader::decode);
+            if let Some(header) = head {
+                let record = &buf[start + FRAME_HEADER_LEN..start + header.frame_len() as usize];
+                let offset = first + index as u64;
+                return Err(FramesError::Checksum {
+                    index,
+                    offset,
+                    stored: header.crc,
+                    computed: super::frame::checksum(header.len, offset, record),
+                });
+            }
+        }
+        if let Some(fault) = fault {
+            return Err(fault);
+        }
         Ok(Frames {
             runs: Runs { buf, bounds },
             first,
+            recycle: false,
         })
+    }
+
+    /// Gives its buffer back to [`recycled_buffer`]'s pool when dropped.
+    pub fn recycled(mut self) -> Frames {
+        self.recycle = true;
+        self
     }
 
     /// Offset of the first frame.
@@ -200,6 +263,7 @@ impl Frames {
         Frames {
             runs: self.runs.split_off(at),
             first: self.first + at as u64,
+            recycle: false,
         }
     }
 }

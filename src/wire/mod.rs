@@ -7,8 +7,10 @@
 pub mod busy_poll;
 pub mod corked;
 pub mod errors;
+pub mod frame_stream;
 pub mod framed;
 pub mod outbox;
+pub mod prefixed;
 pub mod read_ahead;
 pub mod socket;
 pub mod transport;

@@ -125,6 +125,9 @@ pub(super) const CONSUME_BATCH: Method = Method::call("consumeBatch");
 pub(super) const CONSUME_STREAM: Method = Method::stream("consumeStream");
 pub(super) const REPLICATE: Method = Method::stream("replicate");
 pub(super) const REPLICATED: Method = Method::call("replicated");
+/// A replica's replication stream (`wire::frame_stream`), counted apart
+/// from `replicate` calls.
+pub(super) const REPLICATION_STREAM: Method = Method::stream("replicationStream");
 pub(super) const GET_SERVERS: Method = Method::call("getServers");
 pub(super) const LIST_PARTITIONS: Method = Method::call("listPartitions");
 

@@ -28,6 +28,7 @@ use crate::wire::{MAX_STREAMS_PER_CONNECTION, MAX_WRITES_PER_PRODUCE_STREAM, tex
 mod accounting;
 mod authorization;
 mod calls;
+mod frame_stream;
 mod streams;
 
 use accounting::*;
