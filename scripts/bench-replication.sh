@@ -5,7 +5,9 @@
 #     --consume-only`), then a fresh follower joins; the catch-up rate is
 #     what the follower logs when its replica has caught up (records copied
 #     over the seconds from its first batch; the time from the follower's
-#     start, join included, is printed too).
+#     start, join included, is printed too), with the CPU each process
+#     spent per record copied (the leader's over the catch-up, the
+#     follower's over its life).
 #  2. acks: three nodes; `proglog bench` against one of them with
 #     --acks leader and --acks all, W=1 single records and batched.
 # Every line printed is JSON. ONLY=catch-up stops after the first part.
@@ -52,23 +54,32 @@ sync
 "$bin" bench --insecure --addr "$leader" -n "$records" -s 256 --consume-only --server-pid "$leader_pid" \
   | sed 's/^{/{"case":"leader_load",/'
 p="$(partition leader)"
+# CPU time of a process so far, in ns (every thread's, from schedstat).
+cpu_ns() { local sum=0 ns; for f in /proc/"$1"/task/*/schedstat; do read -r ns _ < "$f" && sum=$((sum + ns)); done; echo "$sum"; }
+leader_cpu0="$(cpu_ns "$leader_pid")"
 t0="$(date +%s.%N)"
-LOG_LEVEL=info start follower "$bin" --insecure --join "$(gossip leader)"; follower="$addr"
+LOG_LEVEL=info start follower "$bin" --insecure --join "$(gossip leader)"; follower="$addr"; follower_pid="$pid"
 # The follower logs once when its replica has caught up: the records it
 # copied and the seconds from its first batch (join and connection excluded).
 caught_up() { grep -m1 "replica caught up" "$work/follower.err" || true; }
 while [ -z "$(caught_up)" ]; do sleep 0.05; done
 t1="$(date +%s.%N)"
+leader_cpu="$(( $(cpu_ns "$leader_pid") - leader_cpu0 ))"; follower_cpu="$(cpu_ns "$follower_pid")"
 [ "$(next_of "$follower" "$p")" -ge "$records" ] || { echo "the follower has not copied every record" >&2; exit 1; }
-python3 - "$t0" "$t1" "$(caught_up)" <<'PY'
+python3 - "$t0" "$t1" "$(caught_up)" "$leader_cpu" "$follower_cpu" <<'PY'
 import json, re, sys
 t0, t1, line = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+leader_cpu, follower_cpu = int(sys.argv[4]), int(sys.argv[5])
 field = lambda k: float(re.search(k + r"=([0-9.e+-]+)", line).group(1))
 n, s = field("records"), field("seconds")
 print(json.dumps({"case": "catch_up", "records": int(n),
                   "seconds_from_follower_start": round(t1 - t0, 3),
                   "seconds_copying": round(s, 3),
-                  "records_per_s": round(n / s), "mb_per_s": round(n * 256 / s / 1e6, 1)}))
+                  "records_per_s": round(n / s), "mb_per_s": round(n * 256 / s / 1e6, 1),
+                  # CPU per record copied: the leader's over the catch-up,
+                  # the follower's over its whole life (start and join too).
+                  "leader_cpu_ns_per_record": round(leader_cpu / n),
+                  "follower_cpu_ns_per_record": round(follower_cpu / n)}))
 PY
 kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
 

@@ -177,106 +177,79 @@ fn checksum_sse42(len: u32, offset: u64, record: &[u8]) -> u32 {
     !state
 }
 
-/// One frame to check: its header, and the record it should cover.
-pub type FrameToCheck<'a> = (FrameHeader, &'a [u8]);
-
-/// Checks each frame's record against its header (length and CRC-32C, as
-/// [`FrameHeader::matches`]); the index of the first that does not match.
+/// Checks the frames of `buf` that start at `start(0)`, `start(1)`, …,
+/// `start(count − 1)` (each header within `buf`, its length already
+/// checked against it) against their headers' CRC-32C: the index of the
+/// first that does not match.
 ///
-/// A batch of small records is summed four at a time: the `crc32`
-/// instruction's result feeds the next only 3 cycles later, but one can
-/// start every cycle, so four independent sums run in about the time of
-/// one (BENCHMARKS.md, "CRC-32C of a batch of small records"). This is
-/// what a leader checks when it reads a batch for a replica, and what the
-/// replica checks again on receipt.
-pub fn first_mismatch(frames: &[FrameToCheck<'_>]) -> Option<usize> {
+/// Small records are summed four at a time: the `crc32` instruction's
+/// result feeds the next only 3 cycles later, but one can start every
+/// cycle, so four independent sums run in about the time of one
+/// (BENCHMARKS.md, "CRC-32C of a batch of small records"). This is what a
+/// leader checks when it reads a batch, and a replica again on receipt.
+pub fn first_mismatch(buf: &[u8], count: usize, start: impl Fn(usize) -> usize) -> Option<usize> {
+    let frame = |i: usize| -> (FrameHeader, &[u8]) {
+        let at = start(i);
+        let header = buf[at..].first_chunk::<FRAME_HEADER_LEN>().map_or(
+            FrameHeader {
+                len: u32::MAX,
+                crc: 0,
+                offset: 0,
+            },
+            FrameHeader::decode,
+        );
+        let record = buf
+            .get(at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + header.len as usize)
+            .unwrap_or_default();
+        (header, record)
+    };
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("sse4.2") {
         // SAFETY: the CPU has SSE 4.2, checked just above.
-        return unsafe { first_mismatch_sse42(frames) };
+        return unsafe { first_mismatch_sse42(count, frame) };
     }
-    frames
-        .iter()
-        .position(|(header, record)| !header.matches(record))
+    (0..count).find(|&i| {
+        let (header, record) = frame(i);
+        !header.matches(record)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
-fn first_mismatch_sse42(frames: &[FrameToCheck<'_>]) -> Option<usize> {
-    let small = |(header, record): &FrameToCheck<'_>| {
+fn first_mismatch_sse42<'a>(
+    count: usize,
+    frame: impl Fn(usize) -> (FrameHeader, &'a [u8]),
+) -> Option<usize> {
+    let small = |(header, record): &(FrameHeader, &[u8])| {
         record.len() < SMALL_RECORD_BYTES && record.len() == header.len as usize
     };
     let mut i = 0;
-    while i < frames.len() {
-        if let Some(four) = frames[i..].first_chunk::<4>()
-            && four.iter().all(small)
-        {
-            let sums = checksum4_sse42(four);
-            if let Some(k) = (0..4).find(|&k| sums[k] != four[k].0.crc) {
-                return Some(i + k);
+    while i < count {
+        if i + 4 <= count {
+            let four = [frame(i), frame(i + 1), frame(i + 2), frame(i + 3)];
+            if four.iter().all(small) {
+                let sums = checksum4_sse42(&four);
+                if let Some(k) = (0..4).find(|&k| sums[k] != four[k].0.crc) {
+                    return Some(i + k);
+                }
+                i += 4;
+                continue;
             }
-            i += 4;
-        } else {
-            let (header, record) = &frames[i];
-            if !header.matches(record) {
-                return Some(i);
-            }
-            i += 1;
         }
+        let (header, record) = frame(i);
+        if !header.matches(record) {
+            return Some(i);
+        }
+        i += 1;
     }
     None
-}
-
-/// Frames gathered while a batch is walked, their checksums checked a few
-/// dozen at a time ([`first_mismatch`]) without holding a list of the
-/// whole batch.
-pub struct ChecksumQueue<'a> {
-    pending: Vec<FrameToCheck<'a>>,
-    /// Frames queued before `pending`'s first.
-    checked: usize,
-}
-
-/// Frames summed together at most.
-const CHECKSUM_QUEUE: usize = 64;
-
-impl<'a> ChecksumQueue<'a> {
-    pub fn new() -> ChecksumQueue<'a> {
-        ChecksumQueue {
-            pending: Vec::with_capacity(CHECKSUM_QUEUE),
-            checked: 0,
-        }
-    }
-
-    /// Queues the next frame; the index (counting from the first queued)
-    /// of the first that does not match, once known.
-    pub fn push(&mut self, header: FrameHeader, record: &'a [u8]) -> Option<usize> {
-        self.pending.push((header, record));
-        if self.pending.len() < CHECKSUM_QUEUE {
-            return None;
-        }
-        self.finish()
-    }
-
-    /// Checks what is queued; as [`ChecksumQueue::push`].
-    pub fn finish(&mut self) -> Option<usize> {
-        let found = first_mismatch(&self.pending).map(|i| self.checked + i);
-        self.checked += self.pending.len();
-        self.pending.clear();
-        found
-    }
-}
-
-impl Default for ChecksumQueue<'_> {
-    fn default() -> Self {
-        ChecksumQueue::new()
-    }
 }
 
 /// [`checksum_sse42`] of four frames at once (records of any lengths; the
 /// words they have in common are summed interleaved).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
-fn checksum4_sse42(frames: &[FrameToCheck<'_>; 4]) -> [u32; 4] {
+fn checksum4_sse42(frames: &[(FrameHeader, &[u8]); 4]) -> [u32; 4] {
     use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u32, _mm_crc32_u64};
     let words = frames.map(|(_, record)| record.as_chunks::<8>().0);
     let mut state = frames.map(|(h, _)| {
@@ -349,27 +322,25 @@ mod tests {
             .enumerate()
             .map(|(i, r)| FrameHeader::new(1000 + i as u64, r))
             .collect();
-        let frames = |hs: &[FrameHeader]| -> Vec<(FrameHeader, Vec<u8>)> {
-            hs.iter().copied().zip(records.iter().cloned()).collect()
+        // Frames back to back, as a batch holds them; where each starts.
+        let check = |headers: &[FrameHeader], records: &[Vec<u8>]| {
+            let (mut buf, mut starts) = (Vec::new(), Vec::new());
+            for (h, r) in headers.iter().zip(records) {
+                starts.push(buf.len());
+                buf.extend_from_slice(&h.encode());
+                buf.extend_from_slice(r);
+            }
+            first_mismatch(&buf, starts.len(), |i| starts[i])
         };
-        let check = |fs: &[(FrameHeader, Vec<u8>)]| {
-            let view: Vec<FrameToCheck<'_>> = fs.iter().map(|(h, r)| (*h, &r[..])).collect();
-            first_mismatch(&view)
-        };
-        assert_eq!(check(&frames(&headers)), None);
+        assert_eq!(check(&headers, &records), None);
         for bad in 0..records.len() {
-            // A wrong checksum, then a wrong length, at each position.
             let mut hs = headers.clone();
             hs[bad].crc ^= 1 << (bad % 32);
-            assert_eq!(check(&frames(&hs)), Some(bad), "crc of frame {bad}");
-            let mut hs = headers.clone();
-            hs[bad].len += 1;
-            assert_eq!(check(&frames(&hs)), Some(bad), "length of frame {bad}");
-            // A flipped record byte (where the record has one).
-            let mut fs = frames(&headers);
-            if let Some(b) = fs[bad].1.last_mut() {
+            assert_eq!(check(&hs, &records), Some(bad), "crc of frame {bad}");
+            let mut rs = records.clone();
+            if let Some(b) = rs[bad].last_mut() {
                 *b ^= 0x80;
-                assert_eq!(check(&fs), Some(bad), "byte of frame {bad}");
+                assert_eq!(check(&headers, &rs), Some(bad), "byte of frame {bad}");
             }
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::batch::RecordBatch;
 use super::disk;
 use super::error::{Result, StorageError};
-use super::frame::{ChecksumQueue, FRAME_HEADER_LEN, FrameHeader};
+use super::frame::{FRAME_HEADER_LEN, FrameHeader, first_mismatch};
 use super::store::check_frame;
 
 /// One record, or a run of consecutive records, to read from a store file.
@@ -71,16 +71,14 @@ impl PlannedRead {
         self.batch(bytes)
     }
 
-    /// Checks the frames in `bytes` (checksums a few dozen at a time): a
-    /// corrupt record ends the batch before it, or is the error if it is
+    /// Checks the frames in `bytes` (lengths and offsets, then checksums):
+    /// a corrupt record ends the batch before it, or is the error if it is
     /// the first.
     fn batch(&self, bytes: Vec<u8>) -> Result<RecordBatch> {
         // (offset, start of the record, its length) of each frame walked.
         let mut records = Vec::new();
         let mut cursor = 0usize;
         let mut expected = self.first;
-        let mut sums = ChecksumQueue::new();
-        let mut bad_sum = None;
         // The first frame whose length or offset is wrong, and why.
         let mut fault = None;
         while expected < self.until {
@@ -98,14 +96,11 @@ impl PlannedRead {
                 break;
             }
             records.push((expected, cursor + FRAME_HEADER_LEN, header.len as usize));
-            bad_sum = sums.push(header, &bytes[cursor + FRAME_HEADER_LEN..end]);
-            if bad_sum.is_some() {
-                break;
-            }
             expected += 1;
             cursor = end;
         }
-        let fault = match bad_sum.or_else(|| sums.finish()) {
+        let bad_sum = first_mismatch(&bytes, records.len(), |i| records[i].1 - FRAME_HEADER_LEN);
+        let fault = match bad_sum {
             Some(index) => Some((index, "checksum or offset mismatch")),
             None => fault,
         };

@@ -6,7 +6,7 @@
 //! a checksum twice: the replica checks each frame's CRC-32C once, here,
 //! and writes the same bytes.
 
-use super::frame::{ChecksumQueue, FRAME_HEADER_LEN, FrameHeader, MAX_RECORD_BYTES};
+use super::frame::{FRAME_HEADER_LEN, FrameHeader, MAX_RECORD_BYTES, first_mismatch};
 
 /// Why bytes sent as frames were refused. Nothing of them is written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,10 +136,9 @@ impl Frames {
         let mut bounds = vec![0];
         let mut cursor = 0usize;
         let mut expected = first;
-        // Checksums are summed a few dozen frames at a time; the first
-        // frame at fault, in order, is the one reported.
-        let mut sums = ChecksumQueue::new();
-        let mut bad_sum = None;
+        // Lengths and offsets first, then the checksums of the frames
+        // before any fault; the first frame at fault, in order, is the
+        // one reported.
         let mut fault = None;
         while cursor < buf.len() {
             let index = bounds.len() - 1;
@@ -178,16 +177,11 @@ impl Frames {
                 });
                 break;
             }
-            let end = cursor + header.frame_len() as usize;
-            bad_sum = sums.push(header, &buf[cursor + FRAME_HEADER_LEN..end]);
-            if bad_sum.is_some() {
-                break;
-            }
-            cursor = end;
+            cursor += header.frame_len() as usize;
             bounds.push(cursor);
             expected += 1;
         }
-        if let Some(index) = bad_sum.or_else(|| sums.finish()) {
+        if let Some(index) = first_mismatch(&buf, bounds.len() - 1, |i| bounds[i]) {
             let start = bounds[index];
             let head = buf[start..]
                 .first_chunk::<FRAME_HEADER_LEN>()
