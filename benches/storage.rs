@@ -221,45 +221,5 @@ fn checksums(c: &mut Criterion) {
     g.finish();
 }
 
-/// A batch of 4096 frames checked as a leader reads it for a replica and
-/// the replica receives it: summed four at a time
-/// (`frame::first_mismatch`), against one frame after another
-/// (`FrameHeader::matches`) as the same run's reference.
-fn batch_checksums(c: &mut Criterion) {
-    use proglog::storage::frame::{FRAME_HEADER_LEN, FrameHeader, first_mismatch};
-    let mut g = c.benchmark_group("batch_checksum");
-    for size in [64usize, 256, 1024] {
-        let (mut buf, mut starts) = (Vec::new(), Vec::new());
-        for r in 0..4096usize {
-            let record: Vec<u8> = (0..size).map(|i| ((i + r) * 31 % 251) as u8).collect();
-            starts.push(buf.len());
-            buf.extend_from_slice(&FrameHeader::new(r as u64, &record).encode());
-            buf.extend_from_slice(&record);
-        }
-        g.throughput(Throughput::Bytes((size * starts.len()) as u64));
-        g.bench_function(format!("four_at_a_time_{size}B"), |b| {
-            b.iter(|| first_mismatch(black_box(&buf), starts.len(), |i| starts[i]))
-        });
-        g.bench_function(format!("one_by_one_{size}B"), |b| {
-            b.iter(|| {
-                let buf = black_box(&buf);
-                starts.iter().position(|&at| {
-                    let header = FrameHeader::decode(buf[at..].first_chunk().unwrap());
-                    let record = &buf[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + size];
-                    !header.matches(record)
-                })
-            })
-        });
-    }
-    g.finish();
-}
-
-criterion_group!(
-    benches,
-    reference_disk_write,
-    appends,
-    reads,
-    checksums,
-    batch_checksums
-);
+criterion_group!(benches, reference_disk_write, appends, reads, checksums);
 criterion_main!(benches);

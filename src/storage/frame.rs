@@ -180,109 +180,24 @@ fn checksum_sse42(len: u32, offset: u64, record: &[u8]) -> u32 {
 /// Checks the frames of `buf` that start at `start(0)`, `start(1)`, …,
 /// `start(count − 1)` (each header within `buf`, its length already
 /// checked against it) against their headers' CRC-32C: the index of the
-/// first that does not match.
-///
-/// Small records are summed four at a time: the `crc32` instruction's
-/// result feeds the next only 3 cycles later, but one can start every
-/// cycle, so four independent sums run in about the time of one
-/// (BENCHMARKS.md, "CRC-32C of a batch of small records"). This is what a
-/// leader checks when it reads a batch, and a replica again on receipt.
+/// first that does not match. What a leader checks when it reads a batch,
+/// and a replica again on receipt, once lengths and offsets are walked.
+/// (Summing four small records at a time, interleaved, measured no
+/// faster: BENCHMARKS.md, Replication, "Fifteenth session".)
 pub fn first_mismatch(buf: &[u8], count: usize, start: impl Fn(usize) -> usize) -> Option<usize> {
-    let frame = |i: usize| -> (FrameHeader, &[u8]) {
-        let at = start(i);
-        let header = buf[at..].first_chunk::<FRAME_HEADER_LEN>().map_or(
-            FrameHeader {
-                len: u32::MAX,
-                crc: 0,
-                offset: 0,
-            },
-            FrameHeader::decode,
-        );
-        let record = buf
-            .get(at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + header.len as usize)
-            .unwrap_or_default();
-        (header, record)
-    };
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("sse4.2") {
-        // SAFETY: the CPU has SSE 4.2, checked just above.
-        return unsafe { first_mismatch_sse42(count, frame) };
-    }
     (0..count).find(|&i| {
-        let (header, record) = frame(i);
-        !header.matches(record)
+        let at = start(i);
+        let Some(head) = buf
+            .get(at..)
+            .and_then(|b| b.first_chunk::<FRAME_HEADER_LEN>())
+        else {
+            return true;
+        };
+        let header = FrameHeader::decode(head);
+        let end = at + FRAME_HEADER_LEN + header.len as usize;
+        buf.get(at + FRAME_HEADER_LEN..end)
+            .is_none_or(|record| !header.matches(record))
     })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse4.2")]
-fn first_mismatch_sse42<'a>(
-    count: usize,
-    frame: impl Fn(usize) -> (FrameHeader, &'a [u8]),
-) -> Option<usize> {
-    let small = |(header, record): &(FrameHeader, &[u8])| {
-        record.len() < SMALL_RECORD_BYTES && record.len() == header.len as usize
-    };
-    let mut i = 0;
-    while i < count {
-        if i + 4 <= count {
-            let four = [frame(i), frame(i + 1), frame(i + 2), frame(i + 3)];
-            if four.iter().all(small) {
-                let sums = checksum4_sse42(&four);
-                if let Some(k) = (0..4).find(|&k| sums[k] != four[k].0.crc) {
-                    return Some(i + k);
-                }
-                i += 4;
-                continue;
-            }
-        }
-        let (header, record) = frame(i);
-        if !header.matches(record) {
-            return Some(i);
-        }
-        i += 1;
-    }
-    None
-}
-
-/// [`checksum_sse42`] of four frames at once (records of any lengths; the
-/// words they have in common are summed interleaved).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse4.2")]
-fn checksum4_sse42(frames: &[(FrameHeader, &[u8]); 4]) -> [u32; 4] {
-    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u32, _mm_crc32_u64};
-    let words = frames.map(|(_, record)| record.as_chunks::<8>().0);
-    let mut state = frames.map(|(h, _)| {
-        let s = u64::from(_mm_crc32_u32(!0, h.len));
-        _mm_crc32_u64(s, h.offset)
-    });
-    let common = words.iter().map(|w| w.len()).min().unwrap_or(0);
-    let (w0, w1, w2, w3) = (
-        &words[0][..common],
-        &words[1][..common],
-        &words[2][..common],
-        &words[3][..common],
-    );
-    for k in 0..common {
-        state[0] = _mm_crc32_u64(state[0], u64::from_le_bytes(w0[k]));
-        state[1] = _mm_crc32_u64(state[1], u64::from_le_bytes(w1[k]));
-        state[2] = _mm_crc32_u64(state[2], u64::from_le_bytes(w2[k]));
-        state[3] = _mm_crc32_u64(state[3], u64::from_le_bytes(w3[k]));
-    }
-    let mut out = [0u32; 4];
-    for f in 0..4 {
-        let mut s = state[f];
-        for word in &words[f][common..] {
-            s = _mm_crc32_u64(s, u64::from_le_bytes(*word));
-        }
-        // The instruction's 64-bit form leaves the 32-bit state zero-extended.
-        let mut s = s as u32;
-        for &byte in frames[f].1.as_chunks::<8>().1 {
-            s = _mm_crc32_u8(s, byte);
-        }
-        out[f] = !s;
-    }
-    out
 }
 
 /// Encodes an index entry.
@@ -307,7 +222,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_checked_four_at_a_time_find_the_first_mismatch_wherever_it_is() {
+    fn a_batch_check_finds_the_first_mismatch_wherever_it_is() {
         // Lengths around the word size and the small-record bound, so every
         // mix of common words, leftover words and tail bytes is summed.
         let lens = [0usize, 1, 7, 8, 9, 15, 16, 63, 256, 1023, 1024, 2000];

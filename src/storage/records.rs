@@ -98,10 +98,12 @@ pub struct Frames {
 }
 
 /// Buffers of frames given back (see [`Frames::recycled`]), at most
-/// [`RECYCLED_BUFFERS`], each of at most [`RECYCLED_BUFFER_BYTES`].
+/// [`RECYCLED_BUFFERS`], each of at most [`RECYCLED_BUFFER_BYTES`] (a
+/// replication batch, 1 MiB by default, and one record past it): what a
+/// node keeps after a catch-up is at most 8 MiB.
 static RECYCLED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-const RECYCLED_BUFFERS: usize = 8;
-const RECYCLED_BUFFER_BYTES: usize = 4 << 20;
+const RECYCLED_BUFFERS: usize = 4;
+const RECYCLED_BUFFER_BYTES: usize = 2 << 20;
 
 /// An empty buffer, one a dropped [`Frames::recycled`] gave back when
 /// there is one: a replica catching up reads its leader's next batch into
@@ -414,6 +416,42 @@ mod tests {
             buf.extend_from_slice(v);
         }
         buf
+    }
+
+    #[test]
+    fn recycled_frames_give_their_buffer_back_empty_up_to_the_bounds() {
+        // The only test that recycles (the pool is the process's).
+        let mut big = frames(0, &[b"x"]);
+        big.reserve_exact((RECYCLED_BUFFER_BYTES + 1) - big.len());
+        let ptrs: Vec<*const u8> = (0..RECYCLED_BUFFERS + 1)
+            .map(|i| {
+                let mut buf = frames(0, &[b"abc"]);
+                buf.reserve_exact(RECYCLED_BUFFER_BYTES - buf.len() - i);
+                let ptr = buf.as_ptr();
+                drop(Frames::check(buf, 0).unwrap().recycled());
+                ptr
+            })
+            .collect();
+        // Over the size bound, or not marked: not kept.
+        drop(Frames::check(big, 0).unwrap().recycled());
+        drop(Frames::check(frames(0, &[b"y"]), 0).unwrap());
+        let back: Vec<Vec<u8>> = (0..RECYCLED_BUFFERS + 1)
+            .map(|_| recycled_buffer())
+            .collect();
+        for (i, buf) in back.iter().enumerate().take(RECYCLED_BUFFERS) {
+            assert!(buf.is_empty());
+            // Last in, first out; the one past the count bound was dropped.
+            assert_eq!(buf.as_ptr(), ptrs[RECYCLED_BUFFERS - 1 - i]);
+            assert_eq!(
+                buf.capacity(),
+                RECYCLED_BUFFER_BYTES - (RECYCLED_BUFFERS - 1 - i)
+            );
+        }
+        assert_eq!(
+            back[RECYCLED_BUFFERS].capacity(),
+            0,
+            "the pool held more than its bound"
+        );
     }
 
     fn value_lens(values: &[&[u8]]) -> Vec<usize> {
