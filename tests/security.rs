@@ -429,10 +429,10 @@ async fn first_replicated(client: &Client, partition: &str) -> Result<Vec<u8>, C
     }
 }
 
-#[actix_rt::test]
-async fn a_node_certificate_may_replicate_and_a_client_without_the_grant_may_not() {
-    let pki = Pki::new();
-    let node = start_tls_node(&pki).await;
+/// A TLS node whose own partition holds one record, `to copy`; a client
+/// of `root`; the partition's id.
+async fn node_holding_one_record(pki: &Pki) -> (Node, Client, String) {
+    let node = start_tls_node(pki).await;
     let root = connect(&node, pki.client("root")).await.unwrap();
     root.produce(b"to copy").await.unwrap();
     let own = root
@@ -443,14 +443,25 @@ async fn a_node_certificate_may_replicate_and_a_client_without_the_grant_may_not
         .find(|p| p.is_leader)
         .unwrap()
         .id;
-    // A peer presents its node certificate (CN proglog-node): granted.
-    let peer = client_config(
+    (node, root, own)
+}
+
+/// What a peer presents: the node certificate (CN proglog-node).
+fn node_certificate(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
+    client_config(
         &pki.path("ca.pem"),
         &pki.path("server.pem"),
         &pki.path("server.key"),
     )
-    .unwrap();
-    let peer = connect(&node, peer).await.unwrap();
+    .unwrap()
+}
+
+#[actix_rt::test]
+async fn a_node_certificate_may_replicate_and_a_client_without_the_grant_may_not() {
+    let pki = Pki::new();
+    let (node, root, own) = node_holding_one_record(&pki).await;
+    // A peer presents its node certificate (CN proglog-node): granted.
+    let peer = connect(&node, node_certificate(&pki)).await.unwrap();
     assert_eq!(first_replicated(&peer, &own).await.unwrap(), b"to copy");
     // `nobody` has no `replicate` grant.
     let nobody = connect(&node, pki.client("nobody")).await.unwrap();
@@ -492,27 +503,9 @@ async fn first_streamed(
 #[actix_rt::test]
 async fn a_replication_stream_is_authorized_as_replicate_and_pulls_only_the_own_partition() {
     let pki = Pki::new();
-    let node = start_tls_node(&pki).await;
-    let root = connect(&node, pki.client("root")).await.unwrap();
-    root.produce(b"to copy").await.unwrap();
-    let own = root
-        .partitions()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| p.is_leader)
-        .unwrap()
-        .id;
-    let peer = || {
-        client_config(
-            &pki.path("ca.pem"),
-            &pki.path("server.pem"),
-            &pki.path("server.key"),
-        )
-        .unwrap()
-    };
+    let (node, root, own) = node_holding_one_record(&pki).await;
     // The node certificate gets the stored frames, checked on receipt.
-    match first_streamed(&node, peer(), &own).await {
+    match first_streamed(&node, node_certificate(&pki), &own).await {
         frame_stream::Message::Batch { header, frames } => {
             assert_eq!((header.first, header.committed_end), (0, 1));
             let frames = Frames::check(frames, 0).expect("intact frames");
@@ -529,7 +522,13 @@ async fn a_replication_stream_is_authorized_as_replicate_and_pulls_only_the_own_
         other => panic!("expected permission denied, got {other:?}"),
     }
     // Only the node's own partition: never a replica it holds.
-    match first_streamed(&node, peer(), "someone-else-0000000000000001").await {
+    match first_streamed(
+        &node,
+        node_certificate(&pki),
+        "someone-else-0000000000000001",
+    )
+    .await
+    {
         frame_stream::Message::End(end) => assert_eq!(end.kind, "unknownPartition", "{end:?}"),
         other => panic!("expected unknown partition, got {other:?}"),
     }
