@@ -459,7 +459,7 @@ fn node_certificate(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
 #[actix_rt::test]
 async fn a_node_certificate_may_replicate_and_a_client_without_the_grant_may_not() {
     let pki = Pki::new();
-    let (node, root, own) = node_holding_one_record(&pki).await;
+    let (node, _root, own) = node_holding_one_record(&pki).await;
     // A peer presents its node certificate (CN proglog-node): granted.
     let peer = connect(&node, node_certificate(&pki)).await.unwrap();
     assert_eq!(first_replicated(&peer, &own).await.unwrap(), b"to copy");
