@@ -163,13 +163,10 @@ impl Client {
         let Some((server_name, config)) = tls else {
             return Ok(Client::over(tcp, options));
         };
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
-            .map_err(|e| ClientError::Tls(format!("bad server name {server_name:?}: {e}")))?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, crate::wire::read_ahead::ReadAhead::new(tcp))
-            .await
-            .map_err(|e| ClientError::Tls(format!("handshake with {server_name}: {e}")))?;
-        Ok(Client::over(stream, options))
+        Ok(Client::over(
+            tls_handshake(tcp, server_name, config).await?,
+            options,
+        ))
     }
 
     /// Connects to the cluster through any of `seeds` (RPC addresses): a
@@ -435,4 +432,23 @@ impl Client {
         }
         Ok(out)
     }
+}
+
+/// The client's side of a TLS handshake over `tcp`, read through a
+/// [`ReadAhead`](crate::wire::read_ahead::ReadAhead); `server_name` must
+/// match the server's certificate.
+pub(crate) async fn tls_handshake(
+    tcp: tokio::net::TcpStream,
+    server_name: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<
+    tokio_rustls::client::TlsStream<crate::wire::read_ahead::ReadAhead<tokio::net::TcpStream>>,
+    ClientError,
+> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| ClientError::Tls(format!("bad server name {server_name:?}: {e}")))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, crate::wire::read_ahead::ReadAhead::new(tcp))
+        .await
+        .map_err(|e| ClientError::Tls(format!("handshake with {server_name}: {e}")))
 }

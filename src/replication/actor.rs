@@ -84,11 +84,10 @@ impl Connector {
         match self {
             Connector::Plain => Ok((Box::new(tcp), true)),
             Connector::Tls(config) => {
-                let name = rustls::pki_types::ServerName::from(addr.ip());
-                let stream = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name, crate::wire::read_ahead::ReadAhead::new(tcp))
+                let name = addr.ip().to_string();
+                let stream = crate::client::tls_handshake(tcp, &name, config.clone())
                     .await
-                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                    .map_err(|e| e.to_string())?;
                 Ok((Box::new(stream), false))
             }
         }
