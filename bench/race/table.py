@@ -45,8 +45,8 @@ if any("@" in r["label"] for r in rows):
 cells = [("produce", 1), ("produce", 64), ("consume", 1), ("consume", 64)]
 for size in (256, 4096):
     print(f"\n{size} B records, plain TCP (mTLS for proglog-tls); rate (p50 / p99 µs); medians of {len(servers[('proglog', 'plain', size)])} rounds")
-    print(f"| cell | proglog | proglog mTLS | NATS JetStream | Redis Streams | proglog / best peer | mTLS / plain |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| cell | proglog | proglog mTLS | NATS JetStream | Redis Streams | proglog / best peer | mTLS / plain | mTLS / plain by round |")
+    print("|---|---|---|---|---|---|---|---|")
     for op, w in cells:
         def cell(system, label):
             k = (system, label, size, op, w)
@@ -61,13 +61,19 @@ for size in (256, 4096):
         best = max(x for x in (nr, rr) if x is not None) if (nr or rr) else None
         ratio = f"{pr / best:.2f}" if pr and best else "-"
         tls = f"{tr / pr:.2f}" if pr and tr else "-"
-        print(f"| {op} W={w} | {p} | {t} | {n} | {r} | {ratio} | {tls} |")
+        # Paired: each round's mTLS run against the plain run next to it
+        # (race.sh runs them back to back), median and range over rounds.
+        plain_by_round = {x["round"]: x["rate"] for x in runs.get(("proglog", "plain", size, op, w), [])}
+        paired = sorted(x["rate"] / plain_by_round[x["round"]]
+                        for x in runs.get(("proglog", "tls", size, op, w), []) if plain_by_round.get(x["round"]))
+        by_round = f"{statistics.median(paired):.2f} ({paired[0]:.2f}-{paired[-1]:.2f})" if paired else "-"
+        print(f"| {op} W={w} | {p} | {t} | {n} | {r} | {ratio} | {tls} | {by_round} |")
     print("| server peak RSS / CPU s | " + " | ".join(
         "{:.0f} MiB / {:.1f}".format(
             statistics.median(s["peak_rss_kib"] for s in servers[(sys_, lab, size)]) / 1024,
             statistics.median(s["cpu_seconds"] for s in servers[(sys_, lab, size)]))
         if servers[(sys_, lab, size)] else "-"
-        for sys_, lab in (("proglog", "plain"), ("proglog", "tls"), ("nats", "plain"), ("redis", "plain"))) + " | | |")
+        for sys_, lab in (("proglog", "plain"), ("proglog", "tls"), ("nats", "plain"), ("redis", "plain"))) + " | | | |")
     # The load generator's CPU over the cell's four runs (its client's cost).
     def client_cpu(sys_, lab):
         per_round = defaultdict(float)
@@ -77,7 +83,7 @@ for size in (256, 4096):
                     per_round[r["round"]] += r.get("client_cpu_seconds") or 0.0
         return f"{statistics.median(per_round.values()):.1f}" if per_round else "-"
     print("| client CPU s | " + " | ".join(client_cpu(s_, l_) for s_, l_ in (
-        ("proglog", "plain"), ("proglog", "tls"), ("nats", "plain"), ("redis", "plain"))) + " | | |")
+        ("proglog", "plain"), ("proglog", "tls"), ("nats", "plain"), ("redis", "plain"))) + " | | | |")
 
 print("\nfsync on every write (proglog --sync always, JetStream sync_interval: always), 256 B, produce")
 print("| cell | proglog | NATS JetStream | proglog / NATS |")
