@@ -174,11 +174,11 @@ for round in $(seq "$rounds"); do
   echo "round $round of $rounds" >&2
   for size in 256 4096; do
     # Alternate the order of the systems between rounds. proglog's plain and
-    # mTLS cells run back to back, each first in turn, so their ratio is
-    # measured on the same state of the host: a cell that follows Redis's
-    # (whose exit frees up to 550 MiB and its log's page cache) ran slower
-    # for that alone, and the order before put the mTLS cell there in odd
-    # rounds and the plain cell never (BENCHMARKS.md, "Sixteenth session").
+    # mTLS cells run back to back, each first in turn, so that their ratio
+    # is taken on the same spell of a shared host. The order before put
+    # the mTLS cell right after Redis's in odd rounds and the plain cell
+    # never, and on a noisy host the per-round ratio split by that
+    # position (BENCHMARKS.md, "Sixteenth session").
     systems=("proglog plain" "proglog tls" "nats plain" "redis plain")
     if [ $((round % 2)) = 0 ]; then systems=("redis plain" "nats plain" "proglog tls" "proglog plain"); fi
     for s in "${systems[@]}"; do set -- $s; cell "$round" "$1" "$2" "$size"; done
