@@ -223,8 +223,9 @@ mod tests {
 
     #[test]
     fn a_batch_check_finds_the_first_mismatch_wherever_it_is() {
-        // Lengths around the word size and the small-record bound, so every
-        // mix of common words, leftover words and tail bytes is summed.
+        // Lengths around the word size and the small-record bound, so both
+        // checksum paths (the `crc32` instruction and crc-fast) and every
+        // mix of whole words and tail bytes are checked.
         let lens = [0usize, 1, 7, 8, 9, 15, 16, 63, 256, 1023, 1024, 2000];
         let records: Vec<Vec<u8>> = (0..40)
             .map(|i| {
