@@ -22,14 +22,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// needed), preferring AES-128-GCM: as safe as AES-256 for this purpose and
 /// about a third cheaper per byte, which shows on a log's bulk traffic.
 ///
-/// The AES-GCM implementation is picked for the CPU: aws-lc-rs's uses
-/// AVX-512 where the CPU has it (mTLS range reads of 4 KiB records 15 %
-/// faster than with ring's on such a host), but without AVX-512 it falls
-/// back to 128-bit AES-NI, where ring's VAES/AVX2 code seals 6.0-6.9 GB/s
-/// against aws-lc-rs's 2.5-3.5 GB/s (BENCHMARKS.md, "Eleventh session").
-/// Key exchange, signatures and certificates stay with aws-lc-rs.
+/// After the handshake, records are sealed and opened by the record layer
+/// in [`crate::wire::tls`], which picks AES-GCM's implementation for the CPU;
+/// the suites chosen here matter for rustls's own handshake records only,
+/// and follow the same rule. Key exchange, signatures and certificates stay
+/// with aws-lc-rs.
 fn provider() -> Arc<CryptoProvider> {
-    provider_for(avx512_aes_gcm())
+    provider_for(crate::wire::tls::avx512_aes_gcm())
 }
 
 /// The provider for a CPU with (`avx512`) or without AVX-512 AES-GCM.
@@ -40,10 +39,6 @@ fn provider_for(avx512: bool) -> Arc<CryptoProvider> {
         let ring_aes_gcm = [
             ring::TLS13_AES_128_GCM_SHA256,
             ring::TLS13_AES_256_GCM_SHA384,
-            ring::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            ring::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-            ring::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-            ring::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
         ];
         for suite in provider.cipher_suites.iter_mut() {
             if let Some(r) = ring_aes_gcm.iter().find(|r| r.suite() == suite.suite()) {
@@ -51,33 +46,14 @@ fn provider_for(avx512: bool) -> Arc<CryptoProvider> {
             }
         }
     }
-    let preferred = [
-        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
-        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-    ];
     provider
         .cipher_suites
-        .sort_by_key(|s| !preferred.contains(&s.suite()));
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     Arc::new(provider)
 }
 
-/// Whether aws-lc-rs's AES-GCM is the one to use here: on x86-64 only
-/// where its AVX-512 code runs; on other architectures (ARMv8's AES
-/// instructions) it is kept.
-fn avx512_aes_gcm() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("vaes")
-            && std::arch::is_x86_feature_detected!("vpclmulqdq")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        true
-    }
-}
+/// TLS 1.3 only: the record layer after the handshake speaks TLS 1.3.
+const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
 /// Reads every certificate of a PEM file (at least one).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AuthError> {
@@ -141,12 +117,16 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
         .map_err(|e| AuthError::Tls(format!("client verifier: {e}")))?;
     let (certs, private_key) = (load_certs(cert)?, load_key(key)?);
     check_pair(&provider, &certs, &private_key, cert, key)?;
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
         .map_err(|e| AuthError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, private_key)
         .map_err(|e| AuthError::file(cert, e))?;
+    // The record layer takes the keys over after the handshake; clients do
+    // not resume sessions, so no tickets are sent.
+    config.enable_secret_extraction = true;
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -155,22 +135,24 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
     let provider = provider();
     let (certs, private_key) = (load_certs(cert)?, load_key(key)?);
     check_pair(&provider, &certs, &private_key, cert, key)?;
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
         .map_err(|e| AuthError::Tls(e.to_string()))?
         .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(certs, private_key)
         .map_err(|e| AuthError::file(cert, e))?;
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
 /// Client side without a certificate of its own (for tests of refusal).
 pub fn client_config_without_cert(ca: &Path) -> Result<Arc<ClientConfig>, AuthError> {
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
         .map_err(|e| AuthError::Tls(e.to_string()))?
         .with_root_certificates(roots(ca)?)
         .with_no_client_auth();
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -189,29 +171,25 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 
 /// Accepts mutual-TLS connections; the caller is its certificate's CN.
 pub struct TlsAcceptor {
-    inner: tokio_rustls::TlsAcceptor,
+    config: Arc<ServerConfig>,
 }
 
 impl TlsAcceptor {
     pub fn new(config: Arc<ServerConfig>) -> TlsAcceptor {
-        TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(config),
-        }
+        TlsAcceptor { config }
     }
 }
 
 impl Acceptor for TlsAcceptor {
-    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+    type Stream = crate::wire::tls::RecordStream<TcpStream>;
 
     async fn accept(&self, tcp: TcpStream) -> io::Result<(Self::Stream, String)> {
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(tcp))
+        let handshake = crate::wire::tls::accept(tcp, self.config.clone());
+        let (stream, chain) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        let subject = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
+        let subject = chain
+            .first()
             .and_then(|cert| common_name(cert.as_ref()))
             .ok_or_else(|| {
                 io::Error::new(

@@ -434,21 +434,18 @@ impl Client {
     }
 }
 
-/// The client's side of a TLS handshake over `tcp`, read through a
-/// [`ReadAhead`](crate::wire::read_ahead::ReadAhead); `server_name` must
-/// match the server's certificate.
+/// The client's side of a TLS 1.3 handshake over `tcp`; `server_name` must
+/// match the server's certificate, and `config` must allow secret
+/// extraction (as `auth::tls::client_config` does): the connection's
+/// records are sealed and opened by [`crate::wire::tls::RecordStream`].
 pub(crate) async fn tls_handshake(
     tcp: tokio::net::TcpStream,
     server_name: &str,
     config: std::sync::Arc<rustls::ClientConfig>,
-) -> Result<
-    tokio_rustls::client::TlsStream<crate::wire::read_ahead::ReadAhead<tokio::net::TcpStream>>,
-    ClientError,
-> {
+) -> Result<crate::wire::tls::RecordStream<tokio::net::TcpStream>, ClientError> {
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
         .map_err(|e| ClientError::Tls(format!("bad server name {server_name:?}: {e}")))?;
-    tokio_rustls::TlsConnector::from(config)
-        .connect(name, crate::wire::read_ahead::ReadAhead::new(tcp))
+    crate::wire::tls::connect(tcp, name, config)
         .await
         .map_err(|e| ClientError::Tls(format!("handshake with {server_name}: {e}")))
 }

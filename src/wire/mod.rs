@@ -1,8 +1,9 @@
 //! The wire contract shared by the server and the client library: the Rust
 //! generated from `schema/log.capnp` (reachable here as [`schema`]), the
 //! typed domain errors ([`errors`]) and the transport ([`transport`]:
-//! framing limits, buffered two-party vat network). It depends on nothing
-//! else of the node, so the client does not either.
+//! framing limits, buffered two-party vat network; [`tls`]: mutual TLS 1.3
+//! with our own record layer). It depends on nothing else of the node, so
+//! the client does not either.
 
 pub mod busy_poll;
 pub mod corked;
@@ -11,8 +12,8 @@ pub mod frame_stream;
 pub mod framed;
 pub mod outbox;
 pub mod prefixed;
-pub mod read_ahead;
 pub mod socket;
+pub mod tls;
 pub mod transport;
 
 pub use crate::log_capnp as schema;

@@ -1,0 +1,437 @@
+//! The TLS 1.3 record layer of an established connection (RFC 8446 §5):
+//! records are opened in the receive buffer they were read into and sealed
+//! in the send buffer they leave from.
+//!
+//! rustls's own stream reads at most 4 KiB a system call, zero-fills its
+//! buffer before each read, and copies every opened record twice (into a
+//! new `Vec`, then into the reader's buffer); it seals each record into a
+//! new allocation. Here one read takes all the socket holds (up to
+//! [`RECEIVE_BYTES`]), a record is opened in place and copied once, to the
+//! reader; a write is copied once, into the send buffer, and sealed there.
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use rustls::ConnectionTrafficSecrets;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::key::{RecordKey, TAG_LEN};
+
+/// The record header: type, legacy version, length.
+const HEADER_LEN: usize = 5;
+/// The most plaintext a record may carry (2^14).
+const MAX_PLAINTEXT: usize = 1 << 14;
+/// The largest record body a peer may send: plaintext, content type,
+/// padding and tag together (2^14 + 256).
+const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+/// Bytes of received records held at once: one read can take a burst of
+/// them, and there is always room for a whole record of the largest size.
+pub const RECEIVE_BYTES: usize = (64 << 10) + HEADER_LEN + MAX_CIPHERTEXT;
+/// The most plaintext one write seals; the send buffer holds at most this,
+/// sealed, plus one key update and one alert.
+const WRITE_BYTES: usize = 64 << 10;
+
+/// Outer content type of every protected record.
+const APPLICATION_DATA: u8 = 23;
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+/// Handshake message types allowed after the handshake.
+const NEW_SESSION_TICKET: u8 = 4;
+const KEY_UPDATE: u8 = 24;
+/// The alert that ends a direction cleanly.
+const CLOSE_NOTIFY: u8 = 0;
+/// Key updates a peer may send in a row without application data between
+/// them (as rustls allows): each costs a key derivation.
+const MAX_KEY_UPDATES_IN_A_ROW: u32 = 32;
+
+/// New traffic secrets for a key update, from rustls's kernel connection.
+pub trait TrafficSecrets: Send {
+    fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error>;
+    fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error>;
+}
+
+impl<D> TrafficSecrets for rustls::kernel::KernelConnection<D>
+where
+    rustls::kernel::KernelConnection<D>: Send,
+{
+    fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        self.update_tx_secret()
+    }
+    fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        self.update_rx_secret()
+    }
+}
+
+fn invalid(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+fn secrets_error(e: rustls::Error) -> io::Error {
+    io::Error::other(format!("TLS key update: {e}"))
+}
+
+/// A TLS 1.3 connection after its handshake.
+pub struct RecordStream<S> {
+    io: S,
+    secrets: Box<dyn TrafficSecrets>,
+    tx: RecordKey,
+    rx: RecordKey,
+    /// Records sealed under one key before the next: the cipher's
+    /// confidentiality limit, with a margin.
+    rekey_after: u64,
+    /// The sequence number at which the current key is replaced.
+    rekey_at: u64,
+
+    /// Received bytes: `received[start..end]` is not consumed yet; it starts
+    /// at a record boundary unless `plaintext` is inside it.
+    received: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// An opened record's plaintext not yet given to the reader.
+    plaintext: Range<usize>,
+    /// Plaintext that arrived with the last handshake flight, served first.
+    early: Vec<u8>,
+    /// The peer sent close_notify: reads see the end of the stream.
+    peer_closed: bool,
+    /// Key updates received since the last application data record.
+    key_updates_in_a_row: u32,
+    /// Key updates sent and received over the connection's life.
+    key_updates: (u64, u64),
+
+    /// Sealed records; `sealed[sent..]` has not left yet.
+    sealed: Vec<u8>,
+    sent: usize,
+    /// The peer asked for a key update: ours goes before our next record.
+    owe_key_update: bool,
+    /// close_notify is sealed: nothing more may be written.
+    closed: bool,
+}
+
+impl<S> RecordStream<S> {
+    /// The record layer over `io`, after a handshake that left `leftover`
+    /// (records received beyond it) and `early` (plaintext rustls opened).
+    pub(super) fn new(
+        io: S,
+        secrets: Box<dyn TrafficSecrets>,
+        (tx_seq, tx): (u64, ConnectionTrafficSecrets),
+        (rx_seq, rx): (u64, ConnectionTrafficSecrets),
+        confidentiality_limit: u64,
+        leftover: &[u8],
+        early: Vec<u8>,
+    ) -> io::Result<RecordStream<S>> {
+        let mut received = vec![0u8; RECEIVE_BYTES.max(leftover.len())].into_boxed_slice();
+        received[..leftover.len()].copy_from_slice(leftover);
+        Ok(RecordStream {
+            io,
+            secrets,
+            tx: RecordKey::new(&tx, tx_seq)?,
+            rx: RecordKey::new(&rx, rx_seq)?,
+            // Well before the limit, as rustls itself does.
+            rekey_after: confidentiality_limit / 4 * 3,
+            rekey_at: tx_seq.saturating_add(confidentiality_limit / 4 * 3),
+            received,
+            start: 0,
+            end: leftover.len(),
+            plaintext: 0..0,
+            early,
+            peer_closed: false,
+            key_updates_in_a_row: 0,
+            key_updates: (0, 0),
+            sealed: Vec::with_capacity(WRITE_BYTES + 4 * (HEADER_LEN + 1 + TAG_LEN)),
+            sent: 0,
+            owe_key_update: false,
+            closed: false,
+        })
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// Key updates sent and received so far.
+    pub fn key_updates(&self) -> (u64, u64) {
+        self.key_updates
+    }
+
+    /// Sends under a new key every `records` records (tests of key updates).
+    #[doc(hidden)]
+    pub fn rekey_every(&mut self, records: u64) {
+        self.rekey_after = records;
+        self.rekey_at = self.tx.seq() + records;
+    }
+
+    /// Opens the record at `start`, if whole; `Ok(false)` when more bytes
+    /// are needed.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let available = self.end - self.start;
+        if available < HEADER_LEN {
+            return Ok(false);
+        }
+        let header: [u8; HEADER_LEN] = self.received[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .map_err(|_| invalid("TLS record header"))?;
+        if header[0] != APPLICATION_DATA {
+            return Err(invalid(format!(
+                "unexpected TLS record type {} after the handshake",
+                header[0]
+            )));
+        }
+        let len = u16::from_be_bytes([header[3], header[4]]) as usize;
+        if len > MAX_CIPHERTEXT {
+            return Err(invalid(format!(
+                "TLS record of {len} bytes, over the limit of {MAX_CIPHERTEXT} (record_overflow)"
+            )));
+        }
+        if len < 1 + TAG_LEN {
+            return Err(invalid(format!("TLS record of {len} bytes is too short")));
+        }
+        if available < HEADER_LEN + len {
+            return Ok(false);
+        }
+        let body = self.start + HEADER_LEN..self.start + HEADER_LEN + len;
+        let opened = self.rx.open(&header, &mut self.received[body.clone()])?;
+        self.start = body.end;
+        // The inner content type is the last non-zero byte; zeros after it
+        // are padding.
+        let inner = &self.received[body.start..body.start + opened];
+        let Some(type_at) = inner.iter().rposition(|&b| b != 0) else {
+            return Err(invalid("TLS record without a content type"));
+        };
+        if type_at > MAX_PLAINTEXT {
+            return Err(invalid(
+                "TLS record plaintext over 2^14 bytes (record_overflow)",
+            ));
+        }
+        let content = body.start..body.start + type_at;
+        match inner[type_at] {
+            APPLICATION_DATA => {
+                self.plaintext = content;
+                self.key_updates_in_a_row = 0;
+            }
+            ALERT => self.alert(content)?,
+            HANDSHAKE => self.post_handshake(content)?,
+            other => {
+                return Err(invalid(format!(
+                    "unexpected TLS content type {other} after the handshake"
+                )));
+            }
+        }
+        Ok(true)
+    }
+
+    fn alert(&mut self, content: Range<usize>) -> io::Result<()> {
+        match self.received[content] {
+            [_, CLOSE_NOTIFY] => {
+                self.peer_closed = true;
+                Ok(())
+            }
+            [_, description] => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("peer sent TLS alert {description}"),
+            )),
+            _ => Err(invalid("malformed TLS alert")),
+        }
+    }
+
+    /// Handshake messages after the handshake: a key update (the peer's
+    /// next records use its new key) or a session ticket (ignored: these
+    /// connections do not resume).
+    fn post_handshake(&mut self, content: Range<usize>) -> io::Result<()> {
+        let mut at = content.start;
+        while at < content.end {
+            let rest = &self.received[at..content.end];
+            let [kind, a, b, c, ..] = *rest else {
+                return Err(invalid("TLS handshake message split across records"));
+            };
+            let len = u32::from_be_bytes([0, a, b, c]) as usize;
+            if rest.len() < 4 + len {
+                return Err(invalid("TLS handshake message split across records"));
+            }
+            let body = &rest[4..4 + len];
+            at += 4 + len;
+            match kind {
+                KEY_UPDATE => {
+                    let request = match body {
+                        [0] => false,
+                        [1] => true,
+                        _ => return Err(invalid("malformed TLS key update")),
+                    };
+                    if at != content.end {
+                        // A key change falls on a record boundary (RFC 8446 §5.1).
+                        return Err(invalid("TLS key update not at the end of its record"));
+                    }
+                    self.key_updates_in_a_row += 1;
+                    if self.key_updates_in_a_row > MAX_KEY_UPDATES_IN_A_ROW {
+                        return Err(invalid(format!(
+                            "over {MAX_KEY_UPDATES_IN_A_ROW} TLS key updates without data between them"
+                        )));
+                    }
+                    let (seq, secrets) = self.secrets.next_rx().map_err(secrets_error)?;
+                    self.rx = RecordKey::new(&secrets, seq)?;
+                    self.key_updates.1 += 1;
+                    self.owe_key_update |= request;
+                }
+                NEW_SESSION_TICKET => {}
+                other => {
+                    return Err(invalid(format!(
+                        "unexpected TLS handshake message {other} after the handshake"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one sealed record of `content_type` carrying `data`.
+    fn seal(&mut self, content_type: u8, data: &[u8]) -> io::Result<()> {
+        debug_assert!(data.len() <= MAX_PLAINTEXT);
+        let at = self.sealed.len();
+        let len = (data.len() + 1 + TAG_LEN) as u16;
+        let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
+        self.sealed.extend_from_slice(&header);
+        self.sealed.extend_from_slice(data);
+        self.sealed.push(content_type);
+        let tag = match self.tx.seal(&header, &mut self.sealed[at + HEADER_LEN..]) {
+            Ok(tag) => tag,
+            Err(e) => {
+                self.sealed.truncate(at);
+                return Err(e);
+            }
+        };
+        self.sealed.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Seals a key update (asking the peer for one when `request`), then
+    /// moves to the next key.
+    fn key_update(&mut self, request: bool) -> io::Result<()> {
+        self.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, request as u8])?;
+        let (seq, secrets) = self.secrets.next_tx().map_err(secrets_error)?;
+        self.tx = RecordKey::new(&secrets, seq)?;
+        self.key_updates.0 += 1;
+        self.owe_key_update = false;
+        self.rekey_at = seq.saturating_add(self.rekey_after);
+        Ok(())
+    }
+}
+
+impl<S: AsyncWrite + Unpin> RecordStream<S> {
+    /// Writes out the sealed records; ready once all have left.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.sealed.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.sealed[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.sealed.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for RecordStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early[..n]);
+            this.early.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if !this.plaintext.is_empty() {
+                let n = this.plaintext.len().min(buf.remaining());
+                let from = this.plaintext.start;
+                buf.put_slice(&this.received[from..from + n]);
+                this.plaintext.start += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            if this.open_next()? {
+                continue;
+            }
+            // Need more bytes: move the partial record to the front when
+            // a whole record might not fit after it.
+            if this.start == this.end {
+                (this.start, this.end) = (0, 0);
+            } else if this.received.len() - this.start < HEADER_LEN + MAX_CIPHERTEXT {
+                this.received.copy_within(this.start..this.end, 0);
+                (this.start, this.end) = (0, this.end - this.start);
+            }
+            let mut read = ReadBuf::new(&mut this.received[this.end..]);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            if n == 0 {
+                let what = if this.start == this.end {
+                    "peer closed the connection without a TLS close_notify"
+                } else {
+                    "connection closed inside a TLS record"
+                };
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, what)));
+            }
+            this.end += n;
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for RecordStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS connection already closed",
+            )));
+        }
+        ready!(this.poll_send(cx))?;
+        if this.owe_key_update {
+            this.key_update(false)?;
+        }
+        let taken = &buf[..buf.len().min(WRITE_BYTES)];
+        for chunk in taken.chunks(MAX_PLAINTEXT) {
+            if this.tx.seq() >= this.rekey_at {
+                this.key_update(false)?;
+            }
+            this.seal(APPLICATION_DATA, chunk)?;
+        }
+        // Start sending now; what the socket does not take yet leaves on
+        // the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(taken.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    /// Sends close_notify, then shuts the socket's write side.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closed {
+            ready!(this.poll_send(cx))?;
+            this.seal(ALERT, &[1, CLOSE_NOTIFY])?;
+            this.closed = true;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
