@@ -214,13 +214,21 @@ async fn a_tampered_record_is_refused_and_never_served() {
     client.write_all(b"intact").await.unwrap();
     client.flush().await.unwrap();
     assert_eq!(read_exactly(&mut server, 6).await, b"intact");
+    // A good record, then a tampered one, likely read in one go: the good
+    // one is handed over, the bad one fails this read and every later one.
+    client.write_all(b"before").await.unwrap();
+    client.flush().await.unwrap();
     tap.set(Mode::FlipLastByte);
     client.write_all(b"tampered").await.unwrap();
     client.flush().await.unwrap();
     let mut buf = [0u8; 64];
-    let err = server.read(&mut buf).await.unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
-    assert!(err.to_string().contains("bad_record_mac"), "{err}");
+    let n = server.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"before");
+    for _ in 0..2 {
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("bad_record_mac"), "{err}");
+    }
 }
 
 /// What our server makes of a raw record header announcing `len` bytes
