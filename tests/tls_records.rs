@@ -313,6 +313,23 @@ async fn a_tls_1_2_client_is_refused_by_the_node_configuration() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
 }
 
+#[tokio::test]
+async fn a_configuration_that_keeps_the_keys_is_refused_with_a_clear_error() {
+    let pki = pki();
+    let mut config = (*pki.client).clone();
+    config.enable_secret_extraction = false;
+    let (client, _server) = tcp_pair().await;
+    let err = connect(client, localhost(), Arc::new(config))
+        .await
+        .err()
+        .expect("refused before any byte is sent");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(
+        err.to_string().contains("enable_secret_extraction"),
+        "{err}"
+    );
+}
+
 /// What the tap does to the next write that reaches it.
 #[derive(Clone)]
 enum Mode {

@@ -179,8 +179,11 @@ impl Client {
         ClusterClient::connect(seeds, dial).await
     }
 
-    /// Connects with mutual TLS: `config` holds the CA to trust and this
-    /// client's certificate; `server_name` must match the server's certificate.
+    /// Connects with mutual TLS 1.3: `config` holds the CA to trust and this
+    /// client's certificate, and must allow secret extraction (as
+    /// `auth::tls::client_config` makes it: the connection's records are
+    /// sealed by [`crate::wire::tls`]); `server_name` must match the
+    /// server's certificate.
     pub async fn connect_tls(
         addr: impl ToSocketAddrs,
         server_name: &str,

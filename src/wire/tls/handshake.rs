@@ -23,6 +23,15 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS handshake: {e}"))
 }
 
+/// The record layer needs the traffic keys: a configuration made elsewhere
+/// than `auth::tls` must allow their extraction.
+fn extraction_disabled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "the rustls configuration must set enable_secret_extraction (auth::tls's configurations do)",
+    )
+}
+
 /// What the handshake driver needs of a client or server connection.
 trait Handshake {
     type Data;
@@ -75,6 +84,9 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if !config.enable_secret_extraction {
+        return Err(extraction_disabled());
+    }
     let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
     let (leftover, early) = drive(&mut conn, &mut io).await?;
     let peer = conn
@@ -93,6 +105,9 @@ pub async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if !config.enable_secret_extraction {
+        return Err(extraction_disabled());
+    }
     let mut conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
     let (leftover, early) = drive(&mut conn, &mut io).await?;
     established(io, conn, &leftover, early)
