@@ -10,8 +10,9 @@ pub const TAG_LEN: usize = 16;
 
 /// AES-GCM from the library that is faster on this CPU (see
 /// [`avx512_aes_gcm`](super::avx512_aes_gcm)); ChaCha20-Poly1305 from ring.
+/// ring's key schedule is held inline in its key (544 bytes), so it is boxed.
 enum Aead {
-    Ring(ring::aead::LessSafeKey),
+    Ring(Box<ring::aead::LessSafeKey>),
     AwsLc(aws_lc_rs::aead::LessSafeKey),
 }
 
@@ -27,24 +28,22 @@ fn key_error(what: &str) -> io::Error {
     io::Error::other(format!("TLS traffic key: {what}"))
 }
 
+/// The AEADs of TLS 1.3's cipher suites.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cipher {
+    Aes128Gcm,
+    Aes256Gcm,
+    Chacha20Poly1305,
+}
+
 impl RecordKey {
     /// The key for `secrets`, whose next record is number `seq`.
     pub fn new(secrets: &ConnectionTrafficSecrets, seq: u64) -> io::Result<RecordKey> {
-        let (key, iv, ring_alg, aws_alg) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (
-                key,
-                iv,
-                &ring::aead::AES_128_GCM,
-                Some(&aws_lc_rs::aead::AES_128_GCM),
-            ),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (
-                key,
-                iv,
-                &ring::aead::AES_256_GCM,
-                Some(&aws_lc_rs::aead::AES_256_GCM),
-            ),
+        let (cipher, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Cipher::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Cipher::Aes256Gcm, key, iv),
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (key, iv, &ring::aead::CHACHA20_POLY1305, None)
+                (Cipher::Chacha20Poly1305, key, iv)
             }
             _ => return Err(key_error("cipher not supported by the record layer")),
         };
@@ -52,15 +51,41 @@ impl RecordKey {
             .as_ref()
             .try_into()
             .map_err(|_| key_error("IV is not 12 bytes"))?;
-        let aead = match aws_alg {
-            Some(alg) if super::avx512_aes_gcm() => Aead::AwsLc(aws_lc_rs::aead::LessSafeKey::new(
-                aws_lc_rs::aead::UnboundKey::new(alg, key.as_ref())
-                    .map_err(|_| key_error("bad key length"))?,
-            )),
-            _ => Aead::Ring(ring::aead::LessSafeKey::new(
-                ring::aead::UnboundKey::new(ring_alg, key.as_ref())
-                    .map_err(|_| key_error("bad key length"))?,
-            )),
+        RecordKey::with(cipher, key.as_ref(), iv, seq, super::avx512_aes_gcm())
+    }
+
+    /// The key from its parts; AES-GCM from aws-lc-rs when `aws_lc`, else ring.
+    fn with(
+        cipher: Cipher,
+        key: &[u8],
+        iv: [u8; 12],
+        seq: u64,
+        aws_lc: bool,
+    ) -> io::Result<RecordKey> {
+        fn bad_key<E>(_: E) -> io::Error {
+            key_error("bad key length")
+        }
+        let aead = match (cipher, aws_lc) {
+            (Cipher::Aes128Gcm | Cipher::Aes256Gcm, true) => {
+                let alg = if cipher == Cipher::Aes128Gcm {
+                    &aws_lc_rs::aead::AES_128_GCM
+                } else {
+                    &aws_lc_rs::aead::AES_256_GCM
+                };
+                Aead::AwsLc(aws_lc_rs::aead::LessSafeKey::new(
+                    aws_lc_rs::aead::UnboundKey::new(alg, key).map_err(bad_key)?,
+                ))
+            }
+            _ => {
+                let alg = match cipher {
+                    Cipher::Aes128Gcm => &ring::aead::AES_128_GCM,
+                    Cipher::Aes256Gcm => &ring::aead::AES_256_GCM,
+                    Cipher::Chacha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
+                };
+                Aead::Ring(Box::new(ring::aead::LessSafeKey::new(
+                    ring::aead::UnboundKey::new(alg, key).map_err(bad_key)?,
+                )))
+            }
         };
         Ok(RecordKey { aead, iv, seq })
     }
@@ -137,5 +162,64 @@ impl RecordKey {
                 "TLS record failed authentication (bad_record_mac)",
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record sealed by one library opens with the other: the node and
+    /// its clients may run on CPUs that pick differently.
+    #[test]
+    fn a_record_sealed_by_either_library_opens_with_the_other_and_not_when_altered() {
+        let header = [23, 3, 3, 0, 0];
+        for (cipher, key_len) in [
+            (Cipher::Aes128Gcm, 16),
+            (Cipher::Aes256Gcm, 32),
+            (Cipher::Chacha20Poly1305, 32),
+        ] {
+            let key: Vec<u8> = (0..key_len as u8).collect();
+            let iv = [7u8; 12];
+            for (seal_aws_lc, open_aws_lc) in [(true, false), (false, true), (false, false)] {
+                let mut sealer = RecordKey::with(cipher, &key, iv, 5, seal_aws_lc).unwrap();
+                let mut opener = RecordKey::with(cipher, &key, iv, 5, open_aws_lc).unwrap();
+                let mut altered = RecordKey::with(cipher, &key, iv, 5, open_aws_lc).unwrap();
+                let plaintext = b"a record of the log".to_vec();
+                let mut record = plaintext.clone();
+                let tag = sealer.seal(&header, &mut record).unwrap();
+                assert_ne!(record, plaintext, "{cipher:?} sealed");
+                record.extend_from_slice(&tag);
+                let first = record.clone();
+                let mut tampered = record.clone();
+                tampered[0] ^= 1;
+                let n = opener.open(&header, &mut record).unwrap();
+                assert_eq!(
+                    &record[..n],
+                    plaintext,
+                    "{cipher:?} {seal_aws_lc} {open_aws_lc}"
+                );
+                assert!(altered.open(&header, &mut tampered).is_err());
+                // The next record has the next nonce: the same plaintext
+                // seals differently, and opens only as record 6.
+                let mut second = plaintext.clone();
+                let tag = sealer.seal(&header, &mut second).unwrap();
+                second.extend_from_slice(&tag);
+                assert_ne!(second, first);
+                let n = opener.open(&header, &mut second).unwrap();
+                assert_eq!(&second[..n], plaintext);
+                assert_eq!((sealer.seq(), opener.seq()), (7, 7));
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_sequence_number_is_never_used() {
+        let mut key =
+            RecordKey::with(Cipher::Aes128Gcm, &[1; 16], [0; 12], u64::MAX - 1, false).unwrap();
+        let mut record = vec![0u8; 4];
+        key.seal(&[23, 3, 3, 0, 20], &mut record).unwrap();
+        let err = key.seal(&[23, 3, 3, 0, 20], &mut record).unwrap_err();
+        assert!(err.to_string().contains("exhausted"), "{err}");
     }
 }
