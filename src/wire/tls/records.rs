@@ -435,3 +435,177 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordStream<S> {
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rustls::crypto::cipher::{AeadKey, Iv};
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    fn secrets(n: u8) -> ConnectionTrafficSecrets {
+        ConnectionTrafficSecrets::Aes256Gcm {
+            key: AeadKey::from([n; 32]),
+            iv: Iv::from([n; 12]),
+        }
+    }
+
+    /// Key updates move each direction to the next numbered key.
+    struct Numbered {
+        tx: u8,
+        rx: u8,
+    }
+
+    impl TrafficSecrets for Numbered {
+        fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+            self.tx += 1;
+            Ok((0, secrets(self.tx)))
+        }
+        fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+            self.rx += 1;
+            Ok((0, secrets(self.rx)))
+        }
+    }
+
+    /// What a peer puts inside one protected record.
+    #[derive(Clone, Debug)]
+    enum Inner {
+        Data(Vec<u8>, usize),
+        Alert(u8, u8),
+        KeyUpdate(u8),
+        Ticket(Vec<u8>),
+        /// A handshake message of another type.
+        Handshake(u8),
+        /// Content of a type with no place after the handshake.
+        Other(u8, Vec<u8>),
+        /// Nothing but zeros: no content type at all.
+        Zeros(usize),
+    }
+
+    fn inner() -> impl Strategy<Value = Inner> {
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..40);
+        prop_oneof![
+            6 => (bytes(), 0..20usize).prop_map(|(d, pad)| Inner::Data(d, pad)),
+            1 => (1..3u8, prop_oneof![Just(CLOSE_NOTIFY), any::<u8>()])
+                .prop_map(|(l, d)| Inner::Alert(l, d)),
+            2 => (0..3u8).prop_map(Inner::KeyUpdate),
+            1 => bytes().prop_map(Inner::Ticket),
+            1 => any::<u8>()
+                .prop_filter("not 4 or 24", |t| *t != NEW_SESSION_TICKET && *t != KEY_UPDATE)
+                .prop_map(Inner::Handshake),
+            1 => (1..=255u8, bytes())
+                .prop_filter("not 21-23", |(t, _)| !(21..=23).contains(t))
+                .prop_map(|(t, d)| Inner::Other(t, d)),
+            1 => (1..5usize).prop_map(Inner::Zeros),
+        ]
+    }
+
+    /// What reading the records must give: the application data in order,
+    /// up to the first record that ends the stream, and how it ends.
+    #[derive(Debug, PartialEq)]
+    enum End {
+        CloseNotify,
+        Error(io::ErrorKind),
+        /// The records ran out: the connection ends without close_notify.
+        Cut,
+    }
+
+    fn expected(records: &[Inner]) -> (Vec<u8>, End) {
+        let mut data = Vec::new();
+        for r in records {
+            match r {
+                Inner::Data(d, _) => data.extend_from_slice(d),
+                Inner::Alert(_, 0) => return (data, End::CloseNotify),
+                Inner::Alert(..) => return (data, End::Error(io::ErrorKind::ConnectionAborted)),
+                Inner::KeyUpdate(0 | 1) | Inner::Ticket(_) => {}
+                _ => return (data, End::Error(io::ErrorKind::InvalidData)),
+            }
+        }
+        (data, End::Cut)
+    }
+
+    /// The peer's bytes for `records`, sealed as the peer would, moving to
+    /// its next key after each key update it sends.
+    fn sealed(records: &[Inner]) -> Vec<u8> {
+        let mut key = RecordKey::new(&secrets(1), 0).unwrap();
+        let mut next = 1;
+        let mut wire = Vec::new();
+        for r in records {
+            let mut plain = match r {
+                Inner::Data(d, pad) => [d.as_slice(), &[APPLICATION_DATA], &vec![0; *pad]].concat(),
+                Inner::Alert(level, desc) => vec![*level, *desc, ALERT],
+                Inner::KeyUpdate(req) => vec![KEY_UPDATE, 0, 0, 1, *req, HANDSHAKE],
+                Inner::Ticket(t) => {
+                    let len = (t.len() as u32).to_be_bytes();
+                    [
+                        &[NEW_SESSION_TICKET, len[1], len[2], len[3]],
+                        t.as_slice(),
+                        &[HANDSHAKE],
+                    ]
+                    .concat()
+                }
+                Inner::Handshake(kind) => vec![*kind, 0, 0, 0, HANDSHAKE],
+                Inner::Other(kind, d) => [d.as_slice(), &[*kind]].concat(),
+                Inner::Zeros(n) => vec![0; *n],
+            };
+            let len = (plain.len() + TAG_LEN) as u16;
+            let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
+            let tag = key.seal(&header, &mut plain).unwrap();
+            wire.extend_from_slice(&header);
+            wire.extend_from_slice(&plain);
+            wire.extend_from_slice(&tag);
+            if matches!(r, Inner::KeyUpdate(0 | 1)) {
+                next += 1;
+                key = RecordKey::new(&secrets(next), 0).unwrap();
+            }
+        }
+        wire
+    }
+
+    /// Reads everything `wire` gives through a record layer, in reads of
+    /// `chunk` bytes at most.
+    async fn read_all(wire: Vec<u8>, chunk: usize) -> (Vec<u8>, End) {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        tokio::io::AsyncWriteExt::write_all(&mut peer, &wire)
+            .await
+            .unwrap();
+        drop(peer);
+        let keys = Box::new(Numbered { tx: 100, rx: 1 });
+        let mut stream = RecordStream::new(
+            ours,
+            keys,
+            (0, secrets(100)),
+            (0, secrets(1)),
+            1 << 24,
+            &[],
+            Vec::new(),
+        )
+        .unwrap();
+        let mut data = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return (data, End::CloseNotify),
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return (data, End::Cut),
+                Err(e) => return (data, End::Error(e.kind())),
+            }
+        }
+    }
+
+    proptest! {
+        /// Whatever a peer with the keys puts in its records, the reader
+        /// hands over exactly the application data before the first record
+        /// that ends the stream, ends as that record says, and never panics.
+        #[test]
+        fn records_are_read_as_the_protocol_says(
+            records in proptest::collection::vec(inner(), 0..12),
+            chunk in 1..64usize,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = runtime.block_on(read_all(sealed(&records), chunk));
+            prop_assert_eq!(got, expected(&records));
+        }
+    }
+}
