@@ -314,6 +314,33 @@ async fn a_tls_1_2_client_is_refused_by_the_node_configuration() {
 }
 
 #[tokio::test]
+async fn a_refused_client_certificate_reaches_the_client_as_the_servers_alert() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = certs::new_ca("other CA", Validity::days(1)).unwrap();
+    let client = Leaf::Client {
+        common_name: "stranger".into(),
+    };
+    let stranger = certs::issue(&other_ca, &client, Validity::days(1)).unwrap();
+    let (cert, key) = certs::write(dir.path(), "stranger", &stranger).unwrap();
+    let config = tls::client_config(&pki._dir.path().join("ca.pem"), &cert, &key).unwrap();
+    let (client, server) = tcp_pair().await;
+    let (client, server) = tokio::join!(
+        connect(client, localhost(), config),
+        accept(server, pki.server.clone())
+    );
+    let refused = server.err().expect("the server refuses the certificate");
+    assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
+    // Under TLS 1.3 the client's side may finish first; either way the
+    // server's alert says why.
+    let err = match client {
+        Err(e) => e,
+        Ok(mut client) => client.read(&mut [0u8; 16]).await.unwrap_err(),
+    };
+    assert!(err.to_string().contains("alert"), "{err}");
+}
+
+#[tokio::test]
 async fn a_configuration_that_keeps_the_keys_is_refused_with_a_clear_error() {
     let pki = pki();
     let mut config = (*pki.client).clone();

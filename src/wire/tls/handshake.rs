@@ -152,7 +152,15 @@ where
         let UnbufferedStatus { mut discard, state } = conn.process(&mut incoming[..filled]);
         let mut read_more = false;
         let mut established = false;
-        match state.map_err(tls_error)? {
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                incoming.copy_within(discard..filled, 0);
+                send_alert(conn, io, &mut incoming[..filled - discard]).await;
+                return Err(tls_error(e));
+            }
+        };
+        match state {
             ConnectionState::EncodeTlsData(mut data) => loop {
                 match data.encode(&mut outgoing[queued..]) {
                     Ok(n) => {
@@ -217,5 +225,45 @@ where
             }
             filled += n;
         }
+    }
+}
+
+/// After a failed handshake, sends the alert rustls queued (a bad
+/// certificate, an unknown CA, no common version), so that the peer learns
+/// why; best effort, the handshake fails either way.
+async fn send_alert<C, S>(conn: &mut C, io: &mut S, incoming: &mut [u8])
+where
+    C: Handshake,
+    S: AsyncWrite + Unpin,
+{
+    let mut outgoing = vec![0u8; 64];
+    let mut queued = 0;
+    // rustls hands out what it queued before it looks at `incoming` again
+    // (the bytes it has not discarded, as it requires). An alert is
+    // encoded in a step or two; more would be a surprise.
+    for _ in 0..4 {
+        let status = conn.process(incoming);
+        if status.discard != 0 {
+            break;
+        }
+        let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state else {
+            break;
+        };
+        loop {
+            match data.encode(&mut outgoing[queued..]) {
+                Ok(n) => {
+                    queued += n;
+                    break;
+                }
+                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    outgoing.resize(queued + required_size, 0);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    if queued > 0 {
+        let _ = io.write_all(&outgoing[..queued]).await;
+        let _ = io.flush().await;
     }
 }

@@ -230,7 +230,10 @@ impl<S> RecordStream<S> {
             }
             [_, description] => Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                format!("peer sent TLS alert {description}"),
+                format!(
+                    "peer sent TLS alert {:?}",
+                    rustls::AlertDescription::from(description)
+                ),
             )),
             _ => Err(invalid("malformed TLS alert")),
         }
