@@ -161,18 +161,9 @@ where
             }
         };
         match state {
-            ConnectionState::EncodeTlsData(mut data) => loop {
-                match data.encode(&mut outgoing[queued..]) {
-                    Ok(n) => {
-                        queued += n;
-                        break;
-                    }
-                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                        outgoing.resize(queued + required_size, 0);
-                    }
-                    Err(e) => return Err(io::Error::other(format!("TLS handshake: {e}"))),
-                }
-            },
+            ConnectionState::EncodeTlsData(mut data) => {
+                queued += encode(&mut data, &mut outgoing, queued)?;
+            }
             ConnectionState::TransmitTlsData(data) => {
                 io.write_all(&outgoing[..queued]).await?;
                 io.flush().await?;
@@ -249,21 +240,31 @@ where
         let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state else {
             break;
         };
-        loop {
-            match data.encode(&mut outgoing[queued..]) {
-                Ok(n) => {
-                    queued += n;
-                    break;
-                }
-                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    outgoing.resize(queued + required_size, 0);
-                }
-                Err(_) => break,
-            }
+        match encode(&mut data, &mut outgoing, queued) {
+            Ok(n) => queued += n,
+            Err(_) => break,
         }
     }
     if queued > 0 {
         let _ = io.write_all(&outgoing[..queued]).await;
         let _ = io.flush().await;
+    }
+}
+
+/// Encodes rustls's next handshake record into `outgoing` after its first
+/// `queued` bytes, growing it as rustls asks; returns the bytes added.
+fn encode<D>(
+    data: &mut rustls::unbuffered::EncodeTlsData<'_, D>,
+    outgoing: &mut Vec<u8>,
+    queued: usize,
+) -> io::Result<usize> {
+    loop {
+        match data.encode(&mut outgoing[queued..]) {
+            Ok(n) => return Ok(n),
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                outgoing.resize(queued + required_size, 0);
+            }
+            Err(e) => return Err(io::Error::other(format!("TLS handshake: {e}"))),
+        }
     }
 }
