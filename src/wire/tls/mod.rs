@@ -15,7 +15,7 @@ mod key;
 mod records;
 
 pub use handshake::{accept, connect};
-pub use records::{RECEIVE_BYTES, RecordStream};
+pub use records::RecordStream;
 
 /// Whether aws-lc-rs's AES-GCM is the one to use here: on x86-64 only
 /// where its AVX-512 code runs (mTLS range reads of 4 KiB records 15 %

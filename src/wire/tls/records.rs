@@ -28,7 +28,7 @@ const MAX_PLAINTEXT: usize = 1 << 14;
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// Bytes of received records held at once: one read can take a burst of
 /// them, and there is always room for a whole record of the largest size.
-pub const RECEIVE_BYTES: usize = (64 << 10) + HEADER_LEN + MAX_CIPHERTEXT;
+const RECEIVE_BYTES: usize = (64 << 10) + HEADER_LEN + MAX_CIPHERTEXT;
 /// The most plaintext one write seals; the send buffer holds at most this,
 /// sealed, plus one key update and one alert.
 const WRITE_BYTES: usize = 64 << 10;
@@ -144,11 +144,6 @@ impl<S> RecordStream<S> {
             owe_key_update: false,
             closed: false,
         })
-    }
-
-    /// The underlying stream.
-    pub fn get_ref(&self) -> &S {
-        &self.io
     }
 
     /// Key updates sent and received so far.
