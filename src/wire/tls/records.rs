@@ -1,13 +1,16 @@
 //! The TLS 1.3 record layer of an established connection (RFC 8446 §5):
-//! records are opened in the receive buffer they were read into and sealed
-//! in the send buffer they leave from.
+//! records are sealed from the writer's bytes into the send buffer they
+//! leave from, and opened from the receive buffer into the reader's.
 //!
 //! rustls's own stream reads at most 4 KiB a system call, zero-fills its
 //! buffer before each read, and copies every opened record twice (into a
 //! new `Vec`, then into the reader's buffer); it seals each record into a
 //! new allocation. Here one read takes all the socket holds (up to
-//! [`RECEIVE_BYTES`]), a record is opened in place and copied once, to the
-//! reader; a write is copied once, into the send buffer, and sealed there.
+//! [`RECEIVE_BYTES`]); a record whose plaintext fits in the reader's buffer
+//! is decrypted straight into it, others are opened in place and copied
+//! once; a write is encrypted straight from the writer's bytes into the
+//! send buffer. With aws-lc-rs each of these is one pass over the bytes
+//! (ring's AES-GCM copies, then works in place).
 
 use std::io;
 use std::ops::Range;
@@ -29,9 +32,11 @@ const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// Bytes of received records held at once: one read can take a burst of
 /// them, and there is always room for a whole record of the largest size.
 const RECEIVE_BYTES: usize = (64 << 10) + HEADER_LEN + MAX_CIPHERTEXT;
-/// The most plaintext one write seals; the send buffer holds at most this,
-/// sealed, plus one key update and one alert.
+/// The most plaintext one write seals.
 const WRITE_BYTES: usize = 64 << 10;
+/// The send buffer: one write's records, sealed, and room for the key
+/// updates and alert that may go with them (it grows if ever short).
+const SEND_BYTES: usize = WRITE_BYTES + 16 * (HEADER_LEN + 8 + TAG_LEN);
 
 /// Outer content type of every protected record.
 const APPLICATION_DATA: u8 = 23;
@@ -100,8 +105,10 @@ pub struct RecordStream<S> {
     /// Key updates sent and received over the connection's life.
     key_updates: (u64, u64),
 
-    /// Sealed records; `sealed[sent..]` has not left yet.
-    sealed: Vec<u8>,
+    /// Sealed records, `sealed[..sealed_len]`; `sealed[sent..sealed_len]`
+    /// has not left yet. Zeroed once: records are sealed over old ones.
+    sealed: Box<[u8]>,
+    sealed_len: usize,
     sent: usize,
     /// The peer asked for a key update: ours goes before our next record.
     owe_key_update: bool,
@@ -139,7 +146,8 @@ impl<S> RecordStream<S> {
             peer_closed: false,
             key_updates_in_a_row: 0,
             key_updates: (0, 0),
-            sealed: Vec::with_capacity(WRITE_BYTES + 4 * (HEADER_LEN + 1 + TAG_LEN)),
+            sealed: vec![0u8; SEND_BYTES].into_boxed_slice(),
+            sealed_len: 0,
             sent: 0,
             owe_key_update: false,
             closed: false,
@@ -159,8 +167,10 @@ impl<S> RecordStream<S> {
     }
 
     /// Opens the record at `start`, if whole; `Ok(false)` when more bytes
-    /// are needed.
-    fn open_next(&mut self) -> io::Result<bool> {
+    /// are needed. Its plaintext goes straight into `reader` when all of it
+    /// fits there and it is application data; otherwise it is left in
+    /// `plaintext`, or handled here (alerts, key updates).
+    fn open_next(&mut self, reader: &mut ReadBuf<'_>) -> io::Result<bool> {
         let available = self.end - self.start;
         if available < HEADER_LEN {
             return Ok(false);
@@ -187,8 +197,28 @@ impl<S> RecordStream<S> {
             return Ok(false);
         }
         let body = self.start + HEADER_LEN..self.start + HEADER_LEN + len;
-        let opened = self.rx.open(&header, &mut self.received[body.clone()])?;
-        self.start = body.end;
+        let inner_len = len - TAG_LEN;
+        let opened = if reader.remaining() >= inner_len {
+            let out = &mut reader.initialize_unfilled_to(inner_len)[..inner_len];
+            self.rx
+                .open_into(&header, &self.received[body.clone()], out)?;
+            self.start = body.end;
+            match out.iter().rposition(|&b| b != 0) {
+                Some(type_at) if out[type_at] == APPLICATION_DATA && type_at <= MAX_PLAINTEXT => {
+                    reader.advance(type_at);
+                    self.key_updates_in_a_row = 0;
+                    return Ok(true);
+                }
+                // Not data for the reader: checked and handled below, from
+                // where the in-place path leaves a record's plaintext.
+                _ => self.received[body.start..body.start + inner_len].copy_from_slice(out),
+            }
+            inner_len
+        } else {
+            let opened = self.rx.open(&header, &mut self.received[body.clone()])?;
+            self.start = body.end;
+            opened
+        };
         // The inner content type is the last non-zero byte; zeros after it
         // are padding.
         let inner = &self.received[body.start..body.start + opened];
@@ -286,20 +316,19 @@ impl<S> RecordStream<S> {
     /// Appends one sealed record of `content_type` carrying `data`.
     fn seal(&mut self, content_type: u8, data: &[u8]) -> io::Result<()> {
         debug_assert!(data.len() <= MAX_PLAINTEXT);
-        let at = self.sealed.len();
-        let len = (data.len() + 1 + TAG_LEN) as u16;
+        let at = self.sealed_len;
+        let len = data.len() + 1 + TAG_LEN;
+        let end = at + HEADER_LEN + len;
+        if end > self.sealed.len() {
+            let mut grown = std::mem::take(&mut self.sealed).into_vec();
+            grown.resize(end.max(grown.len() + grown.len() / 4), 0);
+            self.sealed = grown.into_boxed_slice();
+        }
         let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
-        self.sealed.extend_from_slice(&header);
-        self.sealed.extend_from_slice(data);
-        self.sealed.push(content_type);
-        let tag = match self.tx.seal(&header, &mut self.sealed[at + HEADER_LEN..]) {
-            Ok(tag) => tag,
-            Err(e) => {
-                self.sealed.truncate(at);
-                return Err(e);
-            }
-        };
-        self.sealed.extend_from_slice(&tag);
+        self.sealed[at..at + HEADER_LEN].copy_from_slice(&header);
+        let out = &mut self.sealed[at + HEADER_LEN..end];
+        self.tx.seal_into(&header, data, content_type, out)?;
+        self.sealed_len = end;
         Ok(())
     }
 
@@ -319,14 +348,15 @@ impl<S> RecordStream<S> {
 impl<S: AsyncWrite + Unpin> RecordStream<S> {
     /// Writes out the sealed records; ready once all have left.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.sealed.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.sealed[self.sent..]))?;
+        while self.sent < self.sealed_len {
+            let unsent = &self.sealed[self.sent..self.sealed_len];
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, unsent))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
         }
-        self.sealed.clear();
+        self.sealed_len = 0;
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -356,7 +386,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for RecordStream<S> {
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            if this.open_next()? {
+            let before = buf.filled().len();
+            if this.open_next(buf)? {
+                if buf.filled().len() > before {
+                    return Poll::Ready(Ok(()));
+                }
                 continue;
             }
             // Need more bytes: move the partial record to the front when
@@ -547,12 +581,13 @@ mod tests {
                 Inner::Other(kind, d) => [d.as_slice(), &[*kind]].concat(),
                 Inner::Zeros(n) => vec![0; *n],
             };
-            let len = (plain.len() + TAG_LEN) as u16;
+            let len = plain.len() + TAG_LEN;
             let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
-            let tag = key.seal(&header, &mut plain).unwrap();
+            let last = plain.pop().unwrap_or(0);
+            let mut record = vec![0u8; len];
+            key.seal_into(&header, &plain, last, &mut record).unwrap();
             wire.extend_from_slice(&header);
-            wire.extend_from_slice(&plain);
-            wire.extend_from_slice(&tag);
+            wire.extend_from_slice(&record);
             if matches!(r, Inner::KeyUpdate(0 | 1)) {
                 next += 1;
                 key = RecordKey::new(&secrets(next), 0).unwrap();
