@@ -244,6 +244,7 @@ pub fn rpc_messages(data: &[u8]) -> usize {
         let outbox = crate::wire::outbox::Outbox::new(Some(budget.clone()));
         let network = crate::wire::transport::vat_network(
             server,
+            crate::wire::transport::WriteGathering::Buffered,
             capnp_rpc::rpc_twoparty_capnp::Side::Server,
             limits,
             1 << 20,

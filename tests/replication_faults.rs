@@ -19,7 +19,7 @@ use proglog::wire::frame_stream;
 use proglog::wire::framed::ReceiveLimits;
 use proglog::wire::prefixed::Prefixed;
 use proglog::wire::schema::log;
-use proglog::wire::transport::vat_network;
+use proglog::wire::transport::{WriteGathering, vat_network};
 use tokio::io::AsyncReadExt;
 
 /// What the fake leader sends after two good records.
@@ -136,6 +136,7 @@ async fn fake_leader(script: Script) -> SocketAddr {
             let serve_capnp = move |tcp: Box<dyn Stream>| {
                 let network = vat_network(
                     tcp,
+                    WriteGathering::Buffered,
                     Side::Server,
                     ReceiveLimits::new(1 << 20),
                     1 << 20,

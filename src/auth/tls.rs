@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use super::AuthError;
 use crate::rpc::Acceptor;
+use crate::wire::transport::WriteGathering;
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -182,6 +183,7 @@ impl TlsAcceptor {
 
 impl Acceptor for TlsAcceptor {
     type Stream = crate::wire::tls::RecordStream<TcpStream>;
+    const GATHERING: WriteGathering = WriteGathering::ByStream;
 
     async fn accept(&self, tcp: TcpStream) -> io::Result<(Self::Stream, String)> {
         let handshake = crate::wire::tls::accept(tcp, self.config.clone());

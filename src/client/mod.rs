@@ -42,7 +42,7 @@ pub use stream::{FrameStream, Record, RecordStream, ReplicaBatch};
 use crate::wire::busy_poll::BusyPoll;
 use crate::wire::framed::ReceiveLimits;
 use crate::wire::schema::{log, produced};
-use crate::wire::transport::vat_network;
+use crate::wire::transport::{WriteGathering, vat_network};
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -163,8 +163,10 @@ impl Client {
         let Some((server_name, config)) = tls else {
             return Ok(Client::over(tcp, options));
         };
-        Ok(Client::over(
-            tls_handshake(tcp, server_name, config).await?,
+        let tls = tls_handshake(tcp, server_name, config).await?;
+        Ok(Client::over_gathering(
+            tls,
+            WriteGathering::ByStream,
             options,
         ))
     }
@@ -198,8 +200,18 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
+        Client::over_gathering(stream, WriteGathering::Buffered, options)
+    }
+
+    /// [`Client::over`], with the stream's writes gathered as `gathering`
+    /// says.
+    fn over_gathering<S>(stream: S, gathering: WriteGathering, options: ClientOptions) -> Client
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
         let network = vat_network(
             stream,
+            gathering,
             Side::Client,
             ReceiveLimits::new(options.max_message_bytes).trusting_the_sender(),
             options.stream_window_bytes,

@@ -238,7 +238,13 @@ async fn stream_pull(
     };
     let (reader, mut writer) = tokio::io::split(socket);
     let mut reader = tokio::io::BufReader::with_capacity(STREAM_READ_BYTES, reader);
-    if let Err(e) = writer.write_all(&request).await {
+    // The record layer of a TLS stream sends what it gathered on a flush.
+    if let Err(e) = async {
+        writer.write_all(&request).await?;
+        writer.flush().await
+    }
+    .await
+    {
         let why = format!("sending the replication request: {e}");
         let _ = batches.send(Err(PullEnd::Retry(why))).await;
         return Some(());
@@ -284,7 +290,11 @@ async fn stream_pull(
     let report = async {
         while positions.changed().await.is_ok() {
             let committed = *positions.borrow_and_update();
-            if writer.write_all(&committed.to_le_bytes()).await.is_err() {
+            let sent = async {
+                writer.write_all(&committed.to_le_bytes()).await?;
+                writer.flush().await
+            };
+            if sent.await.is_err() {
                 return;
             }
         }

@@ -36,7 +36,7 @@ use crate::wire::frame_stream;
 use crate::wire::framed::{Activity, ByteBudget, ReceiveLimits};
 use crate::wire::outbox::Outbox;
 use crate::wire::prefixed::Prefixed;
-use crate::wire::transport::vat_network;
+use crate::wire::transport::{WriteGathering, vat_network};
 
 /// Settings of the RPC front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +93,8 @@ impl Default for RpcConfig {
 /// Without one, connections are plain TCP and the caller is `anonymous`.
 pub trait Acceptor: 'static {
     type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static;
+    /// Where the stream's outgoing bytes are gathered into large writes.
+    const GATHERING: WriteGathering;
     /// Completes the handshake; returns the stream and the caller's identity.
     fn accept(
         &self,
@@ -105,6 +107,7 @@ pub struct PlainAcceptor;
 
 impl Acceptor for PlainAcceptor {
     type Stream = TcpStream;
+    const GATHERING: WriteGathering = WriteGathering::Buffered;
     async fn accept(&self, tcp: TcpStream) -> io::Result<(TcpStream, String)> {
         Ok((tcp, "anonymous".to_string()))
     }
@@ -374,6 +377,7 @@ async fn serve_connection<A: Acceptor>(tcp: TcpStream, peer: SocketAddr, conn: R
     let outbox = Outbox::new(Some(conn.budget.clone()));
     let network = vat_network(
         stream,
+        A::GATHERING,
         Side::Server,
         limits,
         config.stream_window_bytes,

@@ -37,6 +37,9 @@ struct Shared<W> {
     busy_poll: Option<BusyPoll>,
     /// A flush was asked for and has not been done yet.
     flush_wanted: bool,
+    /// Bytes were written since the last flush (with no buffer here, they
+    /// wait in the writer beneath, e.g. the TLS record layer's).
+    unflushed: bool,
     /// The writer side is gone (the connection ended): the flusher writes
     /// what is left and stops.
     writer_dropped: bool,
@@ -100,12 +103,14 @@ impl<W: AsyncWrite + Unpin> Shared<W> {
 impl<W: AsyncWrite + Unpin + 'static> CorkedWriter<W> {
     /// Wraps `inner` with a buffer of `capacity` bytes and starts its
     /// flusher on this thread's local task set; each flush done is told to
-    /// `busy_poll`.
+    /// `busy_poll`. With `capacity` 0 writes go straight to `inner`, which
+    /// then gathers them itself until flushed (the TLS record layer does).
     pub fn new(inner: W, capacity: usize, busy_poll: Option<BusyPoll>) -> CorkedWriter<W> {
         let shared = Rc::new(RefCell::new(Shared {
             inner: BufWriter::with_capacity(capacity, inner),
             busy_poll,
             flush_wanted: false,
+            unflushed: false,
             writer_dropped: false,
             flusher: None,
             blocked: Arc::default(),
@@ -133,6 +138,7 @@ async fn flusher<W: AsyncWrite + Unpin>(shared: Rc<RefCell<Shared<W>>>) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(())) => {
                     s.flush_wanted = false;
+                    s.unflushed = false;
                     if let Some(b) = &s.busy_poll {
                         b.reply_sent();
                     }
@@ -188,7 +194,11 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CorkedWriter<W> {
         if let Some(e) = s.take_error() {
             return Poll::Ready(Err(e));
         }
-        s.poll_inner(cx, |w, cx| w.poll_write(cx, buf))
+        let written = s.poll_inner(cx, |w, cx| w.poll_write(cx, buf));
+        if let Poll::Ready(Ok(n)) = written {
+            s.unflushed |= n > 0;
+        }
+        written
     }
 
     /// Asks the flusher for a flush and answers at once: the bytes leave
@@ -198,7 +208,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CorkedWriter<W> {
         if let Some(e) = s.take_error() {
             return Poll::Ready(Err(e));
         }
-        if !s.inner.buffer().is_empty() && !s.flush_wanted {
+        if (s.unflushed || !s.inner.buffer().is_empty()) && !s.flush_wanted {
             s.flush_wanted = true;
             if let Some(flusher) = s.flusher.take() {
                 flusher.wake();
@@ -221,9 +231,9 @@ mod tests {
     use super::*;
     use futures::AsyncWriteExt;
 
-    /// Counts the writes that reach it.
+    /// Counts the writes (and, in `.2`, the flushes) that reach it.
     #[derive(Clone, Default)]
-    struct Counting(Rc<RefCell<(usize, Vec<u8>)>>);
+    struct Counting(Rc<RefCell<(usize, Vec<u8>, usize)>>);
 
     impl AsyncWrite for Counting {
         fn poll_write(
@@ -237,6 +247,7 @@ mod tests {
             Poll::Ready(Ok(buf.len()))
         }
         fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.0.borrow_mut().2 += 1;
             Poll::Ready(Ok(()))
         }
         fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -273,6 +284,38 @@ mod tests {
                 drop(w);
                 tokio::task::yield_now().await;
                 assert!(sink.0.borrow().1.ends_with(b"alonelast"));
+            })
+            .await;
+    }
+
+    /// With no buffer (a TLS record layer beneath gathers the bytes), each
+    /// write goes straight down, and a burst still ends in one flush.
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_a_buffer_writes_go_down_at_once_and_a_burst_is_flushed_once() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let sink = Counting::default();
+                let mut w = CorkedWriter::new(sink.clone(), 0, None);
+                for i in 0..100u8 {
+                    w.write_all(&[i; 10]).await.unwrap();
+                    w.flush().await.unwrap();
+                }
+                assert_eq!(sink.0.borrow().0, 100, "every write reached the stream");
+                assert_eq!(sink.0.borrow().2, 0, "no flush while the burst runs");
+                tokio::task::yield_now().await;
+                assert_eq!(sink.0.borrow().2, 1, "the burst was flushed once");
+                w.write_all(b"alone").await.unwrap();
+                w.flush().await.unwrap();
+                tokio::task::yield_now().await;
+                assert_eq!(
+                    sink.0.borrow().2,
+                    2,
+                    "a lone message is flushed at the next turn"
+                );
+                w.flush().await.unwrap();
+                tokio::task::yield_now().await;
+                assert_eq!(sink.0.borrow().2, 2, "nothing written: no flush");
             })
             .await;
     }

@@ -17,10 +17,21 @@ use super::outbox::Outbox;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
-/// Bytes buffered on the sending side of a connection: the messages of a
-/// burst leave in one write (see [`CorkedWriter`]), which cuts the cost per
-/// call (and per TLS record).
+/// Bytes buffered on the sending side of a plain connection: the messages
+/// of a burst leave in one write (see [`CorkedWriter`]), which cuts the
+/// cost per call.
 const IO_BUFFER_BYTES: usize = 64 << 10;
+
+/// Where a connection's outgoing bytes are gathered into large writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteGathering {
+    /// In a buffer in front of the stream (a byte stream such as TCP).
+    Buffered,
+    /// By the stream itself until flushed: the TLS record layer seals
+    /// writes into its send buffer, so a buffer in front would only copy
+    /// every byte once more.
+    ByStream,
+}
 
 /// capnp's reader options for messages of at most `max_message_bytes`.
 /// The size itself is enforced exactly by [`FramedReader`] before capnp
@@ -37,11 +48,12 @@ pub fn reader_options(max_message_bytes: usize) -> ReaderOptions {
 /// The stream type a vat network reads from.
 pub type Reader<S> = FramedReader<tokio_util::compat::Compat<tokio::io::ReadHalf<S>>>;
 
-/// Builds the vat network of one connection over `stream`; the bytes it
-/// sends are counted out of `outbox`, and `busy_poll` is told when they
-/// leave and when bytes arrive.
+/// Builds the vat network of one connection over `stream`, its writes
+/// gathered as `gathering` says; the bytes it sends are counted out of
+/// `outbox`, and `busy_poll` is told when they leave and when bytes arrive.
 pub fn vat_network<S>(
     stream: S,
+    gathering: WriteGathering,
     side: Side,
     limits: ReceiveLimits,
     window_bytes: usize,
@@ -61,7 +73,14 @@ where
     };
     let mut network = VatNetwork::new(
         FramedReader::new(read.compat(), limits).with_busy_poll(busy_poll.clone()),
-        CorkedWriter::new(sent, IO_BUFFER_BYTES, busy_poll),
+        CorkedWriter::new(
+            sent,
+            match gathering {
+                WriteGathering::Buffered => IO_BUFFER_BYTES,
+                WriteGathering::ByStream => 0,
+            },
+            busy_poll,
+        ),
         side,
         options,
     );

@@ -32,11 +32,17 @@ const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// Bytes of received records held at once: one read can take a burst of
 /// them, and there is always room for a whole record of the largest size.
 const RECEIVE_BYTES: usize = (64 << 10) + HEADER_LEN + MAX_CIPHERTEXT;
-/// The most plaintext one write seals.
-const WRITE_BYTES: usize = 64 << 10;
-/// The send buffer: one write's records, sealed, and room for the key
-/// updates and alert that may go with them (it grows if ever short).
-const SEND_BYTES: usize = WRITE_BYTES + 16 * (HEADER_LEN + 8 + TAG_LEN);
+/// Sealed bytes gathered before they are sent (a flush sends them sooner).
+const SEND_AT: usize = 64 << 10;
+/// The send buffer: [`SEND_AT`], one more record of the largest size, and
+/// room for the key updates and alert that may go with them (it grows if
+/// ever short).
+const SEND_BYTES: usize = SEND_AT + HEADER_LEN + MAX_PLAINTEXT + 1 + TAG_LEN + 1024;
+/// Writes of at least this many bytes are sealed straight from the
+/// writer's bytes, in records of up to 2^14; shorter ones are gathered
+/// (copied) into one record, so that a burst of small messages does not
+/// pay a record (22 bytes, an AEAD call) for each.
+const SEAL_DIRECTLY_FROM: usize = 4 << 10;
 
 /// Outer content type of every protected record.
 const APPLICATION_DATA: u8 = 23;
@@ -105,6 +111,8 @@ pub struct RecordStream<S> {
     /// Key updates sent and received over the connection's life.
     key_updates: (u64, u64),
 
+    /// Small writes gathered into the next record, not sealed yet.
+    staged: Vec<u8>,
     /// Sealed records, `sealed[..sealed_len]`; `sealed[sent..sealed_len]`
     /// has not left yet. Zeroed once: records are sealed over old ones.
     sealed: Box<[u8]>,
@@ -146,6 +154,7 @@ impl<S> RecordStream<S> {
             peer_closed: false,
             key_updates_in_a_row: 0,
             key_updates: (0, 0),
+            staged: Vec::new(),
             sealed: vec![0u8; SEND_BYTES].into_boxed_slice(),
             sealed_len: 0,
             sent: 0,
@@ -332,6 +341,27 @@ impl<S> RecordStream<S> {
         Ok(())
     }
 
+    /// Seals `data` as one application data record, after the key update
+    /// owed to the peer or due by the key's limit.
+    fn seal_data(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.owe_key_update || self.tx.seq() >= self.rekey_at {
+            self.key_update(false)?;
+        }
+        self.seal(APPLICATION_DATA, data)
+    }
+
+    /// Seals the gathered small writes, if any, as one record.
+    fn seal_staged(&mut self) -> io::Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let sealed = self.seal_data(&staged);
+        self.staged = staged;
+        self.staged.clear();
+        sealed
+    }
+
     /// Seals a key update (asking the peer for one when `request`), then
     /// moves to the next key.
     fn key_update(&mut self, request: bool) -> io::Result<()> {
@@ -430,27 +460,39 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordStream<S> {
                 "TLS connection already closed",
             )));
         }
-        ready!(this.poll_send(cx))?;
-        if this.owe_key_update {
-            this.key_update(false)?;
-        }
-        let taken = &buf[..buf.len().min(WRITE_BYTES)];
-        for chunk in taken.chunks(MAX_PLAINTEXT) {
-            if this.tx.seq() >= this.rekey_at {
-                this.key_update(false)?;
+        let mut taken = 0;
+        while taken == 0 && !buf.is_empty() {
+            if this.sealed_len >= SEND_AT {
+                // Full: what is sealed leaves before more is taken.
+                ready!(this.poll_send(cx))?;
             }
-            this.seal(APPLICATION_DATA, chunk)?;
+            while taken < buf.len() && this.sealed_len < SEND_AT {
+                let rest = &buf[taken..];
+                if rest.len() >= SEAL_DIRECTLY_FROM {
+                    this.seal_staged()?;
+                    let n = rest.len().min(MAX_PLAINTEXT);
+                    this.seal_data(&rest[..n])?;
+                    taken += n;
+                } else if this.staged.len() + rest.len() > MAX_PLAINTEXT {
+                    this.seal_staged()?;
+                } else {
+                    this.staged.extend_from_slice(rest);
+                    taken = buf.len();
+                }
+            }
         }
-        // Start sending now; what the socket does not take yet leaves on
-        // the next write or flush.
-        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+        if this.sealed_len >= SEND_AT
+            && let Poll::Ready(Err(e)) = this.poll_send(cx)
+        {
             return Poll::Ready(Err(e));
         }
-        Poll::Ready(Ok(taken.len()))
+        Poll::Ready(Ok(taken))
     }
 
+    /// Seals what is gathered and sends every sealed record.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.seal_staged()?;
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
     }
@@ -459,6 +501,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordStream<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.closed {
+            this.seal_staged()?;
             ready!(this.poll_send(cx))?;
             this.seal(ALERT, &[1, CLOSE_NOTIFY])?;
             this.closed = true;
@@ -627,6 +670,104 @@ mod tests {
         }
     }
 
+    /// A writing end whose key is `secrets(1)` (its key updates move to
+    /// 2, 3, ...), as `read_all` expects the peer's.
+    fn writer<S>(io: S) -> RecordStream<S> {
+        let keys = Box::new(Numbered { tx: 1, rx: 100 });
+        RecordStream::new(
+            io,
+            keys,
+            (0, secrets(1)),
+            (0, secrets(100)),
+            1 << 24,
+            &[],
+            Vec::new(),
+        )
+        .unwrap()
+    }
+
+    /// The length of each record in `wire`.
+    fn record_lengths(wire: &[u8]) -> Vec<usize> {
+        let mut lengths = Vec::new();
+        let mut at = 0;
+        while at + HEADER_LEN <= wire.len() {
+            let len = u16::from_be_bytes([wire[at + 3], wire[at + 4]]) as usize;
+            lengths.push(len);
+            at += HEADER_LEN + len;
+        }
+        assert_eq!(at, wire.len(), "whole records");
+        lengths
+    }
+
+    /// What is on the wire so far, without waiting.
+    async fn on_the_wire(peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::ZERO, peer.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn small_writes_are_gathered_into_one_record_that_leaves_on_flush() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut peer) = tokio::io::duplex(1 << 20);
+        let mut stream = writer(ours);
+        for i in 0..100u8 {
+            stream.write_all(&[i; 100]).await.unwrap();
+        }
+        assert!(
+            on_the_wire(&mut peer).await.is_empty(),
+            "nothing before the flush"
+        );
+        stream.flush().await.unwrap();
+        let wire = on_the_wire(&mut peer).await;
+        assert_eq!(record_lengths(&wire), [10_000 + 1 + TAG_LEN], "one record");
+        // Past 2^14 bytes a record is full and the next one starts.
+        for _ in 0..20 {
+            stream.write_all(&[7; 1000]).await.unwrap();
+        }
+        stream.flush().await.unwrap();
+        let second = on_the_wire(&mut peer).await;
+        assert_eq!(record_lengths(&second), [16_000 + 17, 4_000 + 17]);
+        let all: Vec<u8> = [wire, second].concat();
+        let expected: Vec<u8> = (0..100u8)
+            .flat_map(|i| [i; 100])
+            .chain(std::iter::repeat_n(7, 20_000))
+            .collect();
+        assert_eq!(read_all(all, 1 << 16).await, (expected, End::Cut));
+    }
+
+    #[tokio::test]
+    async fn a_large_write_is_sealed_in_full_records_and_leaves_past_64_kib() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut peer) = tokio::io::duplex(1 << 20);
+        let mut stream = writer(ours);
+        stream.write_all(b"table").await.unwrap();
+        let large: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        stream.write_all(&large).await.unwrap();
+        // 64 KiB and more are sealed: they left without a flush, the gathered
+        // small write first, as a record of its own.
+        let sent = on_the_wire(&mut peer).await;
+        let lengths = record_lengths(&sent);
+        assert_eq!(lengths[0], 5 + 17);
+        assert!(
+            lengths[1..].iter().all(|&l| l == MAX_PLAINTEXT + 17),
+            "{lengths:?}"
+        );
+        assert!(sent.len() >= SEND_AT, "{}", sent.len());
+        stream.shutdown().await.unwrap();
+        let wire = [sent, on_the_wire(&mut peer).await].concat();
+        let expected = [b"table".as_slice(), &large].concat();
+        assert_eq!(read_all(wire, 1 << 16).await, (expected, End::CloseNotify));
+    }
+
     proptest! {
         /// Whatever a peer with the keys puts in its records, the reader
         /// hands over exactly the application data before the first record
@@ -639,6 +780,42 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let got = runtime.block_on(read_all(sealed(&records), chunk));
             prop_assert_eq!(got, expected(&records));
+        }
+
+        /// Whatever the writes and flushes, with key updates as often as
+        /// every `rekey` records, the peer reads exactly the bytes written,
+        /// in records of at most 2^14 bytes, ending with close_notify.
+        #[test]
+        fn writes_of_any_size_reach_the_peer_whole_and_in_order(
+            writes in proptest::collection::vec((0..40_000usize, any::<bool>()), 0..12),
+            rekey in 1..8u64,
+        ) {
+            use tokio::io::AsyncWriteExt;
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (wire, written) = runtime.block_on(async {
+                let (ours, mut peer) = tokio::io::duplex(4 << 20);
+                let mut stream = writer(ours);
+                stream.rekey_every(rekey);
+                let mut written = Vec::new();
+                for (i, (len, flush)) in writes.iter().enumerate() {
+                    let bytes: Vec<u8> = (0..*len).map(|j| (i * 31 + j) as u8).collect();
+                    stream.write_all(&bytes).await.unwrap();
+                    written.extend_from_slice(&bytes);
+                    if *flush {
+                        stream.flush().await.unwrap();
+                    }
+                }
+                stream.shutdown().await.unwrap();
+                drop(stream);
+                let mut wire = Vec::new();
+                peer.read_to_end(&mut wire).await.unwrap();
+                (wire, written)
+            });
+            for len in record_lengths(&wire) {
+                prop_assert!(len <= MAX_PLAINTEXT + 1 + TAG_LEN, "{}", len);
+            }
+            let got = runtime.block_on(read_all(wire, 1 << 16));
+            prop_assert_eq!(got, (written, End::CloseNotify));
         }
     }
 }
