@@ -176,6 +176,67 @@ async fn root_may_produce_and_consume_and_nobody_is_denied_both() {
     ));
 }
 
+/// Records of every size around the TLS record and send-buffer boundaries
+/// go to the node and back whole, by every path: single calls and the
+/// batching producer many in flight (small messages gathered into shared
+/// records, large ones sealed from the message), one range read, and the
+/// follow stream.
+#[actix_rt::test]
+async fn records_of_any_size_cross_mutual_tls_whole_by_every_path() {
+    use futures::StreamExt;
+    let pki = Pki::new();
+    let node = start_tls_node(&pki).await;
+    let root = connect(&node, pki.client("root")).await.unwrap();
+    let sizes = [
+        0, 1, 100, 4095, 4096, 4097, 16383, 16384, 16385, 65535, 65536, 65537, 200_000,
+    ];
+    let value = |i: usize, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|j| (i * 131 + j * 7 + j / 251) as u8)
+            .collect()
+    };
+    let mut expected = Vec::new();
+    for (i, &len) in sizes.iter().enumerate() {
+        let v = value(i, len);
+        let produced = root.produce(&v).await.unwrap();
+        assert_eq!(produced.offset, expected.len() as u64);
+        expected.push(v);
+    }
+    let producer = root.producer(Default::default());
+    let sends: Vec<_> = (0..300)
+        .map(|i| {
+            let v = value(1000 + i, sizes[i % sizes.len()]);
+            expected.push(v.clone());
+            producer.send(v)
+        })
+        .collect();
+    let offsets = futures::future::try_join_all(sends).await.unwrap();
+    assert_eq!(offsets[0], sizes.len() as u64);
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1));
+
+    for (offset, v) in expected.iter().enumerate() {
+        let got = root.consume("", offset as u64).await.unwrap();
+        assert_eq!((got.offset, got.value.len()), (offset as u64, v.len()));
+        assert!(got.value == *v, "record {offset} over a single consume");
+    }
+    let mut next = 0u64;
+    while (next as usize) < expected.len() {
+        let batch = root.consume_batch("", next, 64, 0).await.unwrap();
+        assert!(!batch.is_empty(), "a range from {next}");
+        for (offset, v) in batch.iter() {
+            assert_eq!(offset, next);
+            assert!(v == expected[offset as usize], "record {offset} in a range");
+            next += 1;
+        }
+    }
+    let mut stream = root.consume_stream("", 0);
+    for (offset, v) in expected.iter().enumerate() {
+        let got = stream.next().await.unwrap().unwrap();
+        assert_eq!(got.offset, offset as u64);
+        assert!(got.value == *v, "record {offset} in the stream");
+    }
+}
+
 #[actix_rt::test]
 async fn a_tls_handshake_that_does_not_come_in_time_closes_the_connection() {
     let pki = Pki::new();
