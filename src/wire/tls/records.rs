@@ -647,17 +647,7 @@ mod tests {
             .await
             .unwrap();
         drop(peer);
-        let keys = Box::new(Numbered { tx: 100, rx: 1 });
-        let mut stream = RecordStream::new(
-            ours,
-            keys,
-            (0, secrets(100)),
-            (0, secrets(1)),
-            1 << 24,
-            &[],
-            Vec::new(),
-        )
-        .unwrap();
+        let mut stream = end_of(ours, 100, 1);
         let mut data = Vec::new();
         let mut buf = vec![0u8; chunk];
         loop {
@@ -670,20 +660,18 @@ mod tests {
         }
     }
 
-    /// A writing end whose key is `secrets(1)` (its key updates move to
-    /// 2, 3, ...), as `read_all` expects the peer's.
+    /// A connection's end over `io` sending under `secrets(tx)` and
+    /// receiving under `secrets(rx)`; each key update moves to the next.
+    fn end_of<S>(io: S, tx: u8, rx: u8) -> RecordStream<S> {
+        let keys = Box::new(Numbered { tx, rx });
+        let (tx, rx) = ((0, secrets(tx)), (0, secrets(rx)));
+        RecordStream::new(io, keys, tx, rx, 1 << 24, &[], Vec::new()).unwrap()
+    }
+
+    /// A writing end whose key is `secrets(1)`, as `read_all` expects the
+    /// peer's.
     fn writer<S>(io: S) -> RecordStream<S> {
-        let keys = Box::new(Numbered { tx: 1, rx: 100 });
-        RecordStream::new(
-            io,
-            keys,
-            (0, secrets(1)),
-            (0, secrets(100)),
-            1 << 24,
-            &[],
-            Vec::new(),
-        )
-        .unwrap()
+        end_of(io, 1, 100)
     }
 
     /// The length of each record in `wire`.
