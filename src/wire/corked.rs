@@ -37,8 +37,8 @@ struct Shared<W> {
     busy_poll: Option<BusyPoll>,
     /// A flush was asked for and has not been done yet.
     flush_wanted: bool,
-    /// Bytes were written since the last flush (with no buffer here, they
-    /// wait in the writer beneath, e.g. the TLS record layer's).
+    /// Bytes were written since the last flush: in the buffer here or,
+    /// with none, in the writer beneath (the TLS record layer gathers them).
     unflushed: bool,
     /// The writer side is gone (the connection ended): the flusher writes
     /// what is left and stops.
@@ -208,7 +208,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CorkedWriter<W> {
         if let Some(e) = s.take_error() {
             return Poll::Ready(Err(e));
         }
-        if (s.unflushed || !s.inner.buffer().is_empty()) && !s.flush_wanted {
+        if s.unflushed && !s.flush_wanted {
             s.flush_wanted = true;
             if let Some(flusher) = s.flusher.take() {
                 flusher.wake();
